@@ -1,0 +1,99 @@
+"""Make LR NIfTI scans from HR ones by keeping slices 0, K, 2K, ... of the slice axis.
+
+    python -m preprocessing.degrade --input HR [HR ...] --output DIR --k K [--slice-axis auto|0|1|2]
+
+The affine's slice column is multiplied by K, so every kept slice keeps its world position; the
+voxel values and data type are unchanged (bit-exact). The demo, benchmarks and evaluation make
+their LR scans with this; no training path of the no-ground-truth method reads the HR files.
+Exit codes: 0 all written, 1 some inputs failed (the rest written), 2 usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+import nibabel as nib
+import numpy as np
+
+from preprocessing.sources import expand_sources
+from slicesr.cli_common import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, setup_logging
+from slicesr.degradation import keep_every_kth
+from slicesr.errors import InputError
+from slicesr.geometry import resolve_slice_axis
+from slicesr.nifti import image_from_bytes, save_nifti_atomic, volume_from_image
+
+log = logging.getLogger("preprocessing.degrade")
+
+
+def degrade_image(image: nib.Nifti1Image, k: int, slice_axis: int | str = "auto") -> nib.Nifti1Image:
+    """The LR image: kept slices with the stored data type and scaling, and the K-times slice step."""
+    volume_from_image(image, "input")  # validates: 3D, finite, usable affine
+    raw = np.asanyarray(image.dataobj)
+    while raw.ndim > 3 and raw.shape[-1] == 1:
+        raw = raw[..., 0]
+    affine = np.asarray(image.affine, dtype=np.float64)
+    axis = resolve_slice_axis(affine, slice_axis)
+    if raw.shape[axis] < k + 1:
+        raise InputError(f"only {raw.shape[axis]} slices along axis {axis}: K={k} would keep a single slice")
+    kept, lr_affine = keep_every_kth(raw, affine, k, axis)
+    header = image.header.copy()
+    header.set_data_shape(kept.shape)
+    lr = type(image)(np.ascontiguousarray(kept), lr_affine, header=header)
+    # Keep the header's codes; both forms carry the new affine.
+    lr.set_qform(lr_affine, code=int(image.header["qform_code"]) or 1)
+    lr.set_sform(lr_affine, code=int(image.header["sform_code"]) or 1)
+    return lr
+
+
+def degrade_files(inputs: list[str], output: str, k: int, slice_axis: int | str = "auto") -> tuple[list[str], list[dict]]:
+    expansion = expand_sources(inputs)
+    failures = list(expansion.problems)
+    written = []
+    for source in expansion.scans:
+        try:
+            with open(source.uri, "rb") as handle:
+                image = image_from_bytes(handle.read())
+            lr = degrade_image(image, k, slice_axis)
+            name = source.scan_id + (".nii.gz" if source.uri.lower().endswith(".gz") else ".nii")
+            target = os.path.join(output, name)
+            save_nifti_atomic(lr, target)
+            written.append(target)
+            log.info("%s -> %s %s", source.uri, target, lr.shape)
+        except (InputError, ValueError, OSError) as exc:
+            failures.append({"source": source.uri, "error": str(exc)})
+    return written, failures
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m preprocessing.degrade", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--input", "-i", nargs="+", required=True, metavar="HR")
+    parser.add_argument("--output", "-o", required=True, metavar="DIR")
+    parser.add_argument("--k", type=int, required=True, help="keep one slice of every K")
+    parser.add_argument("--slice-axis", default="auto", choices=["auto", "0", "1", "2"])
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        return EXIT_OK if exc.code == 0 else EXIT_USAGE
+    setup_logging()
+    if args.k < 2:
+        print(f"error: --k must be 2 or more, got {args.k}", file=sys.stderr)
+        return EXIT_USAGE
+    if os.path.exists(args.output) and not os.path.isdir(args.output):
+        print(f"error: output {args.output} is a file, not a folder", file=sys.stderr)
+        return EXIT_USAGE
+    axis = args.slice_axis if args.slice_axis == "auto" else int(args.slice_axis)
+    written, failures = degrade_files(args.input, args.output, args.k, axis)
+    for failure in failures:
+        print(f"  failed: {failure['source']}: {failure['error']}", file=sys.stderr)
+    print(f"wrote {len(written)} LR scans (K={args.k}) to {args.output}, failed {len(failures)}")
+    if not written and not failures:
+        print("error: no NIfTI inputs found", file=sys.stderr)
+        return EXIT_USAGE
+    return EXIT_SOME_FAILED if failures else EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,59 @@
+"""What every command of the project shares: exit codes, usage errors, logging, option parsing."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import yaml
+
+EXIT_OK = 0  # all done
+EXIT_SOME_FAILED = 1  # some inputs failed, the rest done
+EXIT_USAGE = 2  # usage or environment error
+
+
+class UsageError(ValueError):
+    """Bad arguments or environment: the command does nothing and exits 2."""
+
+
+def setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    # Dask's scheduler and nannies narrate every start and stop at INFO.
+    for noisy in ("distributed", "dask", "bokeh", "tornado"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def parse_scalar(text: str) -> Any:
+    """YAML scalar parsing for KEY=VALUE options: true -> bool, 3 -> int, anything else a string."""
+    for number in (int, float):  # YAML 1.1 reads "1e-3" as a string
+        try:
+            return number(text)
+        except ValueError:
+            pass
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    if isinstance(value, (dict, list)) or (value is None and text.strip() not in ("null", "~")):
+        return text
+    return value
+
+
+def parse_storage_options(pairs: list[str]) -> dict[str, Any]:
+    """KEY=VALUE pairs into an fsspec storage_options dict; dotted keys nest (client_kwargs.region_name=...)."""
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--storage-option expects KEY=VALUE, got {pair!r}")
+        target = options
+        *parents, leaf = key.split(".")
+        for parent in parents:
+            target = target.setdefault(parent, {})
+            if not isinstance(target, dict):
+                raise UsageError(f"--storage-option {key!r} conflicts with an earlier option")
+        target[leaf] = parse_scalar(value)
+    return options

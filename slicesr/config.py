@@ -1,0 +1,246 @@
+"""One typed config tree, loaded from YAML, overridable with `--set a.b=value`, validated at load.
+
+Sections and names reserved for every stage (never renamed): stage, data, model, train, cluster,
+run, tracking. Each component receives only its own section.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+from slicesr.cli_common import parse_scalar
+
+
+@dataclass
+class DataConfig:
+    store: str = "runs/data/lr.zarr"  # the training input slice store (local folder or s3://)
+    storage_options: dict[str, str] = field(default_factory=dict)  # fsspec options for s3:// stores
+
+    def validate(self) -> None:
+        _require(bool(self.store), "data.store must name a slice store (folder or s3:// URL)")
+
+
+@dataclass
+class ModelConfig:
+    name: str = "vae_gan"  # which network; later stages add their sizes here
+
+    def validate(self) -> None:
+        _require(bool(self.name), "model.name must not be empty")
+
+
+@dataclass
+class TrainConfig:
+    max_steps: int = 1000
+    batch_size: int = 16
+    lr: float = 2e-4
+    seed: int = 0
+    checkpoint_every: int = 500
+    val_fraction: float = 0.1
+
+    def validate(self) -> None:
+        _require(self.max_steps >= 1, f"train.max_steps must be >= 1, got {self.max_steps}")
+        _require(self.batch_size >= 1, f"train.batch_size must be >= 1, got {self.batch_size}")
+        _require(self.lr > 0, f"train.lr must be > 0, got {self.lr}")
+        _require(self.checkpoint_every >= 1, f"train.checkpoint_every must be >= 1, got {self.checkpoint_every}")
+        _require(0 <= self.val_fraction < 1, f"train.val_fraction must be in [0, 1), got {self.val_fraction}")
+
+
+@dataclass
+class ClusterConfig:
+    num_workers: int = 1
+    use_gpu: bool = False
+    strategy: Literal["ddp", "deepspeed"] = "ddp"
+
+    def validate(self) -> None:
+        _require(self.num_workers >= 1, f"cluster.num_workers must be >= 1, got {self.num_workers}")
+
+
+@dataclass
+class RunConfig:
+    name: str = "slicesr"
+    storage_path: str = "runs"  # checkpoints and run outputs (local folder or s3://)
+
+    def validate(self) -> None:
+        _require(bool(self.name) and "/" not in self.name, f"run.name must be a non-empty name without '/', got {self.name!r}")
+        _require(bool(self.storage_path), "run.storage_path must not be empty")
+
+
+@dataclass
+class TrackingConfig:
+    uri: str = "sqlite:///mlflow.db"
+    experiment: str = "slicesr"
+
+    def validate(self) -> None:
+        _require(bool(self.experiment), "tracking.experiment must not be empty")
+
+
+@dataclass
+class Config:
+    stage: Literal["vae", "sr"] = "vae"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    def validate(self) -> None:
+        for section in dataclasses.fields(self):
+            value = getattr(self, section.name)
+            if dataclasses.is_dataclass(value):
+                value.validate()
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ValueError(message)
+
+
+def _convert(value: Any, annotation: Any, where: str) -> Any:
+    """Check/convert a YAML value against a field annotation; ValueError naming the key otherwise."""
+    origin = typing.get_origin(annotation)
+    if dataclasses.is_dataclass(annotation):
+        if not isinstance(value, dict):
+            raise ValueError(f"{where} must be a mapping, got {value!r}")
+        return _build(annotation, value, where)
+    if origin is Literal:
+        allowed = typing.get_args(annotation)
+        if value not in allowed:
+            raise ValueError(f"{where} must be one of {', '.join(map(str, allowed))}, got {value!r}")
+        return value
+    if origin in (Union, types.UnionType):
+        options = typing.get_args(annotation)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _convert(value, option, where)
+            except ValueError as exc:
+                errors.append(str(exc))
+        raise ValueError(errors[0] if errors else f"{where}: bad value {value!r}")
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ValueError(f"{where} must be a mapping, got {value!r}")
+        return dict(value)
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{where} must be a list, got {value!r}")
+        (item_type, *_) = typing.get_args(annotation) or (Any,)
+        items = [_convert(v, item_type, f"{where}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"{where} must be true or false, got {value!r}")
+        return value
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise ValueError(f"{where} must be an integer, got {value!r}")
+        return value
+    if annotation is float:
+        if isinstance(value, str):  # YAML 1.1 reads 1e-3 as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{where} must be a number, got {value!r}")
+        return float(value)
+    if annotation is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ValueError(f"{where} must be a string, got {value!r}")
+        return str(value)
+    return value
+
+
+def _build(cls: type, values: dict[str, Any], where: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        prefix = f"{where}." if where else ""
+        raise ValueError(
+            f"unknown key {prefix}{unknown[0]!s} (known keys{' of ' + where if where else ''}: {', '.join(sorted(known))})"
+        )
+    kwargs = {}
+    for name, value in values.items():
+        key = f"{where}.{name}" if where else name
+        kwargs[name] = _convert(value, hints[name], key)
+    return cls(**kwargs)  # missing keys keep their defaults
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def apply_override(tree: dict[str, Any], assignment: str) -> dict[str, Any]:
+    """Apply one `a.b=value` assignment (YAML scalar value) to a nested dict."""
+    key, sep, text = assignment.partition("=")
+    if not sep or not key.strip():
+        raise ValueError(f"--set expects KEY=VALUE (e.g. train.lr=1e-4), got {assignment!r}")
+    parts = key.strip().split(".")
+    update: dict[str, Any] = {}
+    target = update
+    for part in parts[:-1]:
+        target = target.setdefault(part, {})
+    target[parts[-1]] = parse_scalar(text)
+    return _merge(tree, update)
+
+
+def config_from_dict(values: dict[str, Any], where: str = "config") -> Config:
+    try:
+        config = _build(Config, values)
+        config.validate()
+    except ValueError as exc:
+        raise ValueError(f"{where}: {exc}") from None
+    return config
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Defaults <- YAML file <- overrides, validated. ValueError names the file and the key."""
+    tree: dict[str, Any] = {}
+    where = "defaults"
+    if path is not None:
+        where = str(path)
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ValueError(f"cannot read config {path}: {exc.strerror or exc}") from None
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ValueError(f"{path} is not valid YAML: {exc}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{path} must hold a mapping of sections, got {type(loaded).__name__}")
+        tree = loaded
+    for assignment in overrides or []:
+        tree = apply_override(tree, assignment)
+    return config_from_dict(tree, where)
+
+
+def config_to_dict(config: Config) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def dump_config(config: Config) -> str:
+    """The resolved config as YAML (saved with every run)."""
+    return yaml.safe_dump(config_to_dict(config), sort_keys=False)
