@@ -19,7 +19,7 @@ import nibabel as nib
 import numpy as np
 
 from preprocessing.sources import expand_sources
-from slicesr.cli_common import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, setup_logging
+from slicesr.cli_common import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, UsageError, setup_logging
 from slicesr.degradation import keep_every_kth
 from slicesr.errors import InputError
 from slicesr.geometry import resolve_slice_axis
@@ -31,7 +31,9 @@ log = logging.getLogger("preprocessing.degrade")
 def degrade_image(image: nib.Nifti1Image, k: int, slice_axis: int | str = "auto") -> nib.Nifti1Image:
     """The LR image: kept slices with the stored data type and scaling, and the K-times slice step."""
     volume_from_image(image, "input")  # validates: 3D, finite, usable affine
-    raw = np.asanyarray(image.dataobj)
+    # The stored integers and their scl_slope/inter are kept as they are: the LR voxels are bit-exact.
+    raw = image.dataobj.get_unscaled() if hasattr(image.dataobj, "get_unscaled") else np.asanyarray(image.dataobj)
+    slope, inter = getattr(image.dataobj, "slope", 1.0), getattr(image.dataobj, "inter", 0.0)
     while raw.ndim > 3 and raw.shape[-1] == 1:
         raw = raw[..., 0]
     affine = np.asarray(image.affine, dtype=np.float64)
@@ -42,6 +44,7 @@ def degrade_image(image: nib.Nifti1Image, k: int, slice_axis: int | str = "auto"
     header = image.header.copy()
     header.set_data_shape(kept.shape)
     lr = type(image)(np.ascontiguousarray(kept), lr_affine, header=header)
+    lr.header.set_slope_inter(slope, inter)
     # Keep the header's codes; both forms carry the new affine.
     lr.set_qform(lr_affine, code=int(image.header["qform_code"]) or 1)
     lr.set_sform(lr_affine, code=int(image.header["sform_code"]) or 1)
@@ -50,6 +53,9 @@ def degrade_image(image: nib.Nifti1Image, k: int, slice_axis: int | str = "auto"
 
 def degrade_files(inputs: list[str], output: str, k: int, slice_axis: int | str = "auto") -> tuple[list[str], list[dict]]:
     expansion = expand_sources(inputs)
+    if not expansion.scans:
+        details = "; ".join(f"{p['source']}: {p['error']}" for p in expansion.problems)
+        raise UsageError(f"no NIfTI inputs found ({details})" if details else "no NIfTI inputs found")
     failures = list(expansion.problems)
     written = []
     for source in expansion.scans:
@@ -85,13 +91,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: output {args.output} is a file, not a folder", file=sys.stderr)
         return EXIT_USAGE
     axis = args.slice_axis if args.slice_axis == "auto" else int(args.slice_axis)
-    written, failures = degrade_files(args.input, args.output, args.k, axis)
+    try:
+        written, failures = degrade_files(args.input, args.output, args.k, axis)
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     for failure in failures:
         print(f"  failed: {failure['source']}: {failure['error']}", file=sys.stderr)
     print(f"wrote {len(written)} LR scans (K={args.k}) to {args.output}, failed {len(failures)}")
-    if not written and not failures:
-        print("error: no NIfTI inputs found", file=sys.stderr)
-        return EXIT_USAGE
     return EXIT_SOME_FAILED if failures else EXIT_OK
 
 

@@ -26,6 +26,7 @@ def write_nifti(path, data, affine=None, dtype=None) -> str:
 
 def write_synth(folder, count: int, shape=(20, 18, 6), seed: int = 0, prefix: str = "scan") -> list[str]:
     """Small random-orientation phantoms; scan i depends on (seed, i) only."""
+    os.makedirs(str(folder), exist_ok=True)
     paths = []
     for index in range(count):
         scan = make_scan(np.random.default_rng([seed, index]), *shape)
