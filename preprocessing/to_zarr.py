@@ -120,15 +120,24 @@ def _run_inline(todo: list[SourceScan], task: Callable[[SourceScan], dict]) -> I
 def _run_dask(todo: list[SourceScan], task_args: tuple, workers: int, scheduler: str | None) -> Iterator[dict]:
     from dask.distributed import Client, LocalCluster, as_completed
 
+    if not log.isEnabledFor(logging.DEBUG):  # importing distributed resets its loggers to INFO
+        logging.getLogger("distributed").setLevel(logging.WARNING)
     cluster = None
     try:
         if scheduler:
             client = Client(scheduler, timeout="15s")
         else:
-            cluster = LocalCluster(
-                n_workers=workers, threads_per_worker=1, processes=True,
-                dashboard_address=":0", silence_logs=logging.ERROR,
-            )
+            import dask
+
+            # Dask's nannies set MALLOC_TRIM_THRESHOLD_, which makes every multi-MB scan buffer a
+            # fresh mmap with page faults: measured 1.5x slower per scan. Keep its thread caps only.
+            environ = dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}))
+            environ.pop("MALLOC_TRIM_THRESHOLD_", None)
+            with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
+                cluster = LocalCluster(
+                    n_workers=workers, threads_per_worker=1, processes=True,
+                    dashboard_address=":0", silence_logs=logging.ERROR,
+                )
             client = Client(cluster)
     except (OSError, TimeoutError, ValueError) as exc:
         if cluster is not None:

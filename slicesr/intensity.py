@@ -13,7 +13,7 @@ import numpy as np
 # masked or z-scored scans); below it the background is noise and a mean threshold finds tissue.
 _CONSTANT_BACKGROUND_FRACTION = 0.05
 # Percentiles are taken on at most this many voxels (an even stride), which keeps the cost flat.
-_MAX_SAMPLES = 1_000_000
+_MAX_SAMPLES = 250_000
 
 
 @dataclass(frozen=True)
@@ -30,7 +30,7 @@ class IntensityParams:
 
 
 def _sample(data: np.ndarray) -> np.ndarray:
-    flat = np.asarray(data).reshape(-1)
+    flat = np.ravel(np.asarray(data), order="K")  # no copy for transposed or Fortran-ordered arrays
     stride = max(1, flat.size // _MAX_SAMPLES)
     return flat[::stride].astype(np.float64, copy=False)
 
@@ -38,11 +38,16 @@ def _sample(data: np.ndarray) -> np.ndarray:
 def foreground_values(data: np.ndarray) -> tuple[np.ndarray, float | None]:
     """Voxel values (a sample) that belong to the object, and the constant background value if any."""
     sample = _sample(data)
-    values, counts = np.unique(sample, return_counts=True)
-    most_common = int(np.argmax(counts))
-    if counts[most_common] >= _CONSTANT_BACKGROUND_FRACTION * sample.size and values.size > 1:
-        background = float(values[most_common])
-        return sample[sample != background], background
+    # A constant background is the minimum (zero, or negative after z-scoring) or fills the corners.
+    corners = np.asarray(data)[np.ix_(*[[0, n - 1] for n in np.shape(data)])].reshape(-1)
+    candidates = {float(sample.min()), float(np.median(corners))}
+    best, best_count = None, 0
+    for candidate in sorted(candidates):
+        count = int(np.count_nonzero(sample == candidate))
+        if count > best_count:
+            best, best_count = candidate, count
+    if best is not None and best_count >= _CONSTANT_BACKGROUND_FRACTION * sample.size and best_count < sample.size:
+        return sample[sample != best], best
     return sample[sample > sample.mean()], None
 
 
@@ -71,8 +76,9 @@ def robust_intensity_params(
 
 
 def normalize(data: np.ndarray, params: IntensityParams) -> np.ndarray:
-    """float32 (data - offset) / scale."""
-    out = np.asarray(data, dtype=np.float32) - np.float32(params.offset)
+    """float32 (data - offset) / scale, C-contiguous whatever the input's memory layout."""
+    out = np.empty(np.shape(data), dtype=np.float32)
+    np.subtract(data, np.float32(params.offset), out=out, dtype=np.float32)
     out /= np.float32(params.scale)
     return out
 

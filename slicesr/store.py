@@ -4,7 +4,8 @@ Layout of a store at DEST (a local folder or an s3:// prefix):
 
     DEST/store.json                 {"format": "slicesr-slice-store", "format_version": 1}
     DEST/scans/<scan_id>/           one Zarr v3 group per scan; array `slices` (num_slices, rows, cols)
-                                    float32, one slice per chunk, zstd; attributes = the scan record
+                                    float32, one slice per chunk, zstd, the chunks of a scan in one
+                                    shard; attributes = the scan record
     DEST/complete/<scan_id>.json    completion marker, written last: the authority on what is stored
     DEST/manifest.jsonl             one record per stored scan, rebuilt from the markers
     DEST/failures.jsonl             the inputs the latest run rejected, with the reason
@@ -202,12 +203,15 @@ class SliceStore:
             SLICES_ARRAY,
             shape=slices.shape,
             chunks=(1, *slices.shape[1:]),
+            # All slices of a scan in one shard object: one file (one S3 PUT) per scan, and any
+            # slice still readable alone through the shard index.
+            shards=slices.shape,
             dtype="float32",
             compressors=zarr.codecs.ZstdCodec(level=_ZSTD_LEVEL),
             fill_value=0.0,
         )
         array[...] = np.ascontiguousarray(slices, dtype=np.float32)
-        group.attrs.update(values)
+        group.update_attributes(values)  # one metadata write, not one per key
         self.write_bytes(f"complete/{scan_id}.json", json.dumps(values).encode())
         return ScanRecord(scan_id, values)
 

@@ -1,0 +1,165 @@
+"""Benchmark: NIfTI -> Zarr slice-store conversion, Dask (1 and 2 workers) against single-process loops.
+
+    python benchmarks/preprocess.py [--count 1000] [--shape 256,256,32]
+
+Generates `count` synthetic thick-slice scans (preprocessing.synth, cached under benchmarks/_work),
+then converts them, in the same run, with:
+  naive        nibabel load + numpy save per scan (no normalisation, no Zarr, no markers)
+  plain loop   the converter's own per-scan conversion in one process (`--workers 0`, no Dask)
+  dask 1       the converter with a LocalCluster of 1 worker
+  dask 2       the converter with a LocalCluster of 2 workers
+Peak memory is the largest sum of RSS over this process and all its children (Dask's scheduler runs
+in this process, its workers in children), sampled every 50 ms; "peak @25%" is the same up to the
+moment a quarter of the scans were done, so equal columns mean memory flat in the number of scans.
+Prints a Markdown table and writes it into benchmarks/RESULTS.md (section "preprocess").
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import sys
+import threading
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import psutil
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+from benchmarks.results import write_section  # noqa: E402
+from preprocessing.synth import write_scans  # noqa: E402
+from preprocessing.to_zarr import convert  # noqa: E402
+
+
+class MemorySampler:
+    """Peak RSS of this process tree, and the peak up to the moment `progress()` reached a quarter."""
+
+    def __init__(self, progress, total: int):
+        self.progress, self.total = progress, total
+        self.peak = 0
+        self.peak_quarter = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _rss(self) -> int:
+        me = psutil.Process()
+        total = me.memory_info().rss
+        for child in me.children(recursive=True):
+            try:
+                total += child.memory_info().rss
+            except psutil.Error:
+                pass
+        return total
+
+    def _run(self):
+        quarter_done = False
+        while not self._stop.is_set():
+            rss = self._rss()
+            self.peak = max(self.peak, rss)
+            if not quarter_done:
+                self.peak_quarter = max(self.peak_quarter, rss)
+                quarter_done = self.progress() >= self.total / 4
+            time.sleep(0.05)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+def _count(folder: Path) -> int:
+    try:
+        return len(os.listdir(folder))
+    except FileNotFoundError:
+        return 0
+
+
+def naive_loop(files: list[Path], out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    for path in files:
+        data = nib.load(path).get_fdata(dtype=np.float32)
+        np.save(out / (path.name.split(".")[0] + ".npy"), data)
+
+
+def run(count: int, shape: tuple[int, int, int], workdir: Path) -> str:
+    inputs = workdir / f"synth_{count}_{'x'.join(map(str, shape))}"
+    if _count(inputs) != count:
+        shutil.rmtree(inputs, ignore_errors=True)
+        started = time.perf_counter()
+        write_scans(count, str(inputs), shape, seed=0)
+        print(f"generated {count} scans in {time.perf_counter() - started:.0f} s", flush=True)
+    files = sorted(inputs.glob("*.nii.gz"))
+    input_mb = sum(f.stat().st_size for f in files) / 1e6
+    voxel_mb = count * int(np.prod(shape)) * 4 / 1e6
+
+    methods = {
+        "naive (nibabel load + np.save, 1 process)": ("naive", None),
+        "plain loop (same conversion, no Dask)": ("convert", 0),
+        "Dask LocalCluster, 1 worker": ("convert", 1),
+        "Dask LocalCluster, 2 workers": ("convert", 2),
+    }
+    rows = []
+    seconds_by_method = {}
+    for label, (kind, workers) in methods.items():
+        out = workdir / "out"
+        shutil.rmtree(out, ignore_errors=True)
+        progress_dir = out / ("complete" if kind == "convert" else "")
+        started = time.perf_counter()
+        with MemorySampler(lambda d=progress_dir: _count(d), count) as memory:
+            if kind == "naive":
+                naive_loop(files, out)
+            else:
+                report = convert([str(inputs)], str(out), workers=workers, progress=False)
+                assert len(report.stored) == count and not report.failures, report.failures[:3]
+        seconds = time.perf_counter() - started
+        seconds_by_method[label] = seconds
+        rows.append((label, seconds, count / seconds, input_mb / seconds, voxel_mb / seconds,
+                     memory.peak_quarter / 2**20, memory.peak / 2**20))
+        print(f"{label}: {seconds:.1f} s", flush=True)
+    shutil.rmtree(workdir / "out", ignore_errors=True)
+
+    plain = seconds_by_method["plain loop (same conversion, no Dask)"]
+    lines = [
+        f"Command: `python benchmarks/preprocess.py --count {count} --shape {','.join(map(str, shape))}`  ",
+        f"Machine: {os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB, {platform.processor() or platform.machine()}, "
+        f"Python {platform.python_version()}; {time.strftime('%Y-%m-%d')}  ",
+        f"Input: {count} synthetic scans {shape[0]}x{shape[1]}x{shape[2]} (random orientation, int16/uint8/float32), "
+        f"{input_mb:.0f} MB of .nii.gz on disk, {voxel_mb:.0f} MB as float32 voxels.",
+        "",
+        "| method | seconds | scans/s | input MB/s (gz) | voxel MB/s | peak RSS @25% (MiB) | peak RSS (MiB) | speed-up vs plain loop |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for label, seconds, rate, mbs, vmbs, peak_q, peak in rows:
+        lines.append(f"| {label} | {seconds:.1f} | {rate:.2f} | {mbs:.1f} | {vmbs:.0f} | {peak_q:.0f} | {peak:.0f} | "
+                     f"{plain / seconds:.2f}x |")
+    dask2 = plain / seconds_by_method["Dask LocalCluster, 2 workers"]
+    lines += ["", f"Goal: 2 Dask workers >= 1.6x the plain loop: **{dask2:.2f}x** ({'met' if dask2 >= 1.6 else 'not met'})."]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--count", type=int, default=1000)
+    parser.add_argument("--shape", default="256,256,32")
+    parser.add_argument("--workdir", default=str(HERE / "_work"))
+    parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
+    args = parser.parse_args(argv)
+    shape = tuple(int(v) for v in args.shape.split(","))
+    table = run(args.count, shape, Path(args.workdir))
+    print(table)
+    if not args.no_write:
+        write_section(HERE / "RESULTS.md", "preprocess", "Preprocessing: NIfTI -> Zarr slice store", table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
