@@ -98,10 +98,12 @@ def convert_scan(
             return {"status": "failed", "source": source.uri, "scan_id": source.scan_id,
                     "error": f"could not write to the store: {exc}"}
         return {"status": "stored", "scan_id": source.scan_id, "source": source.uri}
-    except InputError as exc:
+    except (InputError, ValueError) as exc:  # ValueError: e.g. a header nibabel cannot interpret
         return {"status": "failed", "source": source.uri, "scan_id": source.scan_id, "error": str(exc)}
-    except ValueError as exc:  # e.g. an explicit slice axis on a scan it does not fit
-        return {"status": "failed", "source": source.uri, "scan_id": source.scan_id, "error": str(exc)}
+    except Exception as exc:  # one odd file must not end a run over thousands; keep the reason
+        log.debug("unexpected error converting %s", source.uri, exc_info=True)
+        return {"status": "failed", "source": source.uri, "scan_id": source.scan_id,
+                "error": f"unexpected error while converting: {type(exc).__name__}: {exc}"}
 
 
 def _is_current(source: SourceScan, record_values: dict[str, Any] | None) -> bool:
@@ -130,10 +132,18 @@ def _run_dask(todo: list[SourceScan], task_args: tuple, workers: int, scheduler:
             import dask
 
             # Dask's nannies set MALLOC_TRIM_THRESHOLD_, which makes every multi-MB scan buffer a
-            # fresh mmap with page faults: measured 1.5x slower per scan. Keep its thread caps only.
+            # fresh mmap with page faults: measured 1.5x slower per scan. Keep its thread caps, and
+            # cap Zarr's codec pool too: parallelism comes from one single-threaded worker per core.
             environ = dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}))
             environ.pop("MALLOC_TRIM_THRESHOLD_", None)
-            with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
+            environ["ZARR_THREADING__MAX_WORKERS"] = 1
+            settings = {
+                "distributed.nanny.pre-spawn-environ": environ,
+                # the 10 ms sampling profiler and 1 ms GIL monitor take CPU from the conversions
+                "distributed.worker.profile.enabled": False,
+                "distributed.admin.system-monitor.gil.enabled": False,
+            }
+            with dask.config.set(settings):
                 cluster = LocalCluster(
                     n_workers=workers, threads_per_worker=1, processes=True,
                     dashboard_address=":0", silence_logs=logging.ERROR,
@@ -149,17 +159,26 @@ def _run_dask(todo: list[SourceScan], task_args: tuple, workers: int, scheduler:
         window = max(4, 4 * max(1, len(client.scheduler_info().get("workers", {})) or workers))
         pending = iter(todo)
         futures = as_completed()
+        sources_by_key: dict[str, SourceScan] = {}
+
+        def submit(source: SourceScan) -> None:
+            key = f"convert-{source.scan_id}-{time.time_ns()}"
+            sources_by_key[key] = source
+            futures.add(client.submit(convert_scan, source, *task_args, key=key))
+
         for source in _take(pending, window):
-            futures.add(client.submit(convert_scan, source, *task_args, key=f"convert-{source.scan_id}-{time.time_ns()}"))
+            submit(source)
         for future in futures:
+            source = sources_by_key.pop(future.key)
             try:
                 result = future.result()
-            except Exception as exc:  # a worker died or the task crashed: one failed input, not a dead run
-                result = {"status": "failed", "source": "?", "error": f"conversion task failed: {exc}"}
+            except Exception as exc:  # a worker died (e.g. out of memory): one failed input, not a dead run
+                result = {"status": "failed", "source": source.uri, "scan_id": source.scan_id,
+                          "error": f"conversion task failed: {type(exc).__name__}: {exc}"}
             future.release()
             yield result
             for source in _take(pending, 1):
-                futures.add(client.submit(convert_scan, source, *task_args, key=f"convert-{source.scan_id}-{time.time_ns()}"))
+                submit(source)
     finally:
         client.close()
         if cluster is not None:

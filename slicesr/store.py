@@ -93,6 +93,7 @@ class SliceStore:
         else:
             self.fs = fsspec.filesystem("file")
             self.root = os.path.abspath(self.url[len("file://") :] if self.url.startswith("file://") else self.url)
+            self.url = self.root  # workers of a Dask cluster may run in another folder
 
     # ----------------------------------------------------------------- opening
     @classmethod

@@ -148,7 +148,7 @@ def test_half_written_scan_is_not_listed_and_is_redone(tmp_path, synth_dir):
 
 
 def test_killed_run_resumes_and_stores_every_scan_once(tmp_path):
-    sources = write_synth(tmp_path / "in", 24, shape=(64, 64, 12), seed=3)
+    sources = write_synth(tmp_path / "in", 32, shape=(80, 80, 12), seed=3)
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "preprocessing.to_zarr", "--input", str(tmp_path / "in"), "--output", str(out),
            "--workers", "0", "--no-progress"]
@@ -163,11 +163,11 @@ def test_killed_run_resumes_and_stores_every_scan_once(tmp_path):
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     stored_before = len(list((out / "complete").glob("*.json")))
-    assert 3 <= stored_before < 24, "the run should have been killed half-way"
+    assert 3 <= stored_before < 32, "the run should have been killed half-way"
     assert main(["--input", str(tmp_path / "in"), "--output", str(out), "--workers", "0", "--no-progress"]) == 0
     manifest = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
     ids = [row["scan_id"] for row in manifest]
-    assert len(ids) == len(set(ids)) == 24
+    assert len(ids) == len(set(ids)) == 32
     store = SliceStore.open(str(out))
     rng = np.random.default_rng(4)
     for path in sources:
