@@ -127,7 +127,7 @@ def _run_dask(todo: list[SourceScan], task_args: tuple, workers: int, scheduler:
     cluster = None
     try:
         if scheduler:
-            client = Client(scheduler, timeout="15s")
+            client = Client(scheduler, timeout="10s")
         else:
             import dask
 

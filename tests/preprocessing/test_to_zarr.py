@@ -248,3 +248,24 @@ def test_missing_input_among_good_ones_is_a_failure_row(tmp_path, synth_dir):
     # failures.jsonl describes the latest run only
     assert main(["--input", str(synth_dir), "--output", str(out), "--workers", "0", "--no-progress"]) == 0
     assert (out / "failures.jsonl").read_text() == ""
+
+
+def test_unexpected_error_in_one_scan_is_a_failure_row(tmp_path, synth_dir, monkeypatch):
+    import preprocessing.to_zarr as to_zarr
+
+    def flaky(data):
+        raise RuntimeError("simulated codec crash")
+
+    monkeypatch.setattr(to_zarr, "robust_intensity_params", flaky)
+    report = convert([str(synth_dir)], str(tmp_path / "out"), workers=0, progress=False)
+    assert len(report.failures) == 4
+    assert all("unexpected error while converting: RuntimeError: simulated codec crash" in f["error"]
+               for f in report.failures)
+    assert (tmp_path / "out" / "manifest.jsonl").read_text() == ""
+
+
+def test_unreachable_scheduler_is_a_usage_error(tmp_path, synth_dir, capsys):
+    code = main(["--input", str(synth_dir), "--output", str(tmp_path / "out"), "--scheduler", "tcp://127.0.0.1:9",
+                 "--no-progress"])
+    assert code == 2
+    assert "cannot start or reach the Dask scheduler at tcp://127.0.0.1:9" in capsys.readouterr().err
