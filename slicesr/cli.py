@@ -2,6 +2,9 @@
 
     slicesr store-info DEST [--storage-option KEY=VALUE ...]
     slicesr config [--config FILE] [--set a.b=value ...]     (print the resolved config)
+    slicesr train-vae --config FILE [--set a.b=value ...] [--no-resume]
+    slicesr synthesize --model DIR --input STORE --output STORE [--k K] [--keep-acquired] [--overwrite]
+    slicesr latent-analysis --model DIR [--model DIR ...] --hr HR.nii.gz [...] [--k 4] [--slice-axis auto|0|1|2]
 
 Exit codes: 0 all done, 1 some inputs failed (the rest done), 2 usage or environment error.
 """
@@ -13,7 +16,7 @@ import sys
 
 from slicesr.cli_common import EXIT_OK, EXIT_USAGE, UsageError, parse_storage_options, setup_logging
 from slicesr.config import dump_config, load_config
-from slicesr.errors import StoreError
+from slicesr.errors import InputError, StoreError
 from slicesr.store import SliceStore, summarize
 
 
@@ -28,6 +31,58 @@ def _config(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _train_vae(args: argparse.Namespace) -> int:
+    from slicesr.stage1.train import Stage1Trainer
+
+    config = load_config(args.config, args.set)
+    if config.stage != "vae":
+        raise UsageError(f"{args.config}: train-vae needs stage: vae, got {config.stage}")
+    result = Stage1Trainer(config).fit(resume=not args.no_resume)
+    print(f"trained to step {result['step']}; best model: {result['run_dir']}/best "
+          f"(val L_center {result['best_val_center']:.4f})")
+    return EXIT_OK
+
+
+def _synthesize(args: argparse.Namespace) -> int:
+    from slicesr.stage1.synthesis import synthesize_store
+    from slicesr.stage1.train import load_vae
+
+    model, config, metadata = load_vae(args.model)
+    options = parse_storage_options(args.storage_option)
+    k = args.k or config.synthesis.k
+    if k < 2:
+        raise UsageError(f"--k must be 2 or more, got {k}")
+    source = SliceStore.open(args.input, options)
+    output = SliceStore.create(args.output, options)
+    report = synthesize_store(model, source, output, k, batch_size=args.batch_size or config.synthesis.batch_size,
+                              overlap=config.synthesis.tile_overlap, keep_acquired=args.keep_acquired,
+                              overwrite=args.overwrite, model_id=f"{args.model}@step{metadata.get('step')}")
+    print(f"synthesised {len(report.written)} HR scans (K={k}), already done {len(report.skipped)} -> {output.url}")
+    return EXIT_OK
+
+
+def _latent_analysis(args: argparse.Namespace) -> int:
+    from slicesr.geometry import resolve_slice_axis, to_slice_first
+    from slicesr.intensity import normalize, robust_intensity_params
+    from slicesr.nifti import load_volume
+    from slicesr.stage1.synthesis import latent_distances
+    from slicesr.stage1.train import load_vae
+
+    volumes = []
+    for path in args.hr:
+        volume = load_volume(path)
+        slices, _ = to_slice_first(volume.data, volume.affine, resolve_slice_axis(volume.affine, args.slice_axis))
+        volumes.append(normalize(slices, robust_intensity_params(slices)))
+    print("| model | d1 (xi=1/4,3/4) | d2 (xi=2/4) | d3 (neighbours) |")
+    print("|---|---:|---:|---:|")
+    for model_dir in args.model:
+        model, _, _ = load_vae(model_dir)
+        rows = [latent_distances(model, v, args.k) for v in volumes]
+        mean = {key: sum(r[key] for r in rows) / len(rows) for key in ("d1", "d2", "d3")}
+        print(f"| {model_dir} | {mean['d1']:.3f} | {mean['d2']:.3f} | {mean['d3']:.3f} |")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="slicesr", description="Reduce the slice spacing of thick-slice MR scans.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -39,6 +94,27 @@ def build_parser() -> argparse.ArgumentParser:
     config.add_argument("--config", default=None)
     config.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     config.set_defaults(handler=_config)
+    train = sub.add_parser("train-vae", help="train the stage I VAE-GAN in this process")
+    train.add_argument("--config", required=True)
+    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    train.add_argument("--no-resume", action="store_true", help="start again even if a checkpoint exists")
+    train.set_defaults(handler=_train_vae)
+    synth = sub.add_parser("synthesize", help="synthetic HR slice store from an LR store (stage I)")
+    synth.add_argument("--model", required=True, help="stage I model directory (e.g. runs/stage1/best)")
+    synth.add_argument("--input", required=True, help="LR slice store")
+    synth.add_argument("--output", required=True, help="synthetic HR slice store")
+    synth.add_argument("--k", type=int, default=None)
+    synth.add_argument("--batch-size", type=int, default=None)
+    synth.add_argument("--keep-acquired", action="store_true", help="write the real acquired slices at i*K")
+    synth.add_argument("--overwrite", action="store_true")
+    synth.add_argument("--storage-option", action="append", default=[], metavar="KEY=VALUE")
+    synth.set_defaults(handler=_synthesize)
+    latent = sub.add_parser("latent-analysis", help="Fig. 9 latent distances on HR volumes")
+    latent.add_argument("--model", action="append", required=True)
+    latent.add_argument("--hr", nargs="+", required=True)
+    latent.add_argument("--k", type=int, default=4)
+    latent.add_argument("--slice-axis", default="auto", choices=["auto", "0", "1", "2"])
+    latent.set_defaults(handler=_latent_analysis)
     return parser
 
 
@@ -51,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     try:
         return args.handler(args)
-    except (UsageError, StoreError, ValueError) as exc:
+    except (UsageError, StoreError, ValueError, InputError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
 

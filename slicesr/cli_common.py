@@ -37,9 +37,9 @@ def parse_scalar(text: str) -> Any:
         value = yaml.safe_load(text)
     except yaml.YAMLError:
         return text
-    if isinstance(value, (dict, list)) or (value is None and text.strip() not in ("null", "~")):
+    if value is None and text.strip() not in ("null", "~"):
         return text
-    return value
+    return value  # scalars, and flow lists/mappings such as [1000, 0]
 
 
 def parse_storage_options(pairs: list[str]) -> dict[str, Any]:

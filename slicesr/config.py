@@ -30,9 +30,58 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     name: str = "vae_gan"  # which network; later stages add their sizes here
+    # Stage I (VAE-GAN) size; the paper: image_size 256, num_blocks 6, latent_dim 512.
+    image_size: int = 64
+    channels: int = 16
+    max_channels: int = 256
+    num_blocks: int = 3
+    latent_dim: int = 64
+    disc_channels: int = 32
+    spectral_norm: bool = True
 
     def validate(self) -> None:
         _require(bool(self.name), "model.name must not be empty")
+        for key in ("image_size", "channels", "max_channels", "num_blocks", "latent_dim", "disc_channels"):
+            _require(getattr(self, key) >= 1, f"model.{key} must be >= 1, got {getattr(self, key)}")
+        _require(self.image_size % 2**self.num_blocks == 0 and self.image_size // 2**self.num_blocks >= 2,
+                 f"model.image_size ({self.image_size}) must be divisible by 2**model.num_blocks "
+                 f"({2**self.num_blocks}) with at least 2 pixels left at the bottom")
+
+
+@dataclass
+class ScheduleConfig:
+    """Stage I loss weights (alpha, beta, gamma, eta) in three phases (paper section 3.1)."""
+
+    phase_steps: list[int] = field(default_factory=lambda: [100, 800])  # lengths of phases 1 and 2
+    warmup: list[float] = field(default_factory=lambda: [10000.0, 0.0, 1.0, 0.0])
+    adversarial: list[float] = field(default_factory=lambda: [100.0, 1.0, 0.05, 0.0])
+    full: list[float] = field(default_factory=lambda: [100.0, 1.0, 0.05, 0.02])
+    no_adversarial: bool = False  # ablation: beta = 0 throughout
+    no_compactness: bool = False  # ablation: eta = 0 throughout
+
+    def validate(self) -> None:
+        _require(len(self.phase_steps) == 2 and min(self.phase_steps) >= 0,
+                 f"schedule.phase_steps must be two non-negative lengths, got {self.phase_steps}")
+        for key in ("warmup", "adversarial", "full"):
+            weights = getattr(self, key)
+            _require(len(weights) == 4 and min(weights) >= 0,
+                     f"schedule.{key} must be four non-negative weights (alpha, beta, gamma, eta), got {weights}")
+
+
+@dataclass
+class SynthesisConfig:
+    """Stage I HR synthesis: K slices per acquired gap, written as a slice store."""
+
+    k: int = 4
+    output: str = "runs/data/synthetic_hr.zarr"
+    batch_size: int = 32
+    keep_acquired: bool = False  # the paper decodes the acquired slices too; True keeps the real ones
+    tile_overlap: float = 0.25
+
+    def validate(self) -> None:
+        _require(self.k >= 2, f"synthesis.k must be >= 2, got {self.k}")
+        _require(self.batch_size >= 1, f"synthesis.batch_size must be >= 1, got {self.batch_size}")
+        _require(0 <= self.tile_overlap < 1, f"synthesis.tile_overlap must be in [0, 1), got {self.tile_overlap}")
 
 
 @dataclass
@@ -43,6 +92,9 @@ class TrainConfig:
     seed: int = 0
     checkpoint_every: int = 500
     val_fraction: float = 0.1
+    val_every: int = 100
+    val_batches: int = 4
+    log_every: int = 10
 
     def validate(self) -> None:
         _require(self.max_steps >= 1, f"train.max_steps must be >= 1, got {self.max_steps}")
@@ -50,6 +102,8 @@ class TrainConfig:
         _require(self.lr > 0, f"train.lr must be > 0, got {self.lr}")
         _require(self.checkpoint_every >= 1, f"train.checkpoint_every must be >= 1, got {self.checkpoint_every}")
         _require(0 <= self.val_fraction < 1, f"train.val_fraction must be in [0, 1), got {self.val_fraction}")
+        _require(self.val_every >= 1 and self.log_every >= 1 and self.val_batches >= 1,
+                 "train.val_every, train.val_batches and train.log_every must be >= 1")
 
 
 @dataclass
@@ -86,6 +140,8 @@ class Config:
     stage: Literal["vae", "sr"] = "vae"
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    synthesis: SynthesisConfig = field(default_factory=SynthesisConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     run: RunConfig = field(default_factory=RunConfig)

@@ -1,0 +1,68 @@
+"""The model directory: weights (safetensors), the resolved config (YAML) and metadata (JSON).
+
+Loading rebuilds modules from this package's own classes and loads plain tensors; nothing is unpickled.
+The MLflow registry stores this directory as it is.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from safetensors.torch import load_file, save_file
+
+from slicesr.config import Config, config_from_dict, dump_config
+
+MODEL_FORMAT_VERSION = 1
+WEIGHTS = "model.safetensors"
+CONFIG = "config.yaml"
+METADATA = "metadata.json"
+
+
+def replace_dir_atomically(build, target: str | os.PathLike) -> None:
+    """Fill a temporary sibling folder with `build(path)`, then swap it in: never a half-written folder."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temporary = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+    try:
+        build(temporary)
+        old = None
+        if target.exists():
+            old = target.with_name(f".{target.name}.old-{os.getpid()}")
+            os.replace(target, old)
+        os.replace(temporary, target)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
+
+
+def write_model_dir(path: str | os.PathLike, state: dict[str, torch.Tensor], config: Config,
+                    metadata: dict[str, Any], extra_files: dict[str, Any] | None = None) -> None:
+    def build(folder: Path) -> None:
+        save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(folder / WEIGHTS))
+        (folder / CONFIG).write_text(dump_config(config))
+        (folder / METADATA).write_text(json.dumps({**metadata, "format_version": MODEL_FORMAT_VERSION}, indent=1))
+        for name, value in (extra_files or {}).items():
+            torch.save(value, folder / name)
+
+    replace_dir_atomically(build, path)
+
+
+def read_model_dir(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], Config, dict[str, Any]]:
+    folder = Path(path)
+    for name in (WEIGHTS, CONFIG, METADATA):
+        if not (folder / name).is_file():
+            raise ValueError(f"{folder} is not a slicesr model directory (missing {name})")
+    metadata = json.loads((folder / METADATA).read_text())
+    if int(metadata.get("format_version", 0)) > MODEL_FORMAT_VERSION:
+        raise ValueError(f"{folder}: model format_version {metadata.get('format_version')} is newer than this slicesr")
+    config = config_from_dict(yaml.safe_load((folder / CONFIG).read_text()), str(folder / CONFIG))
+    return load_file(str(folder / WEIGHTS)), config, metadata

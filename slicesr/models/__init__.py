@@ -1,0 +1,1 @@
+"""Pure nn.Modules (no I/O, no distributed calls)."""

@@ -1,0 +1,1 @@
+"""Stage I: VAE-GAN on LR slices, HR synthesis by latent interpolation."""

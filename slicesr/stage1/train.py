@@ -1,0 +1,253 @@
+"""Stage I training loop (eqs. 10-11), in-process; a distributed adapter wraps the Engine, not the loop.
+
+Gradient routing: the encoder E gets alpha*L_center + gamma*L_prior + eta*L_comp (beta = 0 for E);
+the decoder D gets alpha*L_center + beta*L_adv; the critic H maximises L_adv on a detached x_hat.
+Each backward names the parameters it may reach, so no loss leaks into another network.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from slicesr.config import Config, dump_config
+from slicesr.modeldir import read_model_dir, replace_dir_atomically, write_model_dir
+from slicesr.models.vae_gan import VaeGan, VaeGanSize
+from slicesr.stage1.data import TripletSampler, split_scans
+from slicesr.stage1.losses import (
+    LossWeights,
+    adversarial_loss,
+    center_loss,
+    compactness_loss,
+    kl_to_standard_normal,
+    weights_at,
+)
+from slicesr.store import SliceStore
+
+log = logging.getLogger(__name__)
+NETWORKS = ("encoder", "decoder", "critic")
+TRAINING_STATE = "training_state.pt"
+
+
+def size_from_config(config: Config) -> VaeGanSize:
+    m = config.model
+    return VaeGanSize(image_size=m.image_size, channels=m.channels, max_channels=m.max_channels,
+                      num_blocks=m.num_blocks, latent_dim=m.latent_dim, disc_channels=m.disc_channels,
+                      spectral_norm=m.spectral_norm)
+
+
+class Engine:
+    """Owns backward, step, zero_grad and optimizer state for each network (one Adam each)."""
+
+    def __init__(self, model: VaeGan, lr: float, betas: tuple[float, float] = (0.9, 0.999)):
+        self.model = model
+        self.networks: dict[str, nn.Module] = {name: getattr(model, name) for name in NETWORKS}
+        self.optimizers = {name: torch.optim.Adam(net.parameters(), lr=lr, betas=betas)
+                           for name, net in self.networks.items()}
+
+    def parameters(self, name: str) -> list[torch.Tensor]:
+        return [p for p in self.networks[name].parameters() if p.requires_grad]
+
+    def zero_grad(self, name: str) -> None:
+        self.optimizers[name].zero_grad(set_to_none=True)
+
+    def backward(self, name: str, loss: torch.Tensor, retain_graph: bool = False) -> None:
+        loss.backward(inputs=self.parameters(name), retain_graph=retain_graph)
+
+    def step(self, name: str) -> None:
+        self.optimizers[name].step()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {name: opt.state_dict() for name, opt in self.optimizers.items()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for name, opt in self.optimizers.items():
+            opt.load_state_dict(state[name])
+
+
+class Reporter(Protocol):
+    def report(self, step: int, metrics: dict[str, float]) -> None: ...
+
+
+class LogReporter:
+    def report(self, step: int, metrics: dict[str, float]) -> None:
+        log.info("step %d %s", step, " ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items())))
+
+
+def compute_losses(model: VaeGan, batch: torch.Tensor, noise: torch.Generator, with_critic: bool) -> dict[str, torch.Tensor]:
+    """All loss terms for a triplet batch (B, 3, S, S); the critic terms only when beta > 0."""
+    b = batch.shape[0]
+    slices = torch.cat([batch[:, 0], batch[:, 1], batch[:, 2]]).unsqueeze(1)
+    mu, logvar = model.encoder(slices)
+    prev, center, nxt = ((mu[i * b:(i + 1) * b], logvar[i * b:(i + 1) * b]) for i in range(3))
+    x = batch[:, 1:2]
+    x_hat = model.decoder(model.sample(*center, generator=noise))
+    losses = {
+        "center": center_loss(x, x_hat).mean(),
+        "prior": kl_to_standard_normal(*center).mean(),
+        "comp": compactness_loss(center, prev, nxt).mean(),
+        "x": x, "x_hat": x_hat,
+    }
+    if with_critic:
+        losses["adv"] = adversarial_loss(model.critic(x), model.critic(x_hat))
+    return losses
+
+
+def backward_losses(engine: Engine, losses: dict[str, torch.Tensor], w: LossWeights) -> None:
+    """Eq. 10 into E, eq. 11 into D (and H below); zeroes the three networks' gradients first."""
+    for name in NETWORKS:
+        engine.zero_grad(name)
+    encoder_loss = w.alpha * losses["center"] + w.gamma * losses["prior"] + w.eta * losses["comp"]
+    decoder_loss = w.alpha * losses["center"]
+    if "adv" in losses:
+        decoder_loss = decoder_loss + w.beta * losses["adv"]
+    engine.backward("encoder", encoder_loss, retain_graph=True)
+    engine.backward("decoder", decoder_loss)
+
+
+def critic_backward(engine: Engine, losses: dict[str, torch.Tensor], w: LossWeights) -> torch.Tensor:
+    """H maximises beta * L_adv with x_hat detached (no gradient reaches D or E)."""
+    model = engine.model
+    engine.zero_grad("critic")
+    critic_loss = -w.beta * adversarial_loss(model.critic(losses["x"]), model.critic(losses["x_hat"].detach()))
+    engine.backward("critic", critic_loss)
+    return critic_loss
+
+
+class Stage1Trainer:
+    """The loop: sample, losses, routed backward, steps, validation, checkpoints. Knows no Ray."""
+
+    def __init__(self, config: Config, reporter: Reporter | None = None, engine: Engine | None = None):
+        self.config = config
+        self.reporter = reporter or LogReporter()
+        torch.manual_seed(config.train.seed)  # initial weights
+        self.model = VaeGan(size_from_config(config))
+        self.engine = engine or Engine(self.model, config.train.lr)
+        self.store = SliceStore.open(config.data.store, config.data.storage_options)
+        ids = self.store.completed_ids()
+        if not ids:
+            raise ValueError(f"data.store {config.data.store} holds no stored scans")
+        self.train_ids, self.val_ids = split_scans(ids, config.train.val_fraction, config.train.seed)
+        self.sampler = TripletSampler(self.store, self.train_ids, config.model.image_size)
+        self.val_sampler = TripletSampler(self.store, self.val_ids, config.model.image_size) if self.val_ids else None
+        self.data_rng = torch.Generator().manual_seed(config.train.seed)
+        self.noise_rng = torch.Generator().manual_seed(config.train.seed + 1)
+        self.step = 0
+        self.best_val = float("inf")
+        self.run_dir = Path(config.run.storage_path) / config.run.name
+        s = config.schedule
+        self.phases = tuple(LossWeights(*w) for w in (s.warmup, s.adversarial, s.full))
+
+    # ------------------------------------------------------------------ checkpoints
+    @property
+    def latest_dir(self) -> Path:
+        return self.run_dir / "checkpoints" / "latest"
+
+    @property
+    def best_dir(self) -> Path:
+        return self.run_dir / "best"
+
+    def metadata(self) -> dict[str, Any]:
+        return {"stage": "vae", "k": self.config.synthesis.k, "step": self.step,
+                "normalisation": "slicesr.intensity.robust_intensity_params (per scan, stored in the slice store)",
+                "model_size": asdict(size_from_config(self.config)),
+                "train_scans": self.train_ids, "val_scans": self.val_ids, "best_val_center": self.best_val}
+
+    def save_checkpoint(self) -> None:
+        training_state = {
+            "step": self.step, "best_val": self.best_val, "optimizers": self.engine.state_dict(),
+            "data_rng": self.data_rng.get_state(), "noise_rng": self.noise_rng.get_state(),
+            "torch_rng": torch.get_rng_state(),
+        }
+        write_model_dir(self.latest_dir, self.model.state_dict(), self.config, self.metadata(),
+                        {TRAINING_STATE: training_state})
+
+    def try_resume(self) -> bool:
+        if not (self.latest_dir / TRAINING_STATE).is_file():
+            return False
+        weights, _, _ = read_model_dir(self.latest_dir)
+        self.model.load_state_dict(weights)
+        state = torch.load(self.latest_dir / TRAINING_STATE, weights_only=True)
+        self.engine.load_state_dict(state["optimizers"])
+        self.data_rng.set_state(state["data_rng"])
+        self.noise_rng.set_state(state["noise_rng"])
+        torch.set_rng_state(state["torch_rng"])
+        self.step, self.best_val = int(state["step"]), float(state["best_val"])
+        log.info("resumed %s at step %d", self.run_dir, self.step)
+        return True
+
+    # ------------------------------------------------------------------ loop
+    def validate(self) -> float:
+        if self.val_sampler is None:
+            return float("nan")
+        rng = torch.Generator().manual_seed(self.config.train.seed + 2)  # same triplets every time
+        total = 0.0
+        self.model.eval()  # z = mu, and spectral norm's power iteration left as it is
+        with torch.no_grad():
+            for _ in range(self.config.train.val_batches):
+                batch = self.val_sampler.sample(self.config.train.batch_size, rng)
+                mu, _ = self.model.encoder(batch[:, 1:2])
+                total += float(center_loss(batch[:, 1:2], self.model.decoder(mu)).mean())
+        self.model.train()
+        return total / self.config.train.val_batches
+
+    def train_step(self) -> dict[str, float]:
+        phase, w = weights_at(self.step, tuple(self.config.schedule.phase_steps), self.phases,
+                              self.config.schedule.no_adversarial, self.config.schedule.no_compactness)
+        batch = self.sampler.sample(self.config.train.batch_size, self.data_rng)
+        losses = compute_losses(self.model, batch, self.noise_rng, with_critic=w.beta > 0)
+        backward_losses(self.engine, losses, w)
+        self.engine.step("encoder")
+        self.engine.step("decoder")
+        metrics = {"phase": float(phase), **{key: float(losses[key].detach()) for key in ("center", "prior", "comp")}}
+        if w.beta > 0:
+            metrics["adv"] = float(losses["adv"].detach())
+            metrics["critic"] = float(critic_backward(self.engine, losses, w).detach())
+            self.engine.step("critic")
+        self.step += 1
+        return metrics
+
+    def fit(self, resume: bool = True) -> dict[str, Any]:
+        cfg = self.config.train
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "config.yaml").write_text(dump_config(self.config))
+        (self.run_dir / "split.json").write_text(json.dumps({"train": self.train_ids, "val": self.val_ids}, indent=1))
+        if resume:
+            self.try_resume()
+        self.model.train()
+        while self.step < cfg.max_steps:
+            metrics = self.train_step()
+            if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
+                self.reporter.report(self.step, metrics)
+            if self.step % cfg.val_every == 0 or self.step == cfg.max_steps:
+                val = self.validate()
+                self.reporter.report(self.step, {"val_center": val})
+                if val < self.best_val:
+                    self.best_val = val
+                    write_model_dir(self.best_dir, self.model.state_dict(), self.config, self.metadata())
+            if self.step % cfg.checkpoint_every == 0 or self.step == cfg.max_steps:
+                self.save_checkpoint()
+        if not self.best_dir.exists():  # no validation split: the last weights are the result
+            write_model_dir(self.best_dir, self.model.state_dict(), self.config, self.metadata())
+        return {"step": self.step, "best_val_center": self.best_val, "run_dir": str(self.run_dir)}
+
+
+def load_vae(path: str | os.PathLike) -> tuple[VaeGan, Config, dict[str, Any]]:
+    """Rebuild a trained VAE-GAN from a model directory (safetensors; no unpickling)."""
+    weights, config, metadata = read_model_dir(path)
+    if metadata.get("stage") != "vae":
+        raise ValueError(f"{path} holds a stage {metadata.get('stage')!r} model, not a stage I (vae) model")
+    model = VaeGan(size_from_config(config))
+    model.load_state_dict(weights)
+    model.eval()
+    return model, config, metadata
+
+
+__all__ = ["Engine", "Stage1Trainer", "load_vae", "replace_dir_atomically"]
