@@ -1,7 +1,7 @@
 """Stage I networks of the paper (section 3.1): encoder E, decoder D, PatchGAN-style critic H.
 
 LeakyReLU(0.2), instance normalisation, Xavier initialisation and spectral normalisation on every
-convolution; average pooling down, nearest-neighbour up. Sizes come from the config.
+convolution (as in the paper); average pooling down, nearest-neighbour up. Sizes come from the config.
 """
 
 from __future__ import annotations
@@ -39,11 +39,13 @@ def _conv(in_ch: int, out_ch: int, kernel: int, use_sn: bool, stride: int = 1) -
     return spectral_norm(conv) if use_sn else conv
 
 
-def _linear(in_f: int, out_f: int, use_sn: bool) -> nn.Module:
+def _linear(in_f: int, out_f: int) -> nn.Module:
+    # The paper puts spectral normalisation on the convolutions; the fully connected layers that map
+    # to and from the latent code keep their scale free.
     linear = nn.Linear(in_f, out_f)
     nn.init.xavier_uniform_(linear.weight)
     nn.init.zeros_(linear.bias)
-    return spectral_norm(linear) if use_sn else linear
+    return linear
 
 
 class _Unit(nn.Sequential):
@@ -69,7 +71,7 @@ class Encoder(nn.Module):
         self.blocks = nn.Sequential(*[
             _Block(widths[i], widths[i + 1], size.spectral_norm, nn.AvgPool2d(2)) for i in range(size.num_blocks)
         ])
-        self.head = _linear(widths[-1] * size.bottom_size**2, 2 * size.latent_dim, size.spectral_norm)
+        self.head = _linear(widths[-1] * size.bottom_size**2, 2 * size.latent_dim)
         self.latent_dim = size.latent_dim
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -85,7 +87,7 @@ class Decoder(nn.Module):
         super().__init__()
         widths = size.block_channels()[::-1]
         self.bottom_shape = (widths[0], size.bottom_size, size.bottom_size)
-        self.head = _linear(size.latent_dim, widths[0] * size.bottom_size**2, size.spectral_norm)
+        self.head = _linear(size.latent_dim, widths[0] * size.bottom_size**2)
         self.blocks = nn.Sequential(*[
             _Block(widths[i], widths[i + 1], size.spectral_norm, nn.Upsample(scale_factor=2, mode="nearest"),
                    resample_first=True)
