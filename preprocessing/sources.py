@@ -40,6 +40,13 @@ class Expansion:
     problems: list[dict[str, str]]  # SRC arguments that matched nothing or could not be read
 
 
+_HASH_SUFFIX = re.compile(r"-[0-9a-f]{8}$")
+
+
+def strip_hash_suffix(scan_id: str) -> str:
+    return _HASH_SUFFIX.sub("", scan_id)
+
+
 def make_scan_id(relative_path: str) -> str:
     relative = strip_nifti_suffix(relative_path.replace("\\", "/").strip("/"))
     parts = [_UNSAFE.sub("_", part) for part in relative.split("/") if part not in ("", ".")]

@@ -10,19 +10,20 @@ Exit codes: 0 every input stored, 1 some inputs rejected (the rest stored, see D
 from __future__ import annotations
 
 import argparse
+import hashlib
 import logging
 import os
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import fsspec
 import nibabel as nib
 from tqdm import tqdm
 
-from preprocessing.sources import SourceScan, expand_sources
+from preprocessing.sources import SourceScan, expand_sources, strip_hash_suffix
 from slicesr.cli_common import (
     EXIT_OK,
     EXIT_SOME_FAILED,
@@ -89,6 +90,7 @@ def convert_scan(
             "orientation": "".join(nib.aff2axcodes(affine)),
             "spacing_mm": [float(s) for s in voxel_spacing(affine)],
             "slice_axis": int(axis),
+            "requested_slice_axis": "auto" if slice_axis in ("auto", None) else int(slice_axis),
             "intensity": params.to_dict(),
         }
         store = SliceStore(store_url, storage_options)
@@ -106,12 +108,33 @@ def convert_scan(
                 "error": f"unexpected error while converting: {type(exc).__name__}: {exc}"}
 
 
-def _is_current(source: SourceScan, record_values: dict[str, Any] | None) -> bool:
+def _is_current(source: SourceScan, record_values: dict[str, Any] | None, slice_axis: int | str) -> bool:
     return (
         record_values is not None
         and record_values.get("source") == source.uri
         and record_values.get("source_fingerprint") == source.fingerprint
+        and str(record_values.get("requested_slice_axis", "auto")) == str(slice_axis)
     )
+
+
+def assign_stored_ids(scans: list[SourceScan], existing: dict[str, dict[str, Any]]) -> list[SourceScan]:
+    """Keep ids stable across runs: a source already stored keeps its id; a new source whose id is
+    taken by another source gets the hash suffix instead of overwriting that scan."""
+    id_of_source = {values.get("source"): scan_id for scan_id, values in existing.items()}
+    taken = set(existing)
+    out = []
+    for scan in scans:
+        if scan.uri in id_of_source:
+            out.append(replace(scan, scan_id=id_of_source[scan.uri]))
+            continue
+        scan_id = scan.scan_id
+        if scan_id in taken:
+            scan_id = f"{strip_hash_suffix(scan_id)}-{hashlib.sha1(scan.uri.encode()).hexdigest()[:8]}"
+        out.append(replace(scan, scan_id=scan_id))
+    ids = [scan.scan_id for scan in out]
+    if len(ids) != len(set(ids)):  # cannot happen with distinct sources; refuse rather than overwrite
+        raise UsageError("two inputs would be stored under the same scan id; rename one of them")
+    return out
 
 
 def _run_inline(todo: list[SourceScan], task: Callable[[SourceScan], dict]) -> Iterator[dict]:
@@ -228,8 +251,9 @@ def convert(
     existing = {scan_id: rec.values for scan_id, rec in store.records().items()}
     report = ConversionReport(failures=list(expansion.problems))
     todo = []
-    for source in expansion.scans:
-        if not overwrite and _is_current(source, existing.get(source.scan_id)):
+    requested_axis = "auto" if slice_axis in ("auto", None) else int(slice_axis)
+    for source in assign_stored_ids(expansion.scans, existing):
+        if not overwrite and _is_current(source, existing.get(source.scan_id), requested_axis):
             report.skipped.append(source.scan_id)
         else:
             todo.append(source)
@@ -297,6 +321,10 @@ def main(argv: list[str] | None = None) -> int:
         )
     except (UsageError, StoreError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except Exception as exc:  # credentials, endpoints, missing fsspec backends, unreadable lists, ...
+        log.debug("environment error", exc_info=True)
+        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_USAGE
     print(
         f"stored {len(report.stored)}, already stored {len(report.skipped)}, failed {len(report.failures)} "

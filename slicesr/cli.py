@@ -12,9 +12,17 @@ Exit codes: 0 all done, 1 some inputs failed (the rest done), 2 usage or environ
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 
-from slicesr.cli_common import EXIT_OK, EXIT_USAGE, UsageError, parse_storage_options, setup_logging
+from slicesr.cli_common import (
+    EXIT_OK,
+    EXIT_SOME_FAILED,
+    EXIT_USAGE,
+    UsageError,
+    parse_storage_options,
+    setup_logging,
+)
 from slicesr.config import dump_config, load_config
 from slicesr.errors import InputError, StoreError
 from slicesr.store import SliceStore, summarize
@@ -44,6 +52,7 @@ def _train_vae(args: argparse.Namespace) -> int:
 
 
 def _synthesize(args: argparse.Namespace) -> int:
+    from slicesr.modeldir import model_fingerprint
     from slicesr.stage1.synthesis import synthesize_store
     from slicesr.stage1.train import load_vae
 
@@ -53,12 +62,17 @@ def _synthesize(args: argparse.Namespace) -> int:
     if k < 2:
         raise UsageError(f"--k must be 2 or more, got {k}")
     source = SliceStore.open(args.input, options)
+    if SliceStore(args.output, options).url == source.url:
+        raise UsageError(f"--output {args.output} is the input store: synthesis would overwrite the LR scans")
     output = SliceStore.create(args.output, options)
     report = synthesize_store(model, source, output, k, batch_size=args.batch_size or config.synthesis.batch_size,
                               overlap=config.synthesis.tile_overlap, keep_acquired=args.keep_acquired,
-                              overwrite=args.overwrite, model_id=f"{args.model}@step{metadata.get('step')}")
-    print(f"synthesised {len(report.written)} HR scans (K={k}), already done {len(report.skipped)} -> {output.url}")
-    return EXIT_OK
+                              overwrite=args.overwrite, model_id=model_fingerprint(args.model))
+    print(f"synthesised {len(report.written)} HR scans (K={k}), already done {len(report.skipped)}, "
+          f"failed {len(report.failures)} -> {output.url}")
+    for failure in report.failures:
+        print(f"  failed: {failure['scan_id']}: {failure['error']}", file=sys.stderr)
+    return EXIT_SOME_FAILED if report.failures else EXIT_OK
 
 
 def _latent_analysis(args: argparse.Namespace) -> int:
@@ -68,10 +82,14 @@ def _latent_analysis(args: argparse.Namespace) -> int:
     from slicesr.stage1.synthesis import latent_distances
     from slicesr.stage1.train import load_vae
 
+    if args.k < 2:
+        raise UsageError(f"--k must be 2 or more, got {args.k}")
     volumes = []
     for path in args.hr:
         volume = load_volume(path)
         slices, _ = to_slice_first(volume.data, volume.affine, resolve_slice_axis(volume.affine, args.slice_axis))
+        if slices.shape[0] < args.k + 1:
+            raise UsageError(f"{path}: {slices.shape[0]} slices along the slice axis, need at least K+1 = {args.k + 1}")
         volumes.append(normalize(slices, robust_intensity_params(slices)))
     print("| model | d1 (xi=1/4,3/4) | d2 (xi=2/4) | d3 (neighbours) |")
     print("|---|---:|---:|---:|")
@@ -129,6 +147,10 @@ def main(argv: list[str] | None = None) -> int:
         return args.handler(args)
     except (UsageError, StoreError, ValueError, InputError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except Exception as exc:  # corrupt weights, unreachable storage, ...: one line, not a traceback
+        logging.getLogger("slicesr").debug("error", exc_info=True)
+        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_USAGE
 
 

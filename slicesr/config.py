@@ -46,6 +46,8 @@ class ModelConfig:
         _require(self.image_size % 2**self.num_blocks == 0 and self.image_size // 2**self.num_blocks >= 2,
                  f"model.image_size ({self.image_size}) must be divisible by 2**model.num_blocks "
                  f"({2**self.num_blocks}) with at least 2 pixels left at the bottom")
+        _require(self.image_size >= 16, f"model.image_size must be >= 16 (the critic halves it three times), "
+                 f"got {self.image_size}")
 
 
 @dataclass

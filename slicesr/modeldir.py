@@ -44,6 +44,27 @@ def replace_dir_atomically(build, target: str | os.PathLike) -> None:
         raise
 
 
+def recover_dir(target: str | os.PathLike) -> None:
+    """Finish a swap interrupted between its two renames: bring the previous folder back."""
+    target = Path(target)
+    if target.exists():
+        return
+    previous = sorted(target.parent.glob(f".{target.name}.old-*")) if target.parent.exists() else []
+    if previous:
+        os.replace(previous[-1], target)
+
+
+def model_fingerprint(path: str | os.PathLike) -> str:
+    """SHA-256 of the weights: identifies a model whatever path it is reached by."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(Path(path) / WEIGHTS, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def write_model_dir(path: str | os.PathLike, state: dict[str, torch.Tensor], config: Config,
                     metadata: dict[str, Any], extra_files: dict[str, Any] | None = None) -> None:
     def build(folder: Path) -> None:

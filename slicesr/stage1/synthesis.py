@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -61,6 +61,7 @@ def synthesized_affine(affine: np.ndarray, k: int) -> np.ndarray:
 class SynthesisReport:
     written: list[str]
     skipped: list[str]
+    failures: list[dict] = field(default_factory=list)
 
 
 def synthesize_store(model: VaeGan, source: SliceStore, output: SliceStore, k: int, *, batch_size: int = 32,
@@ -77,19 +78,24 @@ def synthesize_store(model: VaeGan, source: SliceStore, output: SliceStore, k: i
         if done is not None and not overwrite and done.values.get("synthesis") == settings:
             report.skipped.append(scan_id)
             continue
-        slices = np.asarray(source.slices(scan_id)[...])
-        if slices.shape[0] < 2:
-            log.warning("scan %s has a single slice: nothing to interpolate, skipped", scan_id)
-            continue
-        hr = synthesize_slices(model, slices, k, batch_size, overlap, keep_acquired)
-        affine = synthesized_affine(record.affine, k)
-        values = {key: record.values[key] for key in ("source", "source_affine", "source_shape", "source_dtype",
-                                                       "slice_axis", "intensity", "orientation")
-                  if key in record.values}
-        values.update({"affine": affine.tolist(), "spacing_mm": [float(s) for s in voxel_spacing(affine)],
-                       "lr_store": source.url, "lr_scan_id": scan_id, "synthesis": settings})
-        output.write_scan(scan_id, hr, values)
-        report.written.append(scan_id)
+        try:
+            slices = np.asarray(source.slices(scan_id)[...])
+            if slices.shape[0] < 2:
+                raise ValueError("a single slice: nothing to interpolate")
+            hr = synthesize_slices(model, slices, k, batch_size, overlap, keep_acquired)
+            affine = synthesized_affine(record.affine, k)
+            values = {key: record.values[key] for key in ("source", "source_affine", "source_shape", "source_dtype",
+                                                           "slice_axis", "intensity", "orientation")
+                      if key in record.values}
+            values.update({"affine": affine.tolist(), "spacing_mm": [float(s) for s in voxel_spacing(affine)],
+                           "lr_store": source.url, "lr_scan_id": scan_id, "synthesis": settings})
+            output.write_scan(scan_id, hr, values)
+            report.written.append(scan_id)
+        except Exception as exc:  # one unreadable scan must not stop the others
+            log.debug("synthesis of %s failed", scan_id, exc_info=True)
+            report.failures.append({"scan_id": scan_id, "source": record.values.get("source"),
+                                    "error": f"{type(exc).__name__}: {exc}"})
+    output.write_failures(report.failures)
     output.rebuild_manifest()
     return report
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Protocol
@@ -18,7 +19,7 @@ import torch
 from torch import nn
 
 from slicesr.config import Config, dump_config
-from slicesr.modeldir import read_model_dir, replace_dir_atomically, write_model_dir
+from slicesr.modeldir import read_model_dir, recover_dir, replace_dir_atomically, write_model_dir
 from slicesr.models.vae_gan import VaeGan, VaeGanSize
 from slicesr.stage1.data import TripletSampler, split_scans
 from slicesr.stage1.losses import (
@@ -124,12 +125,14 @@ def critic_backward(engine: Engine, losses: dict[str, torch.Tensor], w: LossWeig
 class Stage1Trainer:
     """The loop: sample, losses, routed backward, steps, validation, checkpoints. Knows no Ray."""
 
-    def __init__(self, config: Config, reporter: Reporter | None = None, engine: Engine | None = None):
+    def __init__(self, config: Config, reporter: Reporter | None = None,
+                 engine_factory: Callable[[VaeGan, float], Engine] = Engine):
         self.config = config
         self.reporter = reporter or LogReporter()
         torch.manual_seed(config.train.seed)  # initial weights
-        self.model = VaeGan(size_from_config(config))
-        self.engine = engine or Engine(self.model, config.train.lr)
+        # The engine may wrap the networks (DDP, DeepSpeed); the loop only touches them through it.
+        self.engine = engine_factory(VaeGan(size_from_config(config)), config.train.lr)
+        self.model = self.engine.model
         self.store = SliceStore.open(config.data.store, config.data.storage_options)
         ids = self.store.completed_ids()
         if not ids:
@@ -160,8 +163,16 @@ class Stage1Trainer:
                 "model_size": asdict(size_from_config(self.config)),
                 "train_scans": self.train_ids, "val_scans": self.val_ids, "best_val_center": self.best_val}
 
+    def identity(self) -> dict[str, Any]:
+        """What must not change when a run is resumed (everything but lengths and logging)."""
+        c = self.config
+        return {"data.store": c.data.store, "model": asdict(c.model), "schedule": asdict(c.schedule),
+                "train.seed": c.train.seed, "train.batch_size": c.train.batch_size, "train.lr": c.train.lr,
+                "train.val_fraction": c.train.val_fraction, "split": {"train": self.train_ids, "val": self.val_ids}}
+
     def save_checkpoint(self) -> None:
         training_state = {
+            "identity": json.dumps(self.identity(), sort_keys=True),
             "step": self.step, "best_val": self.best_val, "optimizers": self.engine.state_dict(),
             "data_rng": self.data_rng.get_state(), "noise_rng": self.noise_rng.get_state(),
             "torch_rng": torch.get_rng_state(),
@@ -170,11 +181,20 @@ class Stage1Trainer:
                         {TRAINING_STATE: training_state})
 
     def try_resume(self) -> bool:
+        recover_dir(self.latest_dir)  # a kill between the two renames of a checkpoint swap
         if not (self.latest_dir / TRAINING_STATE).is_file():
             return False
+        state = torch.load(self.latest_dir / TRAINING_STATE, weights_only=True)
+        saved = json.loads(state["identity"])
+        current = json.loads(json.dumps(self.identity(), sort_keys=True))
+        changed = sorted(key for key in set(saved) | set(current) if saved.get(key) != current.get(key))
+        if changed:
+            raise ValueError(
+                f"{self.latest_dir} was trained with other settings ({', '.join(changed)}); "
+                "resume with the same config, pick another run.name, or pass --no-resume"
+            )
         weights, _, _ = read_model_dir(self.latest_dir)
         self.model.load_state_dict(weights)
-        state = torch.load(self.latest_dir / TRAINING_STATE, weights_only=True)
         self.engine.load_state_dict(state["optimizers"])
         self.data_rng.set_state(state["data_rng"])
         self.noise_rng.set_state(state["noise_rng"])
@@ -217,10 +237,10 @@ class Stage1Trainer:
     def fit(self, resume: bool = True) -> dict[str, Any]:
         cfg = self.config.train
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        if resume:
+            self.try_resume()  # refuses incompatible settings before anything is overwritten
         (self.run_dir / "config.yaml").write_text(dump_config(self.config))
         (self.run_dir / "split.json").write_text(json.dumps({"train": self.train_ids, "val": self.val_ids}, indent=1))
-        if resume:
-            self.try_resume()
         self.model.train()
         while self.step < cfg.max_steps:
             metrics = self.train_step()

@@ -269,3 +269,27 @@ def test_unreachable_scheduler_is_a_usage_error(tmp_path, synth_dir, capsys):
                  "--no-progress"])
     assert code == 2
     assert "cannot start or reach the Dask scheduler at tcp://127.0.0.1:9" in capsys.readouterr().err
+
+
+def test_separate_runs_with_colliding_ids_never_overwrite_each_other(tmp_path):
+    write_synth(tmp_path / "siteA", 1, shape=(8, 8, 4), prefix="case", seed=1)
+    write_synth(tmp_path / "siteB", 1, shape=(8, 8, 4), prefix="case", seed=2)
+    out = str(tmp_path / "out")
+    first = convert([str(tmp_path / "siteA")], out, workers=0, progress=False)
+    assert first.stored == ["case000"]
+    second = convert([str(tmp_path / "siteB")], out, workers=0, progress=False)
+    assert len(second.stored) == 1 and second.stored[0].startswith("case000-")
+    store = SliceStore.open(out)
+    assert store.record("case000").values["source"].endswith("siteA/case000.nii.gz")
+    # both together later: each source keeps the id it already has, nothing is stored twice
+    both = convert([str(tmp_path / "siteA"), str(tmp_path / "siteB")], out, workers=0, progress=False)
+    assert both.stored == [] and sorted(both.skipped) == sorted(["case000", second.stored[0]])
+    assert len(store.completed_ids()) == 2
+
+
+def test_rerun_with_another_slice_axis_converts_again(tmp_path, synth_dir):
+    out = str(tmp_path / "out")
+    convert([str(synth_dir)], out, workers=0, progress=False)
+    again = convert([str(synth_dir)], out, workers=0, slice_axis="0", progress=False)
+    assert len(again.stored) == 4
+    assert all(SliceStore.open(out).record(i).values["slice_axis"] == 0 for i in again.stored)

@@ -66,3 +66,11 @@ def test_latent_distances_are_finite_and_zero_for_a_constant_volume():
     assert set(d) == {"d1", "d2", "d3"} and all(np.isfinite(v) and v > 0 for v in d.values())
     flat = latent_distances(model, np.full((9, 16, 16), 0.3, np.float32), k=4)
     assert all(v < 1e-5 for v in flat.values())
+
+
+def test_synthesize_refuses_its_input_as_output(debug_config, lr_store, capsys):
+    trainer = Stage1Trainer(debug_config("train.max_steps=1"))
+    trainer.fit()
+    assert main(["synthesize", "--model", str(trainer.best_dir), "--input", lr_store, "--output", lr_store]) == 2
+    assert "is the input store" in capsys.readouterr().err
+    assert main(["latent-analysis", "--model", str(trainer.best_dir), "--hr", "x.nii.gz", "--k", "1"]) == 2

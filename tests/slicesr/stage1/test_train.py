@@ -102,3 +102,28 @@ def test_cli_train_vae_and_errors(debug_config, lr_store, tmp_path, capsys):
     assert "not a slicesr slice store" in capsys.readouterr().err
     assert main(["synthesize", "--model", str(tmp_path), "--input", lr_store, "--output", str(tmp_path / "o")]) == 2
     assert "not a slicesr model directory" in capsys.readouterr().err
+
+
+def test_resume_refuses_changed_settings_and_recovers_an_interrupted_swap(debug_config, tmp_path):
+    Stage1Trainer(debug_config("train.max_steps=3")).fit()
+    with pytest.raises(ValueError, match="train.lr"):
+        Stage1Trainer(debug_config("train.max_steps=6", "train.lr=1e-3")).fit()
+    latest = tmp_path / "runs" / "debug-stage1" / "checkpoints" / "latest"
+    latest.rename(latest.with_name(".latest.old-123"))  # killed between the two renames
+    resumed = Stage1Trainer(debug_config("train.max_steps=4"))
+    resumed.fit()
+    assert resumed.step == 4 and latest.is_dir()
+
+
+def test_engine_factory_owns_the_model(debug_config):
+    from slicesr.stage1.train import Engine
+
+    built = []
+
+    def factory(model, lr):
+        built.append(Engine(model, lr))
+        return built[-1]
+
+    trainer = Stage1Trainer(debug_config("train.max_steps=1"), engine_factory=factory)
+    trainer.fit(resume=False)
+    assert trainer.model is built[0].model
