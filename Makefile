@@ -30,8 +30,10 @@ lint: setup
 test: setup lint
 	$(PY) -m pytest tests
 
-bench: setup
+bench: demo
 	$(PY) benchmarks/preprocess.py
+	$(PY) benchmarks/stage1.py --store $(DEMO_DIR)/lr.zarr
+	$(PY) benchmarks/stage1_latent.py --store $(DEMO_DIR)/lr.zarr
 
 clean:
 	rm -rf $(DEMO_DIR) .pytest_cache
