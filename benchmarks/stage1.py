@@ -47,8 +47,8 @@ from slicesr.stage1.train import (  # noqa: E402
 FIGURES = HERE / "figures"
 
 
-def throughput(config_path: str, steps: int, channels_last: bool) -> tuple[float, float]:
-    config = load_config(config_path)
+def throughput(config_path: str, steps: int, channels_last: bool, batch_size: int | None = None) -> tuple[float, float]:
+    config = load_config(config_path, [f"train.batch_size={batch_size}"] if batch_size else [])
     torch.manual_seed(0)
     model = VaeGan(size_from_config(config))
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -153,15 +153,19 @@ def main(argv=None) -> int:
         f"Command: `python benchmarks/stage1.py --store {args.store} --minutes {args.minutes:g}`  ",
         f"Machine: {torch.get_num_threads()} torch threads on 2 cores, torch {torch.__version__}.",
         "",
-        "| config | memory format | seconds / iteration | centre slices / s |",
-        "|---|---|---:|---:|",
+        "| config | batch | memory format | seconds / iteration | centre slices / s |",
+        "|---|---:|---|---:|---:|",
     ]
-    for config_path, steps in (("configs/cpu/stage1.yaml", 10), ("configs/stage1.yaml", 2)):
-        for channels_last in (False, True):
-            seconds, rate = throughput(config_path, steps, channels_last)
-            lines.append(f"| {config_path} | {'channels_last' if channels_last else 'contiguous'} | "
-                         f"{seconds:.3f} | {rate:.1f} |")
-            print(lines[-1], flush=True)
+    # The paper config at its batch of 16 did not fit in this machine's 24 GiB (the process was killed),
+    # so it is measured at batch 2, one timed iteration.
+    cases = [("configs/cpu/stage1.yaml", 10, False, None), ("configs/cpu/stage1.yaml", 10, True, None),
+             ("configs/stage1.yaml", 1, False, 2)]
+    for config_path, steps, channels_last, batch in cases:
+        seconds, rate = throughput(config_path, steps, channels_last, batch)
+        shown = batch or load_config(config_path).train.batch_size
+        lines.append(f"| {config_path} | {shown} | {'channels_last' if channels_last else 'contiguous'} | "
+                     f"{seconds:.3f} | {rate:.2f} |")
+        print(lines[-1], flush=True)
     if not args.skip_run:
         trainer, history = timed_run(args.store, args.minutes, args.runs)
         if not history:
