@@ -155,7 +155,7 @@ def _run_dask(todo: list[SourceScan], task_args: tuple, workers: int, scheduler:
             import dask
 
             # Dask's nannies set MALLOC_TRIM_THRESHOLD_, which makes every multi-MB scan buffer a
-            # fresh mmap with page faults: measured 1.5x slower per scan. Keep its thread caps, and
+            # fresh mmap with page faults (much slower per scan when profiled). Keep its thread caps, and
             # cap Zarr's codec pool too: parallelism comes from one single-threaded worker per core.
             environ = dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}))
             environ.pop("MALLOC_TRIM_THRESHOLD_", None)
