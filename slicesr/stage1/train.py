@@ -7,19 +7,16 @@ Each backward names the parameters it may reach, so no loss leaks into another n
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Callable
 from dataclasses import asdict
-from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
-from torch import nn
 
-from slicesr.config import Config, dump_config
-from slicesr.modeldir import read_model_dir, recover_dir, replace_dir_atomically, write_model_dir
+from slicesr.config import Config
+from slicesr.modeldir import read_model_dir
 from slicesr.models.vae_gan import VaeGan, VaeGanSize
 from slicesr.stage1.data import TripletSampler, split_scans
 from slicesr.stage1.losses import (
@@ -31,10 +28,11 @@ from slicesr.stage1.losses import (
     weights_at,
 )
 from slicesr.store import SliceStore
+from slicesr.training import Engine as BaseEngine
+from slicesr.training import LogReporter, Reporter, TrainingLoop
 
 log = logging.getLogger(__name__)
 NETWORKS = ("encoder", "decoder", "critic")
-TRAINING_STATE = "training_state.pt"
 
 
 def size_from_config(config: Config) -> VaeGanSize:
@@ -44,42 +42,11 @@ def size_from_config(config: Config) -> VaeGanSize:
                       spectral_norm=m.spectral_norm)
 
 
-class Engine:
-    """Owns backward, step, zero_grad and optimizer state for each network (one Adam each)."""
+class Engine(BaseEngine):
+    """One Adam per network of the VAE-GAN: encoder, decoder, critic."""
 
     def __init__(self, model: VaeGan, lr: float, betas: tuple[float, float] = (0.9, 0.999)):
-        self.model = model
-        self.networks: dict[str, nn.Module] = {name: getattr(model, name) for name in NETWORKS}
-        self.optimizers = {name: torch.optim.Adam(net.parameters(), lr=lr, betas=betas)
-                           for name, net in self.networks.items()}
-
-    def parameters(self, name: str) -> list[torch.Tensor]:
-        return [p for p in self.networks[name].parameters() if p.requires_grad]
-
-    def zero_grad(self, name: str) -> None:
-        self.optimizers[name].zero_grad(set_to_none=True)
-
-    def backward(self, name: str, loss: torch.Tensor, retain_graph: bool = False) -> None:
-        loss.backward(inputs=self.parameters(name), retain_graph=retain_graph)
-
-    def step(self, name: str) -> None:
-        self.optimizers[name].step()
-
-    def state_dict(self) -> dict[str, Any]:
-        return {name: opt.state_dict() for name, opt in self.optimizers.items()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        for name, opt in self.optimizers.items():
-            opt.load_state_dict(state[name])
-
-
-class Reporter(Protocol):
-    def report(self, step: int, metrics: dict[str, float]) -> None: ...
-
-
-class LogReporter:
-    def report(self, step: int, metrics: dict[str, float]) -> None:
-        log.info("step %d %s", step, " ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items())))
+        super().__init__(model, {name: getattr(model, name) for name in NETWORKS}, lr, betas)
 
 
 def compute_losses(model: VaeGan, batch: torch.Tensor, noise: torch.Generator, with_critic: bool) -> dict[str, torch.Tensor]:
@@ -122,13 +89,14 @@ def critic_backward(engine: Engine, losses: dict[str, torch.Tensor], w: LossWeig
     return critic_loss
 
 
-class Stage1Trainer:
-    """The loop: sample, losses, routed backward, steps, validation, checkpoints. Knows no Ray."""
+class Stage1Trainer(TrainingLoop):
+    """Sample triplets, losses, routed backward, steps; validation and checkpoints from TrainingLoop."""
+
+    val_metric = "val_center"
 
     def __init__(self, config: Config, reporter: Reporter | None = None,
                  engine_factory: Callable[[VaeGan, float], Engine] = Engine):
-        self.config = config
-        self.reporter = reporter or LogReporter()
+        super().__init__(config, reporter)
         torch.manual_seed(config.train.seed)  # initial weights
         # The engine may wrap the networks (DDP, DeepSpeed); the loop only touches them through it.
         self.engine = engine_factory(VaeGan(size_from_config(config)), config.train.lr)
@@ -142,20 +110,9 @@ class Stage1Trainer:
         self.val_sampler = TripletSampler(self.store, self.val_ids, config.model.image_size) if self.val_ids else None
         self.data_rng = torch.Generator().manual_seed(config.train.seed)
         self.noise_rng = torch.Generator().manual_seed(config.train.seed + 1)
-        self.step = 0
-        self.best_val = float("inf")
-        self.run_dir = Path(config.run.storage_path) / config.run.name
+        self.generators = {"data": self.data_rng, "noise": self.noise_rng}
         s = config.schedule
         self.phases = tuple(LossWeights(*w) for w in (s.warmup, s.adversarial, s.full))
-
-    # ------------------------------------------------------------------ checkpoints
-    @property
-    def latest_dir(self) -> Path:
-        return self.run_dir / "checkpoints" / "latest"
-
-    @property
-    def best_dir(self) -> Path:
-        return self.run_dir / "best"
 
     def metadata(self) -> dict[str, Any]:
         return {"stage": "vae", "k": self.config.synthesis.k, "step": self.step,
@@ -164,46 +121,11 @@ class Stage1Trainer:
                 "train_scans": self.train_ids, "val_scans": self.val_ids, "best_val_center": self.best_val}
 
     def identity(self) -> dict[str, Any]:
-        """What must not change when a run is resumed (everything but lengths and logging)."""
         c = self.config
         return {"data.store": c.data.store, "model": asdict(c.model), "schedule": asdict(c.schedule),
                 "train.seed": c.train.seed, "train.batch_size": c.train.batch_size, "train.lr": c.train.lr,
                 "train.val_fraction": c.train.val_fraction, "split": {"train": self.train_ids, "val": self.val_ids}}
 
-    def save_checkpoint(self) -> None:
-        training_state = {
-            "identity": json.dumps(self.identity(), sort_keys=True),
-            "step": self.step, "best_val": self.best_val, "optimizers": self.engine.state_dict(),
-            "data_rng": self.data_rng.get_state(), "noise_rng": self.noise_rng.get_state(),
-            "torch_rng": torch.get_rng_state(),
-        }
-        write_model_dir(self.latest_dir, self.model.state_dict(), self.config, self.metadata(),
-                        {TRAINING_STATE: training_state})
-
-    def try_resume(self) -> bool:
-        recover_dir(self.latest_dir)  # a kill between the two renames of a checkpoint swap
-        if not (self.latest_dir / TRAINING_STATE).is_file():
-            return False
-        state = torch.load(self.latest_dir / TRAINING_STATE, weights_only=True)
-        saved = json.loads(state["identity"])
-        current = json.loads(json.dumps(self.identity(), sort_keys=True))
-        changed = sorted(key for key in set(saved) | set(current) if saved.get(key) != current.get(key))
-        if changed:
-            raise ValueError(
-                f"{self.latest_dir} was trained with other settings ({', '.join(changed)}); "
-                "resume with the same config, pick another run.name, or pass --no-resume"
-            )
-        weights, _, _ = read_model_dir(self.latest_dir)
-        self.model.load_state_dict(weights)
-        self.engine.load_state_dict(state["optimizers"])
-        self.data_rng.set_state(state["data_rng"])
-        self.noise_rng.set_state(state["noise_rng"])
-        torch.set_rng_state(state["torch_rng"])
-        self.step, self.best_val = int(state["step"]), float(state["best_val"])
-        log.info("resumed %s at step %d", self.run_dir, self.step)
-        return True
-
-    # ------------------------------------------------------------------ loop
     def validate(self) -> float:
         if self.val_sampler is None:
             return float("nan")
@@ -234,30 +156,6 @@ class Stage1Trainer:
         self.step += 1
         return metrics
 
-    def fit(self, resume: bool = True) -> dict[str, Any]:
-        cfg = self.config.train
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        if resume:
-            self.try_resume()  # refuses incompatible settings before anything is overwritten
-        (self.run_dir / "config.yaml").write_text(dump_config(self.config))
-        (self.run_dir / "split.json").write_text(json.dumps({"train": self.train_ids, "val": self.val_ids}, indent=1))
-        self.model.train()
-        while self.step < cfg.max_steps:
-            metrics = self.train_step()
-            if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
-                self.reporter.report(self.step, metrics)
-            if self.step % cfg.val_every == 0 or self.step == cfg.max_steps:
-                val = self.validate()
-                self.reporter.report(self.step, {"val_center": val})
-                if val < self.best_val:
-                    self.best_val = val
-                    write_model_dir(self.best_dir, self.model.state_dict(), self.config, self.metadata())
-            if self.step % cfg.checkpoint_every == 0 or self.step == cfg.max_steps:
-                self.save_checkpoint()
-        if not self.best_dir.exists():  # no validation split: the last weights are the result
-            write_model_dir(self.best_dir, self.model.state_dict(), self.config, self.metadata())
-        return {"step": self.step, "best_val_center": self.best_val, "run_dir": str(self.run_dir)}
-
 
 def load_vae(path: str | os.PathLike) -> tuple[VaeGan, Config, dict[str, Any]]:
     """Rebuild a trained VAE-GAN from a model directory (safetensors; no unpickling)."""
@@ -270,4 +168,4 @@ def load_vae(path: str | os.PathLike) -> tuple[VaeGan, Config, dict[str, Any]]:
     return model, config, metadata
 
 
-__all__ = ["Engine", "Stage1Trainer", "load_vae", "replace_dir_atomically"]
+__all__ = ["Engine", "LogReporter", "Reporter", "Stage1Trainer", "load_vae"]

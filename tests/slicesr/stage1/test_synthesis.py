@@ -25,7 +25,7 @@ def test_synthesized_slices_shape_and_interpolation_endpoints():
     np.testing.assert_allclose(hr[12], alone[4], atol=1e-5)
     kept = synthesize_slices(model, slices, k=4, keep_acquired=True)
     np.testing.assert_array_equal(kept[::4], slices)
-    np.testing.assert_allclose(kept[1::4], hr[1::4], atol=1e-6)
+    np.testing.assert_allclose(kept[1::4], hr[1::4], atol=1e-5)  # batch split differs; threaded convs round differently
 
 
 def test_synthesize_store_affine_positions_and_resume(debug_config, lr_store, tmp_path, capsys):
