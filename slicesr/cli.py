@@ -3,6 +3,7 @@
     slicesr store-info DEST [--storage-option KEY=VALUE ...]
     slicesr config [--config FILE] [--set a.b=value ...]     (print the resolved config)
     slicesr train-vae --config FILE [--set a.b=value ...] [--no-resume]
+    slicesr train-sr --config FILE [--set a.b=value ...] [--no-resume]
     slicesr synthesize --model DIR --input STORE --output STORE [--k K] [--keep-acquired] [--overwrite]
     slicesr latent-analysis --model DIR [--model DIR ...] --hr HR.nii.gz [...] [--k 4] [--slice-axis auto|0|1|2]
 
@@ -48,6 +49,18 @@ def _train_vae(args: argparse.Namespace) -> int:
     result = Stage1Trainer(config).fit(resume=not args.no_resume)
     print(f"trained to step {result['step']}; best model: {result['run_dir']}/best "
           f"(val L_center {result['best_val_center']:.4f})")
+    return EXIT_OK
+
+
+def _train_sr(args: argparse.Namespace) -> int:
+    from slicesr.stage2.train import Stage2Trainer, method_label
+
+    config = load_config(args.config, args.set)
+    if config.stage != "sr":
+        raise UsageError(f"{args.config}: train-sr needs stage: sr, got {config.stage}")
+    result = Stage2Trainer(config).fit(resume=not args.no_resume)
+    print(f"{method_label(config.model.name, config.sr.supervision)}: trained to step {result['step']}; "
+          f"best model: {result['run_dir']}/best (val L1 {result['best_val_l1']:.4f})")
     return EXIT_OK
 
 
@@ -117,6 +130,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     train.add_argument("--no-resume", action="store_true", help="start again even if a checkpoint exists")
     train.set_defaults(handler=_train_vae)
+    train_sr = sub.add_parser("train-sr", help="train a stage II generator (DeepResolve, DCSRN) in this process")
+    train_sr.add_argument("--config", required=True)
+    train_sr.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    train_sr.add_argument("--no-resume", action="store_true", help="start again even if a checkpoint exists")
+    train_sr.set_defaults(handler=_train_sr)
     synth = sub.add_parser("synthesize", help="synthetic HR slice store from an LR store (stage I)")
     synth.add_argument("--model", required=True, help="stage I model directory (e.g. runs/stage1/best)")
     synth.add_argument("--input", required=True, help="LR slice store")

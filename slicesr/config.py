@@ -29,7 +29,7 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    name: str = "vae_gan"  # which network; later stages add their sizes here
+    name: Literal["vae_gan", "deepresolve", "dcsrn"] = "vae_gan"  # stage I: vae_gan; stage II: a generator
     # Stage I (VAE-GAN) size; the paper: image_size 256, num_blocks 6, latent_dim 512.
     image_size: int = 64
     channels: int = 16
@@ -38,14 +38,20 @@ class ModelConfig:
     latent_dim: int = 64
     disc_channels: int = 32
     spectral_norm: bool = True
+    # Stage II generators; the references: DeepResolve 20 layers x 64 filters, DCSRN 4 units, growth 24.
+    num_layers: int = 20  # DeepResolve: 3x3x3 conv layers, ReLU between them
+    num_filters: int = 64  # DeepResolve: filters per layer
+    dense_units: int = 4  # DCSRN: BN-ELU-conv units in the dense block
+    growth_rate: int = 24  # DCSRN: filters each unit adds (its first conv has 2 x growth_rate)
 
     def validate(self) -> None:
-        _require(bool(self.name), "model.name must not be empty")
-        for key in ("image_size", "channels", "max_channels", "num_blocks", "latent_dim", "disc_channels"):
+        for key in ("image_size", "channels", "max_channels", "num_blocks", "latent_dim", "disc_channels",
+                    "num_filters", "dense_units", "growth_rate"):
             _require(getattr(self, key) >= 1, f"model.{key} must be >= 1, got {getattr(self, key)}")
         _require(self.image_size % 2**self.num_blocks == 0 and self.image_size // 2**self.num_blocks >= 2,
                  f"model.image_size ({self.image_size}) must be divisible by 2**model.num_blocks "
                  f"({2**self.num_blocks}) with at least 2 pixels left at the bottom")
+        _require(self.num_layers >= 2, f"model.num_layers must be >= 2 (input and output convs), got {self.num_layers}")
         _require(self.image_size >= 16, f"model.image_size must be >= 16 (the critic halves it three times), "
                  f"got {self.image_size}")
 
@@ -84,6 +90,31 @@ class SynthesisConfig:
         _require(self.k >= 2, f"synthesis.k must be >= 2, got {self.k}")
         _require(self.batch_size >= 1, f"synthesis.batch_size must be >= 1, got {self.batch_size}")
         _require(0 <= self.tile_overlap < 1, f"synthesis.tile_overlap must be in [0, 1), got {self.tile_overlap}")
+
+
+@dataclass
+class SrConfig:
+    """Stage II: degradation T (keep 1 slice in K), 3D training patches, sliding-window inference.
+
+    Sizes are (slices, rows, cols) on the HR grid, slice axis first.
+    """
+
+    k: int = 4
+    patch_size: list[int] = field(default_factory=lambda: [17, 64, 64])  # slices = K * m + 1
+    window: list[int] = field(default_factory=lambda: [33, 128, 128])
+    window_overlap: float = 0.25
+    keep_acquired: bool = True  # the acquired slices are copied to the output unchanged
+    supervision: Literal["synthetic", "real"] = "synthetic"  # real = the supervised upper bound
+
+    def validate(self) -> None:
+        _require(self.k >= 2, f"sr.k must be >= 2, got {self.k}")
+        for key in ("patch_size", "window"):
+            size = getattr(self, key)
+            _require(len(size) == 3 and min(size) >= 1, f"sr.{key} must be three sizes (slices, rows, cols), got {size}")
+        _require(self.patch_size[0] >= self.k + 1 and (self.patch_size[0] - 1) % self.k == 0,
+                 f"sr.patch_size[0] ({self.patch_size[0]}) must be K*m + 1 slices with m >= 1 (K = {self.k}), "
+                 f"e.g. {2 * self.k + 1}: a patch starts and ends on an acquired slice")
+        _require(0 <= self.window_overlap < 1, f"sr.window_overlap must be in [0, 1), got {self.window_overlap}")
 
 
 @dataclass
@@ -144,6 +175,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     synthesis: SynthesisConfig = field(default_factory=SynthesisConfig)
+    sr: SrConfig = field(default_factory=SrConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     run: RunConfig = field(default_factory=RunConfig)
@@ -154,6 +186,12 @@ class Config:
             value = getattr(self, section.name)
             if dataclasses.is_dataclass(value):
                 value.validate()
+        generators = ("deepresolve", "dcsrn")
+        if self.stage == "vae":
+            _require(self.model.name == "vae_gan", f"stage vae trains model.name vae_gan, got {self.model.name}")
+        else:
+            _require(self.model.name in generators,
+                     f"stage sr trains a generator: model.name must be one of {', '.join(generators)}, got {self.model.name}")
 
 
 def _require(condition: bool, message: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from slicesr.geometry import scale_axis
 
@@ -24,3 +25,9 @@ def keep_every_kth(data: np.ndarray, affine: np.ndarray, k: int, slice_axis: int
 
 def num_kept_slices(num_slices: int, k: int) -> int:
     return (num_slices - 1) // k + 1
+
+
+def keep_every_kth_tensor(hr: torch.Tensor, k: int, dim: int = -3) -> torch.Tensor:
+    """T on a torch tensor: slices 0, K, 2K, ... along `dim` (bit-identical copies)."""
+    index = torch.arange(0, hr.shape[dim], int(k), device=hr.device)
+    return hr.index_select(dim, index)

@@ -4,24 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from slicesr.windows import blend_weights, window_starts
 
-def tile_starts(length: int, tile: int, overlap: float) -> list[int]:
-    """Start offsets covering [0, length) with tiles of `tile` pixels overlapping by about `overlap`."""
-    if length <= tile:
-        return [0]
-    stride = max(1, int(round(tile * (1.0 - overlap))))
-    starts = list(range(0, length - tile + 1, stride))
-    if starts[-1] != length - tile:
-        starts.append(length - tile)
-    return starts
+tile_starts = window_starts
 
 
 def blend_window(tile: int, overlap: float) -> np.ndarray:
     """Positive 2D weights that ramp down towards tile borders (all > 0, so any cover normalises)."""
-    ramp_len = max(1, int(round(tile * overlap / 2)))
-    index = np.arange(tile)
-    ramp = np.minimum(1.0, np.minimum(index + 1, tile - index) / (ramp_len + 1))
-    return np.outer(ramp, ramp).astype(np.float32)
+    return blend_weights((tile, tile), overlap)
 
 
 def extract_tiles(image: np.ndarray, tile: int, overlap: float) -> tuple[np.ndarray, list[tuple[int, int]]]:

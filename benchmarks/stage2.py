@@ -1,0 +1,112 @@
+"""Stage II quality benchmark: the paper's Table 1 on this machine, from LR scans only.
+
+    python benchmarks/stage2.py --vae runs/bench-stage1/checkpoints/latest [--lr-store demo_out/lr.zarr]
+        [--hr-train ../shared/data/brain/train] [--eval ../shared/data/brain/eval/*.nii.gz] [--steps 1500]
+
+1. Synthesises HR volumes from the LR slice store (every 4th axial slice of the brain training pool,
+   made by `make demo`) with the stage I model (`--vae`, e.g. the 20-minute run of benchmarks/stage1.py).
+2. Trains the proposed generator on them (configs/cpu/stage2.yaml) and, with the same code, config and
+   step count, the supervised upper bound ("DeepResolve only") on the real HR volumes of the same pool.
+3. Runs `slicesr evaluate` on the held-out HR volumes: linear, cubic, VAE-based up-sampling, proposed,
+   DeepResolve only. Writes the table and figures into benchmarks/RESULTS.md (section "stage2").
+Every step resumes or is skipped when its output exists (runs/bench-stage2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+from benchmarks.results import write_section  # noqa: E402
+from slicesr.cli_common import setup_logging  # noqa: E402
+from slicesr.config import load_config  # noqa: E402
+
+FIGURES = HERE / "figures"
+
+
+def prepare(args, work: Path) -> tuple[str, str]:
+    from preprocessing.to_zarr import convert
+    from slicesr.modeldir import model_fingerprint
+    from slicesr.stage1.synthesis import synthesize_store
+    from slicesr.stage1.train import load_vae
+    from slicesr.store import SliceStore
+
+    synthetic, real = str(work / "synthetic_hr.zarr"), str(work / "real_hr.zarr")
+    vae, config, _ = load_vae(args.vae)
+    synthesize_store(vae, SliceStore.open(args.lr_store), SliceStore.create(synthetic), args.k,
+                     batch_size=64, overlap=config.synthesis.tile_overlap, model_id=model_fingerprint(args.vae))
+    convert([args.hr_train], real, workers=0, slice_axis=2)
+    return synthetic, real
+
+
+def train(name: str, store: str, supervision: str, args, work: Path) -> tuple[str, int, float]:
+    from slicesr.stage2.train import Stage2Trainer
+
+    config = load_config(args.config, [f"data.store={store}", f"run.storage_path={work}", f"run.name={name}",
+                                       f"sr.supervision={supervision}", f"train.max_steps={args.steps}",
+                                       f"sr.k={args.k}"])
+    trainer = Stage2Trainer(config)
+    started = time.perf_counter()
+    trainer.fit()
+    return str(trainer.best_dir), trainer.step, time.perf_counter() - started
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--vae", required=True, help="stage I model directory")
+    parser.add_argument("--lr-store", default="demo_out/lr.zarr")
+    parser.add_argument("--hr-train", default="../shared/data/brain/train")
+    parser.add_argument("--eval", nargs="+", default=sorted(glob.glob("../shared/data/brain/eval/*.nii.gz")))
+    parser.add_argument("--config", default="configs/cpu/stage2.yaml")
+    parser.add_argument("--steps", type=int, default=1500)
+    parser.add_argument("--k", type=int, default=4)
+    parser.add_argument("--work", default="runs/bench-stage2")
+    parser.add_argument("--train-only", action="store_true")
+    args = parser.parse_args(argv)
+    setup_logging()
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    synthetic, real = prepare(args, work)
+    proposed, steps_p, seconds_p = train("proposed-deepresolve", synthetic, "synthetic", args, work)
+    supervised, steps_s, seconds_s = train("deepresolve-only", real, "real", args, work)
+    print(f"trained: proposed {steps_p} steps ({seconds_p:.0f} s this call), supervised {steps_s} ({seconds_s:.0f} s)")
+    if args.train_only:
+        return 0
+    from slicesr.evaluate import evaluate
+
+    out = work / "eval"
+    methods = ["linear", "cubic", f"VAE-based up-sample={args.vae}", f"Proposed with DeepResolve={proposed}",
+               f"DeepResolve only={supervised}"]
+    result = evaluate(args.eval, args.k, methods, str(out), slice_axis="2", progress=False)
+    FIGURES.mkdir(exist_ok=True)
+    for figure in sorted(out.glob("*.png")):
+        shutil.copy(figure, FIGURES / f"stage2_{figure.name}")
+    lines = [
+        f"Command: `python benchmarks/stage2.py --vae {args.vae} --steps {args.steps}`  ",
+        f"Stage I model: {args.vae}; stage II: {args.config}, {args.steps} iterations each, "
+        f"{torch.get_num_threads()} torch threads on 2 cores. Training pool: every {args.k}th axial slice of "
+        f"{args.hr_train} (LR) for the proposed method; the full-resolution volumes of the same pool for "
+        "'DeepResolve only' (the supervised upper bound). Held out: " + ", ".join(Path(p).name for p in args.eval) + ".",
+        "Scoring: README 'Scoring protocol' (K = 4 along axis 2, HR min-max normalisation, missing slices primary).",
+        "",
+        result.summary_table(),
+        "",
+        *[f"![{f.stem}](figures/stage2_{f.name})" for f in sorted(out.glob("*.png"))],
+    ]
+    table = "\n".join(lines)
+    print(table)
+    write_section(HERE / "RESULTS.md", "stage2", "Stage II: Table 1 on the brain volumes (CPU-sized models)", table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

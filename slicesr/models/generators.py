@@ -1,0 +1,77 @@
+"""Stage II 3D super-resolution generators (paper section 2.3); pure modules, no I/O.
+
+Both take the LR volume already resampled to the HR grid along the slice axis (linear) as
+(B, 1, slices, rows, cols) and return a tensor of the same shape.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class GeneratorSize:
+    name: str = "deepresolve"  # deepresolve | dcsrn
+    num_layers: int = 20
+    num_filters: int = 64
+    dense_units: int = 4
+    growth_rate: int = 24
+
+
+class DeepResolve(nn.Module):
+    """Chaudhari et al. 2018: `num_layers` 3x3x3 convs with ReLU between them and a global residual."""
+
+    def __init__(self, num_layers: int = 20, num_filters: int = 64):
+        super().__init__()
+        layers: list[nn.Module] = [nn.Conv3d(1, num_filters, 3, padding=1), nn.ReLU(inplace=True)]
+        for _ in range(num_layers - 2):
+            layers += [nn.Conv3d(num_filters, num_filters, 3, padding=1), nn.ReLU(inplace=True)]
+        layers.append(nn.Conv3d(num_filters, 1, 3, padding=1))
+        self.body = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)  # the network learns the residual to the interpolated input
+
+
+class DenseUnit(nn.Module):
+    def __init__(self, in_channels: int, growth_rate: int):
+        super().__init__()
+        self.body = nn.Sequential(nn.BatchNorm3d(in_channels), nn.ELU(inplace=True),
+                                  nn.Conv3d(in_channels, growth_rate, 3, padding=1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([x, self.body(x)], dim=1)
+
+
+class DCSRN(nn.Module):
+    """Chen et al. 2018: a conv with 2k filters, one densely connected block of BN-ELU-conv units
+    (growth k), and an output conv over everything the block concatenated."""
+
+    def __init__(self, dense_units: int = 4, growth_rate: int = 24):
+        super().__init__()
+        channels = 2 * growth_rate
+        self.stem = nn.Conv3d(1, channels, 3, padding=1)
+        units = []
+        for _ in range(dense_units):
+            units.append(DenseUnit(channels, growth_rate))
+            channels += growth_rate
+        self.block = nn.Sequential(*units)
+        self.head = nn.Conv3d(channels, 1, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.block(self.stem(x)))
+
+
+def build_generator(size: GeneratorSize) -> nn.Module:
+    if size.name == "deepresolve":
+        return DeepResolve(size.num_layers, size.num_filters)
+    if size.name == "dcsrn":
+        return DCSRN(size.dense_units, size.growth_rate)
+    raise ValueError(f"unknown generator {size.name!r} (deepresolve or dcsrn)")
+
+
+def display_name(name: str) -> str:
+    return {"deepresolve": "DeepResolve", "dcsrn": "DCSRN"}.get(name, name)

@@ -1,0 +1,1 @@
+"""Stage II: 3D super-resolution generators trained on (synthetic) HR volumes."""

@@ -1,0 +1,128 @@
+"""Stage II training (eq. 12): L1 between G(upsampled T(X')) and X' on 3D patches, in-process.
+
+X' are the synthetic HR volumes of stage I, or real HR volumes for the supervised upper bound
+("DeepResolve only"), which is labelled as such in its metadata and everywhere it is reported.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import asdict
+from typing import Any
+
+import torch
+from torch import nn
+
+from slicesr.config import Config
+from slicesr.modeldir import read_model_dir
+from slicesr.models.generators import GeneratorSize, build_generator, display_name
+from slicesr.stage1.data import split_scans
+from slicesr.stage2.data import PatchSampler
+from slicesr.store import SliceStore
+from slicesr.training import Engine, Reporter, TrainingLoop
+
+log = logging.getLogger(__name__)
+
+
+def generator_size(config: Config) -> GeneratorSize:
+    m = config.model
+    return GeneratorSize(name=m.name, num_layers=m.num_layers, num_filters=m.num_filters,
+                         dense_units=m.dense_units, growth_rate=m.growth_rate)
+
+
+def method_label(name: str, supervision: str) -> str:
+    """The paper's names: 'Proposed with DeepResolve' or the upper bound 'DeepResolve only'."""
+    generator = display_name(name)
+    return f"{generator} only" if supervision == "real" else f"Proposed with {generator}"
+
+
+def generator_engine(model: nn.Module, lr: float) -> Engine:
+    return Engine(model, {"generator": model}, lr)
+
+
+def check_store_matches(store: SliceStore, ids: list[str], supervision: str, k: int) -> None:
+    """Refuse training data that would mislabel the method: synthetic vs real HR, and K."""
+    for scan_id in ids:
+        values = store.record(scan_id).values
+        synthesis = values.get("synthesis")
+        if supervision == "synthetic" and synthesis is None:
+            raise ValueError(f"data.store {store.url}: scan {scan_id} is not a synthetic HR volume (not written by "
+                             "`slicesr synthesize`); for the supervised upper bound on real HR set sr.supervision=real")
+        if supervision == "real" and synthesis is not None:
+            raise ValueError(f"data.store {store.url} holds synthetic HR volumes but sr.supervision is real")
+        if synthesis is not None and int(synthesis["k"]) != k:
+            raise ValueError(f"data.store {store.url} was synthesised with K={synthesis['k']}, but sr.k is {k}")
+
+
+class Stage2Trainer(TrainingLoop):
+    val_metric = "val_l1"
+
+    def __init__(self, config: Config, reporter: Reporter | None = None,
+                 engine_factory: Callable[[nn.Module, float], Engine] = generator_engine):
+        super().__init__(config, reporter)
+        torch.manual_seed(config.train.seed)  # initial weights
+        self.engine = engine_factory(build_generator(generator_size(config)), config.train.lr)
+        self.model = self.engine.model
+        self.store = SliceStore.open(config.data.store, config.data.storage_options)
+        ids = self.store.completed_ids()
+        if not ids:
+            raise ValueError(f"data.store {config.data.store} holds no stored scans")
+        sr = config.sr
+        check_store_matches(self.store, ids, sr.supervision, sr.k)
+        self.train_ids, self.val_ids = split_scans(ids, config.train.val_fraction, config.train.seed)
+        aligned = sr.supervision == "synthetic"
+        self.sampler = PatchSampler(self.store, self.train_ids, tuple(sr.patch_size), sr.k, aligned)
+        self.val_sampler = (PatchSampler(self.store, self.val_ids, tuple(sr.patch_size), sr.k, aligned)
+                            if self.val_ids else None)
+        self.data_rng = torch.Generator().manual_seed(config.train.seed)
+        self.generators = {"data": self.data_rng}
+
+    def metadata(self) -> dict[str, Any]:
+        sr = self.config.sr
+        return {"stage": "sr", "k": sr.k, "step": self.step, "generator": self.config.model.name,
+                "supervision": sr.supervision, "method": method_label(self.config.model.name, sr.supervision),
+                "normalisation": "slicesr.intensity.robust_intensity_params (per scan)",
+                "model_size": asdict(generator_size(self.config)), "training_store": self.store.url,
+                "train_scans": self.train_ids, "val_scans": self.val_ids, "best_val_l1": self.best_val}
+
+    def identity(self) -> dict[str, Any]:
+        c = self.config
+        return {"data.store": c.data.store, "model": asdict(c.model), "sr": asdict(c.sr),
+                "train.seed": c.train.seed, "train.batch_size": c.train.batch_size, "train.lr": c.train.lr,
+                "train.val_fraction": c.train.val_fraction, "split": {"train": self.train_ids, "val": self.val_ids}}
+
+    def validate(self) -> float:
+        if self.val_sampler is None:
+            return float("nan")
+        rng = torch.Generator().manual_seed(self.config.train.seed + 2)  # the same patches every time
+        total = 0.0
+        self.model.eval()
+        with torch.no_grad():
+            for _ in range(self.config.train.val_batches):
+                inputs, target = self.val_sampler.sample(self.config.train.batch_size, rng)
+                total += float(torch.nn.functional.l1_loss(self.model(inputs), target))
+        self.model.train()
+        return total / self.config.train.val_batches
+
+    def train_step(self) -> dict[str, float]:
+        inputs, target = self.sampler.sample(self.config.train.batch_size, self.data_rng)
+        loss = torch.nn.functional.l1_loss(self.model(inputs), target)
+        self.engine.zero_grad("generator")
+        self.engine.backward("generator", loss)
+        self.engine.step("generator")
+        self.step += 1
+        # the interpolated input's own error: how far the generator has moved past linear
+        return {"l1": float(loss.detach()), "l1_linear": float(torch.nn.functional.l1_loss(inputs, target))}
+
+
+def load_generator(path: str | os.PathLike) -> tuple[nn.Module, Config, dict[str, Any]]:
+    """Rebuild a trained stage II generator from a model directory (safetensors; no unpickling)."""
+    weights, config, metadata = read_model_dir(path)
+    if metadata.get("stage") != "sr":
+        raise ValueError(f"{path} holds a stage {metadata.get('stage')!r} model, not a stage II (sr) model")
+    model = build_generator(generator_size(config))
+    model.load_state_dict(weights)
+    model.eval()
+    return model, config, metadata
