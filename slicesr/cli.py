@@ -5,6 +5,8 @@
     slicesr train-vae --config FILE [--set a.b=value ...] [--no-resume]
     slicesr train-sr --config FILE [--set a.b=value ...] [--no-resume]
     slicesr synthesize --model DIR --input STORE --output STORE [--k K] [--keep-acquired] [--overwrite]
+    slicesr infer IN [IN ...] --output OUT --model MODEL [--k K] [--slice-axis auto|0|1|2] [--no-keep-acquired]
+    slicesr evaluate HR [HR ...] --k K --methods linear,cubic,MODEL,... --output DIR [--slice-axis auto|0|1|2]
     slicesr latent-analysis --model DIR [--model DIR ...] --hr HR.nii.gz [...] [--k 4] [--slice-axis auto|0|1|2]
 
 Exit codes: 0 all done, 1 some inputs failed (the rest done), 2 usage or environment error.
@@ -88,6 +90,33 @@ def _synthesize(args: argparse.Namespace) -> int:
     return EXIT_SOME_FAILED if report.failures else EXIT_OK
 
 
+def _infer(args: argparse.Namespace) -> int:
+    from slicesr.inference import check_k, infer_files, load_method
+
+    method = load_method(args.model)
+    k = args.k or method.trained_k
+    if k is None:
+        raise UsageError(f"--k is needed with {args.model} (it was not trained for one K)")
+    check_k(method, k)
+    report = infer_files(args.inputs, args.output, method, k, args.slice_axis, keep_acquired=not args.no_keep_acquired)
+    print(f"super-resolved {len(report.written)} scans with {method.label} (K={k}), failed {len(report.failures)}"
+          f" -> {args.output}")
+    for failure in report.failures:
+        print(f"  failed: {failure['source']}: {failure['error']}", file=sys.stderr)
+    return EXIT_SOME_FAILED if report.failures else EXIT_OK
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from slicesr.evaluate import evaluate
+
+    result = evaluate(args.hr, args.k, args.methods, args.output, args.slice_axis, figures=not args.no_figures)
+    print(result.summary_table())
+    print(f"-> {args.output}/metrics.csv, summary.md" + ("" if args.no_figures else ", *_slices.png, *_through_plane.png"))
+    for failure in result.failures:
+        print(f"  failed: {failure['source']}: {failure['error']}", file=sys.stderr)
+    return EXIT_SOME_FAILED if result.failures else EXIT_OK
+
+
 def _latent_analysis(args: argparse.Namespace) -> int:
     from slicesr.geometry import resolve_slice_axis, to_slice_first
     from slicesr.intensity import normalize, robust_intensity_params
@@ -145,6 +174,24 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--overwrite", action="store_true")
     synth.add_argument("--storage-option", action="append", default=[], metavar="KEY=VALUE")
     synth.set_defaults(handler=_synthesize)
+    infer = sub.add_parser("infer", help="super-resolve scans along their slice axis")
+    infer.add_argument("inputs", nargs="+", metavar="IN", help="NIfTI files or folders of them")
+    infer.add_argument("--output", required=True, metavar="OUT", help="a .nii/.nii.gz file (one input) or a folder")
+    infer.add_argument("--model", required=True,
+                       help="linear, cubic, a stage I model directory (VAE up-sampling) or a stage II one")
+    infer.add_argument("--k", type=int, default=None, help="slices per acquired gap (default: the model's)")
+    infer.add_argument("--slice-axis", default="auto", choices=["auto", "0", "1", "2"])
+    infer.add_argument("--no-keep-acquired", action="store_true", help="take the network's output at acquired slices too")
+    infer.set_defaults(handler=_infer)
+    evaluation = sub.add_parser("evaluate", help="score methods on HR volumes (simulated LR: every K-th slice)")
+    evaluation.add_argument("hr", nargs="+", metavar="HR", help="HR NIfTI files or folders of them")
+    evaluation.add_argument("--k", type=int, required=True)
+    evaluation.add_argument("--slice-axis", default="auto", choices=["auto", "0", "1", "2"])
+    evaluation.add_argument("--methods", required=True,
+                            help="comma-separated: linear, cubic, model directories; LABEL=MODEL names a row")
+    evaluation.add_argument("--output", required=True, metavar="DIR")
+    evaluation.add_argument("--no-figures", action="store_true")
+    evaluation.set_defaults(handler=_evaluate)
     latent = sub.add_parser("latent-analysis", help="Fig. 9 latent distances on HR volumes")
     latent.add_argument("--model", action="append", required=True)
     latent.add_argument("--hr", nargs="+", required=True)

@@ -1,7 +1,9 @@
 """Stage II 3D super-resolution generators (paper section 2.3); pure modules, no I/O.
 
 Both take the LR volume already resampled to the HR grid along the slice axis (linear) as
-(B, 1, slices, rows, cols) and return a tensor of the same shape.
+(B, 1, slices, rows, cols) and return a tensor of the same shape. Convolutions pad by replicating the
+border: a window cut from a larger volume then sees a continuation of the anatomy instead of a black
+frame, so overlapping windows blend without seams and a constant volume stays constant.
 """
 
 from __future__ import annotations
@@ -21,15 +23,19 @@ class GeneratorSize:
     growth_rate: int = 24
 
 
+def conv3(in_channels: int, out_channels: int) -> nn.Conv3d:
+    return nn.Conv3d(in_channels, out_channels, 3, padding=1, padding_mode="replicate")
+
+
 class DeepResolve(nn.Module):
     """Chaudhari et al. 2018: `num_layers` 3x3x3 convs with ReLU between them and a global residual."""
 
     def __init__(self, num_layers: int = 20, num_filters: int = 64):
         super().__init__()
-        layers: list[nn.Module] = [nn.Conv3d(1, num_filters, 3, padding=1), nn.ReLU(inplace=True)]
+        layers: list[nn.Module] = [conv3(1, num_filters), nn.ReLU(inplace=True)]
         for _ in range(num_layers - 2):
-            layers += [nn.Conv3d(num_filters, num_filters, 3, padding=1), nn.ReLU(inplace=True)]
-        layers.append(nn.Conv3d(num_filters, 1, 3, padding=1))
+            layers += [conv3(num_filters, num_filters), nn.ReLU(inplace=True)]
+        layers.append(conv3(num_filters, 1))
         self.body = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -40,7 +46,7 @@ class DenseUnit(nn.Module):
     def __init__(self, in_channels: int, growth_rate: int):
         super().__init__()
         self.body = nn.Sequential(nn.BatchNorm3d(in_channels), nn.ELU(inplace=True),
-                                  nn.Conv3d(in_channels, growth_rate, 3, padding=1))
+                                  conv3(in_channels, growth_rate))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.cat([x, self.body(x)], dim=1)
@@ -53,13 +59,13 @@ class DCSRN(nn.Module):
     def __init__(self, dense_units: int = 4, growth_rate: int = 24):
         super().__init__()
         channels = 2 * growth_rate
-        self.stem = nn.Conv3d(1, channels, 3, padding=1)
+        self.stem = conv3(1, channels)
         units = []
         for _ in range(dense_units):
             units.append(DenseUnit(channels, growth_rate))
             channels += growth_rate
         self.block = nn.Sequential(*units)
-        self.head = nn.Conv3d(channels, 1, 3, padding=1)
+        self.head = conv3(channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.block(self.stem(x)))

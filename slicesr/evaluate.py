@@ -1,0 +1,211 @@
+"""Scoring methods against HR volumes (the paper's Table 1, Fig. 4 and Fig. 5).
+
+Protocol (README, "Scoring protocol"): LR = slices 0, K, 2K, ... of the HR volume's slice axis; each
+method runs through the `slicesr infer` code path; the HR volume is mapped to [0, 1] by its own min
+and max and each output by the same mapping (no clipping to [0, 1]); only slices from the first to
+the last kept slice are scored; PSNR over all voxels of the scored set, SSIM = mean over scored 2D
+slices of skimage's structural_similarity with data_range=1. "missing" = the slices T removed
+(primary), "all" = every scored slice.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from slicesr.degradation import keep_every_kth, num_kept_slices
+from slicesr.geometry import resolve_slice_axis, to_slice_first, voxel_spacing
+from slicesr.inference import Method, check_k, expand_inputs, infer_volume, load_method
+from slicesr.nifti import Volume, load_volume, strip_nifti_suffix
+
+log = logging.getLogger(__name__)
+METRICS = ("psnr_missing", "ssim_missing", "psnr_all", "ssim_all")
+
+
+def scored_slices(num_slices: int, k: int) -> int:
+    """Slices from the first to the last kept slice: K*(m-1)+1 with m kept slices."""
+    return k * (num_kept_slices(num_slices, k) - 1) + 1
+
+
+def score(hr: np.ndarray, prediction: np.ndarray, k: int) -> dict[str, float]:
+    """PSNR/SSIM of `prediction` against `hr`, both slice-first; see the module docstring."""
+    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+    n = scored_slices(hr.shape[0], k)
+    if prediction.shape[0] < n or prediction.shape[1:] != hr.shape[1:]:
+        raise ValueError(f"prediction of shape {prediction.shape} does not cover the {n} scored slices of {hr.shape}")
+    low, high = float(hr.min()), float(hr.max())
+    if high <= low:
+        raise ValueError("the HR volume is constant: PSNR and SSIM are undefined")
+    truth = ((hr[:n].astype(np.float64) - low) / (high - low))
+    guess = ((prediction[:n].astype(np.float64) - low) / (high - low))
+    missing = np.arange(n) % k != 0
+
+    def psnr(index: np.ndarray) -> float:
+        return float(peak_signal_noise_ratio(truth[index], guess[index], data_range=1.0))
+
+    def ssim(index: np.ndarray) -> float:
+        return float(np.mean([structural_similarity(truth[i], guess[i], data_range=1.0) for i in np.flatnonzero(index)]))
+
+    everything = np.ones(n, dtype=bool)
+    return {"psnr_missing": psnr(missing), "ssim_missing": ssim(missing),
+            "psnr_all": psnr(everything), "ssim_all": ssim(everything)}
+
+
+def parse_methods(text: str | list[str]) -> list[tuple[str | None, str]]:
+    """`linear,cubic,Proposed=runs/sr/best` -> [(None, 'linear'), ..., ('Proposed', 'runs/sr/best')]."""
+    items = text.split(",") if isinstance(text, str) else list(text)
+    parsed = []
+    for item in (i.strip() for i in items):
+        if not item:
+            continue
+        label, sep, spec = item.partition("=")
+        parsed.append((label.strip(), spec.strip()) if sep else (None, item))
+    if not parsed:
+        raise ValueError("--methods names no method")
+    return parsed
+
+
+@dataclass
+class EvaluationResult:
+    rows: list[dict] = field(default_factory=list)
+    failures: list[dict] = field(default_factory=list)
+    methods: list[str] = field(default_factory=list)
+
+    def summary_table(self) -> str:
+        lines = ["| method | PSNR missing (dB) | SSIM missing | PSNR all (dB) | SSIM all | volumes |",
+                 "|---|---:|---:|---:|---:|---:|"]
+        for method in self.methods:
+            rows = [r for r in self.rows if r["method"] == method]
+            cells = []
+            for key in METRICS:
+                values = np.array([r[key] for r in rows], dtype=np.float64)
+                digits = 2 if key.startswith("psnr") else 3
+                if values.size == 0:
+                    cells.append("-")
+                elif values.size == 1:
+                    cells.append(f"{values[0]:.{digits}f}")
+                else:
+                    cells.append(f"{values.mean():.{digits}f} ± {values.std(ddof=1):.{digits}f}")
+            lines.append(f"| {method} | " + " | ".join(cells) + f" | {len(rows)} |")
+        return "\n".join(lines)
+
+
+def _figures(name: str, hr: np.ndarray, outputs: dict[str, np.ndarray], k: int, spacing: np.ndarray,
+             folder: Path) -> None:
+    """Fig. 4 (K+1 consecutive slices of each method, with error maps of the missing ones) and
+    Fig. 5 (the two through-plane views through the centre, with error maps)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    low, high = float(hr.min()), float(hr.max())
+    norm = lambda a: (a - low) / (high - low)  # noqa: E731
+    n = scored_slices(hr.shape[0], k)
+    start = (n // 2) // k * k
+    rows = {"ground truth": hr, **outputs}
+    columns = k + 1 + (k - 1)
+    fig, axes = plt.subplots(len(rows), columns, figsize=(1.7 * columns, 1.8 * len(rows)), squeeze=False)
+    for r, (label, volume) in enumerate(rows.items()):
+        for j in range(k + 1):
+            axes[r, j].imshow(norm(volume[start + j]), cmap="gray", vmin=0, vmax=1)
+            if r == 0:
+                axes[r, j].set_title(("acquired " if j in (0, k) else "") + f"slice {start + j}", fontsize=7)
+        for j in range(1, k):
+            error = np.abs(norm(volume[start + j]) - norm(hr[start + j]))
+            axes[r, k + j].imshow(error, cmap="inferno", vmin=0, vmax=0.25)
+            if r == 0:
+                axes[r, k + j].set_title(f"|error| slice {start + j}", fontsize=7)
+        axes[r, 0].set_ylabel(label, fontsize=7)
+    for ax in axes.ravel():
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.tight_layout()
+    fig.savefig(folder / f"{name}_slices.png", dpi=80)
+    plt.close(fig)
+
+    # through-plane: index (slice, row) at the central column and (slice, col) at the central row
+    views = [("row", lambda v: v[:n, :, v.shape[2] // 2], spacing[0] / spacing[1]),
+             ("col", lambda v: v[:n, v.shape[1] // 2, :], spacing[0] / spacing[2])]
+    fig, axes = plt.subplots(len(rows), 4, figsize=(9, 2.0 * len(rows)), squeeze=False)
+    for r, (label, volume) in enumerate(rows.items()):
+        for c, (_, view, aspect) in enumerate(views):
+            axes[r, 2 * c].imshow(norm(view(volume)), cmap="gray", vmin=0, vmax=1, aspect=aspect)
+            axes[r, 2 * c + 1].imshow(np.abs(norm(view(volume)) - norm(view(hr))), cmap="inferno", vmin=0, vmax=0.25,
+                                      aspect=aspect)
+        axes[r, 0].set_ylabel(label, fontsize=7)
+    for c, title in enumerate(("through-plane A", "|error| A", "through-plane B", "|error| B")):
+        axes[0, c].set_title(title, fontsize=8)
+    for ax in axes.ravel():
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.tight_layout()
+    fig.savefig(folder / f"{name}_through_plane.png", dpi=80)
+    plt.close(fig)
+
+
+def evaluate(hr_inputs: list[str], k: int, methods: str | list[str], output: str, slice_axis: int | str = "auto",
+             figures: bool = True, progress: bool = True) -> EvaluationResult:
+    """Score every method on every HR volume; write metrics.csv, summary.md and the figures into `output`."""
+    if k < 2:
+        raise ValueError(f"K must be 2 or more, got {k}")
+    loaded: dict[str, Method] = {}
+    for label, spec in parse_methods(methods):
+        method = load_method(spec)
+        check_k(method, k)
+        name = label or method.label
+        if name in loaded:
+            raise ValueError(f"two methods are labelled {name!r}: name them with LABEL=MODEL")
+        loaded[name] = method
+    folder = Path(output)
+    folder.mkdir(parents=True, exist_ok=True)
+    result = EvaluationResult(methods=list(loaded))
+    for path in tqdm(expand_inputs(hr_inputs), desc="evaluate", unit="volume", disable=not progress, file=sys.stderr):
+        name = strip_nifti_suffix(Path(path).name)
+        try:
+            volume = load_volume(path)
+            axis = resolve_slice_axis(volume.affine, slice_axis)
+            hr, _ = to_slice_first(volume.data, volume.affine, axis)
+            if hr.shape[0] < k + 1:
+                raise ValueError(f"{hr.shape[0]} slices along axis {axis}: need at least K+1 = {k + 1}")
+            lr_data, lr_affine = keep_every_kth(volume.data, volume.affine, k, axis)
+            lr = Volume(np.ascontiguousarray(lr_data), lr_affine, path, volume.source_dtype, volume.header)
+            outputs = {}
+            for label, method in loaded.items():
+                image = infer_volume(lr, method, k, axis, keep_acquired=True)
+                prediction, _ = to_slice_first(np.asarray(image.get_fdata(dtype=np.float32)), image.affine, axis)
+                outputs[label] = prediction
+                result.rows.append({"volume": name, "method": label, **score(hr, prediction, k)})
+            if figures:
+                spacing = voxel_spacing(volume.affine)
+                _figures(name, hr, outputs, k, np.array([spacing[axis], *np.delete(spacing, axis)]), folder)
+        except Exception as exc:  # a bad volume is listed; the others are still scored
+            log.debug("evaluation of %s failed", path, exc_info=True)
+            result.failures.append({"source": path, "error": f"{type(exc).__name__}: {exc}"})
+    _write_outputs(result, folder, k)
+    return result
+
+
+def _write_outputs(result: EvaluationResult, folder: Path, k: int) -> None:
+    with open(folder / "metrics.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["volume", "method", *METRICS])
+        writer.writeheader()
+        for row in result.rows:
+            writer.writerow({key: (f"{value:.6f}" if isinstance(value, float) and math.isfinite(value) else value)
+                             for key, value in row.items()})
+    lines = [f"# Evaluation (K = {k})", "",
+             "Mean ± SD over volumes. Missing = the slices the degradation removed (primary); all = every slice "
+             "from the first to the last kept one. HR min-max normalisation, SSIM per slice with data_range=1.",
+             "", result.summary_table(), ""]
+    if result.failures:
+        lines += ["Volumes that could not be scored:", ""]
+        lines += [f"- {f['source']}: {f['error']}" for f in result.failures]
+    (folder / "summary.md").write_text("\n".join(lines) + "\n")

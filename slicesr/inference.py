@@ -1,0 +1,226 @@
+"""Super-resolve whole scans along their slice axis: one geometry path for every method.
+
+A method (linear, cubic, a stage I VAE, a stage II generator) only maps normalised slices
+(n, rows, cols) to K*(n-1)+1 slices. Everything else is shared here: slice-axis detection, intensity
+normalisation and its inverse, keeping the acquired slices, clipping to the input's value range, the
+output affine (slice step / K, acquired slices at their exact world positions), the input's axis
+order and data type, and atomic writing.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from slicesr.errors import InputError
+from slicesr.geometry import resolve_slice_axis, scale_axis, to_slice_first
+from slicesr.intensity import denormalize, normalize, robust_intensity_params
+from slicesr.interpolation import cubic_slices, hr_num_slices, linear_slices
+from slicesr.nifti import Volume, is_nifti_name, load_volume, save_nifti_atomic, strip_nifti_suffix
+from slicesr.windows import sliding_window_apply
+
+log = logging.getLogger(__name__)
+BASELINES = ("linear", "cubic")
+
+
+class Method:
+    """Maps normalised slices (n, rows, cols) to (K*(n-1)+1, rows, cols)."""
+
+    label: str = ""
+    trained_k: int | None = None  # a generator works for the K it was trained for only
+
+    def upsample(self, slices: np.ndarray, k: int, progress: bool = False) -> np.ndarray:
+        raise NotImplementedError
+
+
+@dataclass
+class Interpolation(Method):
+    name: str = "linear"
+
+    def __post_init__(self) -> None:
+        self.label = self.name
+
+    def upsample(self, slices: np.ndarray, k: int, progress: bool = False) -> np.ndarray:
+        return linear_slices(slices, k) if self.name == "linear" else cubic_slices(slices, k)
+
+
+class VaeUpsampling(Method):
+    """Stage I alone: encode neighbouring slices, interpolate the means, decode (the paper's
+    'VAE-Based Up-Sample'). Latent interpolation works for any K."""
+
+    def __init__(self, path: str):
+        from slicesr.stage1.train import load_vae
+
+        self.model, self.config, self.metadata = load_vae(path)
+        self.label = "VAE-based up-sample"
+
+    def upsample(self, slices: np.ndarray, k: int, progress: bool = False) -> np.ndarray:
+        from slicesr.stage1.synthesis import synthesize_slices
+
+        synthesis = self.config.synthesis
+        return synthesize_slices(self.model, slices, k, batch_size=synthesis.batch_size,
+                                 overlap=synthesis.tile_overlap)
+
+
+class GeneratorUpsampling(Method):
+    """Stage II: linear up-sampling to the HR grid, then the 3D generator in overlapping windows."""
+
+    def __init__(self, path: str, window: tuple[int, int, int] | None = None):
+        from slicesr.stage2.train import load_generator
+
+        self.model, self.config, self.metadata = load_generator(path)
+        self.label = str(self.metadata.get("method", self.config.model.name))
+        self.trained_k = int(self.metadata["k"])
+        self.window = tuple(window or self.config.sr.window)
+        self.overlap = self.config.sr.window_overlap
+
+    @torch.inference_mode()
+    def _run(self, window: np.ndarray) -> np.ndarray:
+        return self.model(torch.from_numpy(np.ascontiguousarray(window))[None, None])[0, 0].numpy()
+
+    def upsample(self, slices: np.ndarray, k: int, progress: bool = False) -> np.ndarray:
+        grid = linear_slices(slices, k)
+        return sliding_window_apply(self._run, grid, self.window, self.overlap, progress=progress,
+                                    desc="super-resolve")
+
+
+def load_method(spec: str, window: tuple[int, int, int] | None = None) -> Method:
+    """`linear`, `cubic`, or a model directory (stage I VAE or stage II generator)."""
+    if spec in BASELINES:
+        return Interpolation(spec)
+    if spec.startswith("models:/"):
+        raise ValueError(f"{spec}: MLflow model URIs are not supported yet (they come with the MLflow registry); "
+                         "pass a local model directory")
+    folder = Path(spec)
+    if not folder.is_dir():
+        raise ValueError(f"--model {spec}: not linear, cubic or a model directory")
+    from slicesr.modeldir import read_model_dir
+
+    _, _, metadata = read_model_dir(folder)  # validates the folder before choosing the loader
+    if metadata.get("stage") == "vae":
+        return VaeUpsampling(spec)
+    if metadata.get("stage") == "sr":
+        return GeneratorUpsampling(spec, window)
+    raise ValueError(f"{spec}: unknown model stage {metadata.get('stage')!r}")
+
+
+def check_k(method: Method, k: int) -> None:
+    if k < 2:
+        raise ValueError(f"K must be 2 or more, got {k}")
+    if method.trained_k is not None and method.trained_k != k:
+        raise ValueError(f"{method.label} was trained for K={method.trained_k} and cannot up-sample by K={k}; "
+                         f"pass --k {method.trained_k} or train a model for K={k}")
+
+
+def super_resolve(volume: Volume, method: Method, k: int, slice_axis: int | str = "auto",
+                  keep_acquired: bool = True, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(data in the input's axis order, float32, input intensity scale; its affine)."""
+    check_k(method, k)
+    axis = resolve_slice_axis(volume.affine, slice_axis)
+    slices, _ = to_slice_first(volume.data, volume.affine, axis)
+    if slices.shape[0] < 2:
+        raise InputError(f"{slices.shape[0]} slice along axis {axis}: nothing to interpolate")
+    params = robust_intensity_params(slices)
+    out = method.upsample(normalize(slices, params), k, progress=progress)
+    expected = (hr_num_slices(slices.shape[0], k), *slices.shape[1:])
+    if out.shape != expected:
+        raise RuntimeError(f"{method.label} returned shape {out.shape}, expected {expected}")
+    out = denormalize(out, params)
+    # An MR intensity outside the acquired range is an overshoot, not information.
+    np.clip(out, slices.min(), slices.max(), out=out)
+    if keep_acquired:
+        out[::k] = slices  # the input's own values, bit for bit (not normalised and back)
+    return np.moveaxis(out, 0, axis), scale_axis(volume.affine, axis, 1.0 / k)
+
+
+def output_image(volume: Volume, data: np.ndarray, affine: np.ndarray) -> nib.Nifti1Image | nib.Nifti2Image:
+    """A NIfTI in the input's format and data type (float stays float; integers rounded and clipped)."""
+    dtype = np.dtype(volume.source_dtype)
+    header = volume.header.copy() if volume.header is not None else None
+    scaled = False
+    if header is not None:
+        slope, inter = header.get_slope_inter()
+        scaled = (slope not in (None, 1.0)) or (inter not in (None, 0.0))
+    if dtype.kind in "iu" and not scaled:
+        info = np.iinfo(dtype)
+        data = np.clip(np.rint(data), info.min, info.max).astype(dtype)
+    elif dtype.kind == "f":
+        data = data.astype(dtype, copy=False)
+    image_class = nib.Nifti2Image if isinstance(header, nib.Nifti2Header) else nib.Nifti1Image
+    image = image_class(data, affine, header=header)
+    image.set_data_dtype(dtype)  # scaled integer inputs: nibabel picks a new slope for the new values
+    sform_code = int(header["sform_code"]) if header is not None else 0
+    qform_code = int(header["qform_code"]) if header is not None else 0
+    image.set_sform(affine, code=sform_code or 1)
+    image.set_qform(affine, code=qform_code or 1)
+    return image
+
+
+def infer_volume(volume: Volume, method: Method, k: int, slice_axis: int | str = "auto",
+                 keep_acquired: bool = True, progress: bool = False) -> nib.Nifti1Image | nib.Nifti2Image:
+    data, affine = super_resolve(volume, method, k, slice_axis, keep_acquired, progress)
+    return output_image(volume, data, affine)
+
+
+@dataclass
+class InferenceReport:
+    written: list[str] = field(default_factory=list)
+    failures: list[dict[str, Any]] = field(default_factory=list)
+
+
+def expand_inputs(inputs: list[str]) -> list[str]:
+    """Files as given; folders -> their NIfTI files (sorted, not recursive)."""
+    files: list[str] = []
+    for item in inputs:
+        if os.path.isdir(item):
+            found = sorted(str(p) for p in Path(item).iterdir() if p.is_file() and is_nifti_name(p.name))
+            if not found:
+                raise ValueError(f"input folder {item} holds no .nii or .nii.gz files")
+            files += found
+        else:
+            files.append(item)
+    return files
+
+
+def output_paths(files: list[str], output: str) -> list[str]:
+    """A single input may name an output file; otherwise OUT is a folder of <name>.nii.gz files."""
+    if is_nifti_name(output):
+        if len(files) != 1:
+            raise ValueError(f"--output {output} names one file but there are {len(files)} inputs; give a folder")
+        return [output]
+    if os.path.isfile(output):
+        raise ValueError(f"--output {output} is a file, not a folder")
+    names = [strip_nifti_suffix(Path(f).name) for f in files]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ValueError(f"several inputs are named {duplicates[0]}: their outputs would collide in {output}")
+    return [os.path.join(output, f"{name}.nii.gz") for name in names]
+
+
+def infer_files(inputs: list[str], output: str, method: Method, k: int, slice_axis: int | str = "auto",
+                keep_acquired: bool = True, progress: bool = True) -> InferenceReport:
+    """Super-resolve every input into `output`; a bad file is reported and the others still done."""
+    files = expand_inputs(inputs)
+    targets = output_paths(files, output)
+    report = InferenceReport()
+    for source, target in tqdm(list(zip(files, targets)), desc="infer", unit="scan", disable=not progress or len(files) < 2,
+                               file=sys.stderr):
+        try:
+            image = infer_volume(load_volume(source), method, k, slice_axis, keep_acquired, progress)
+            save_nifti_atomic(image, target)
+            report.written.append(target)
+        except (InputError, ValueError) as exc:
+            report.failures.append({"source": source, "error": str(exc)})
+        except Exception as exc:  # one bad scan must not stop the others
+            log.debug("inference on %s failed", source, exc_info=True)
+            report.failures.append({"source": source, "error": f"{type(exc).__name__}: {exc}"})
+    return report

@@ -1,0 +1,85 @@
+import csv
+
+import numpy as np
+import pytest
+from scipy.ndimage import uniform_filter
+
+from slicesr.cli import main
+from slicesr.evaluate import evaluate, parse_methods, score
+from tests.conftest import write_nifti
+
+
+def _ssim_by_hand(a, b):
+    """SSIM as Wang et al. with skimage's defaults (7x7 uniform window, sample covariance, data range 1)."""
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    n = 49
+    mean_a, mean_b = uniform_filter(a, 7), uniform_filter(b, 7)
+    var_a = (uniform_filter(a * a, 7) - mean_a**2) * n / (n - 1)
+    var_b = (uniform_filter(b * b, 7) - mean_b**2) * n / (n - 1)
+    cov = (uniform_filter(a * b, 7) - mean_a * mean_b) * n / (n - 1)
+    c1, c2 = 0.01**2, 0.03**2
+    s = ((2 * mean_a * mean_b + c1) * (2 * cov + c2)) / ((mean_a**2 + mean_b**2 + c1) * (var_a + var_b + c2))
+    return s[3:-3, 3:-3].mean()
+
+
+def _phantom(shape=(24, 22, 19), seed=0):
+    rng = np.random.default_rng(seed)
+    z, y, x = np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij")
+    volume = 100 * np.exp(-(x**2 + y**2 + z**2) * 2) + 40 * np.sin(3 * z + 2 * x) + rng.normal(0, 2, shape)
+    return volume.astype(np.float32)
+
+
+def test_linear_scores_match_an_independent_computation(tmp_path):
+    hr = _phantom()  # slice axis 2 (19 slices): kept 0, 4, 8, 12, 16; slices 17, 18 are not scored
+    affine = np.diag([0.9, 0.9, 1.0, 1.0])
+    path = write_nifti(tmp_path / "hr.nii.gz", hr, affine)
+    result = evaluate([path], 4, "linear", str(tmp_path / "eval"), slice_axis="2", figures=False, progress=False)
+    row = result.rows[0]
+    low, high = hr.min(), hr.max()
+    truth = (hr - low) / (high - low)
+    missing = [i for i in range(17) if i % 4]
+    predicted = {}
+    for i in range(17):
+        a, t = divmod(i, 4)
+        predicted[i] = truth[:, :, 4 * a] if t == 0 else (1 - t / 4) * truth[:, :, 4 * a] + t / 4 * truth[:, :, 4 * a + 4]
+    for subset, suffix in ((missing, "missing"), (list(range(17)), "all")):
+        mse = np.mean([np.mean((predicted[i] - truth[:, :, i]) ** 2) for i in subset])
+        assert row[f"psnr_{suffix}"] == pytest.approx(10 * np.log10(1 / mse), abs=1e-3)
+        ssim = np.mean([_ssim_by_hand(truth[:, :, i], predicted[i]) for i in subset])
+        assert row[f"ssim_{suffix}"] == pytest.approx(ssim, abs=1e-4)
+    assert row["psnr_all"] > row["psnr_missing"]  # the acquired slices are exact
+
+
+def test_outputs_csv_summary_figures_and_failures(tmp_path, capsys):
+    good = write_nifti(tmp_path / "a.nii.gz", _phantom(seed=1), np.diag([1.0, 1.0, 1.0, 1.0]))
+    write_nifti(tmp_path / "b.nii.gz", _phantom(seed=2), np.diag([1.0, 1.0, 1.0, 1.0]))
+    (tmp_path / "bad.nii.gz").write_bytes(b"not a scan")
+    out = tmp_path / "eval"
+    code = main(["evaluate", good, str(tmp_path / "b.nii.gz"), str(tmp_path / "bad.nii.gz"), "--k", "4",
+                 "--methods", "linear,cubic,spline=cubic", "--output", str(out)])
+    assert code == 1
+    assert "bad.nii.gz" in capsys.readouterr().err
+    with open(out / "metrics.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert list(rows[0]) == ["volume", "method", "psnr_missing", "ssim_missing", "psnr_all", "ssim_all"]
+    assert {(r["volume"], r["method"]) for r in rows} == {(v, m) for v in "ab" for m in ("linear", "cubic", "spline")}
+    summary = (out / "summary.md").read_text()
+    assert "| linear |" in summary and "±" in summary and "bad.nii.gz" in summary
+    for name in ("a_slices.png", "a_through_plane.png", "b_slices.png"):
+        assert (out / name).stat().st_size > 1000
+
+
+def test_score_rejects_constant_and_short_predictions():
+    hr = np.ones((9, 8, 8), dtype=np.float32)
+    with pytest.raises(ValueError, match="constant"):
+        score(hr, hr, 4)
+    with pytest.raises(ValueError, match="does not cover"):
+        score(_phantom((9, 8, 8)), np.zeros((5, 8, 8)), 4)
+    assert parse_methods("linear, A=runs/x") == [(None, "linear"), ("A", "runs/x")]
+
+
+def test_duplicate_labels_and_bad_k(tmp_path, capsys):
+    path = write_nifti(tmp_path / "a.nii.gz", _phantom(), np.eye(4))
+    assert main(["evaluate", path, "--k", "4", "--methods", "linear,linear", "--output", str(tmp_path / "o")]) == 2
+    assert "two methods are labelled" in capsys.readouterr().err
+    assert main(["evaluate", path, "--k", "1", "--methods", "linear", "--output", str(tmp_path / "o")]) == 2
