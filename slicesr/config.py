@@ -29,7 +29,8 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    name: Literal["vae_gan", "deepresolve", "dcsrn"] = "vae_gan"  # stage I: vae_gan; stage II: a generator
+    # stage I: vae_gan; stage II: a generator. Unset: vae_gan for stage vae, deepresolve for stage sr.
+    name: Literal["vae_gan", "deepresolve", "dcsrn"] | None = None
     # Stage I (VAE-GAN) size; the paper: image_size 256, num_blocks 6, latent_dim 512.
     image_size: int = 64
     channels: int = 16
@@ -101,8 +102,8 @@ class SrConfig:
 
     k: int = 4
     patch_size: list[int] = field(default_factory=lambda: [17, 64, 64])  # slices = K * m + 1
-    window: list[int] = field(default_factory=lambda: [33, 128, 128])
-    window_overlap: float = 0.25
+    window: list[int] = field(default_factory=lambda: [81, 192, 192])  # shrunk to fit evenly
+    window_overlap: float = 0.125
     keep_acquired: bool = True  # the acquired slices are copied to the output unchanged
     supervision: Literal["synthetic", "real"] = "synthetic"  # real = the supervised upper bound
 
@@ -181,7 +182,12 @@ class Config:
     run: RunConfig = field(default_factory=RunConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
+    def resolve_defaults(self) -> None:
+        if self.model.name is None:
+            self.model.name = "vae_gan" if self.stage == "vae" else "deepresolve"
+
     def validate(self) -> None:
+        self.resolve_defaults()
         for section in dataclasses.fields(self):
             value = getattr(self, section.name)
             if dataclasses.is_dataclass(value):

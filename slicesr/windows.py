@@ -6,6 +6,7 @@ Stage I tiles 2D slices with them; stage II runs 3D generators over whole volume
 from __future__ import annotations
 
 import itertools
+import math
 import sys
 from collections.abc import Callable
 
@@ -22,6 +23,18 @@ def window_starts(length: int, window: int, overlap: float) -> list[int]:
     if starts[-1] != length - window:
         starts.append(length - window)
     return starts
+
+
+def fit_windows(length: int, window: int, overlap: float) -> tuple[int, list[int]]:
+    """The fewest windows of at most `window` voxels overlapping by at least `overlap` * window, then
+    shrunk and spread evenly: less computed twice than a fixed size with a last window pushed to the end."""
+    if length <= window:
+        return length, [0]
+    margin = int(round(window * overlap))
+    count = math.ceil((length - margin) / (window - margin))
+    size = min(window, math.ceil((length + (count - 1) * margin) / count))
+    starts = [round(i * (length - size) / (count - 1)) for i in range(count)] if count > 1 else [0]
+    return size, starts
 
 
 def ramp(window: int, overlap: float) -> np.ndarray:
@@ -42,11 +55,12 @@ def sliding_window_apply(fn: Callable[[np.ndarray], np.ndarray], volume: np.ndar
                          overlap: float, progress: bool = False, desc: str = "windows") -> np.ndarray:
     """Apply a shape-preserving `fn` to overlapping windows of `volume` and blend the results.
 
-    Windows larger than the volume shrink to it. Memory: the volume, two float32 accumulators of its
-    size and one window's worth of work in `fn`.
+    Windows shrink to fit the volume evenly (`fit_windows`). Memory: the volume, two float32
+    accumulators of its size and one window's worth of work in `fn`.
     """
-    window = tuple(min(w, n) for w, n in zip(window, volume.shape))
-    starts = [window_starts(n, w, overlap) for n, w in zip(volume.shape, window)]
+    fitted = [fit_windows(n, w, overlap) for n, w in zip(volume.shape, window)]
+    window = tuple(size for size, _ in fitted)
+    starts = [axis_starts for _, axis_starts in fitted]
     weights = blend_weights(window, overlap)
     total = np.zeros(volume.shape, dtype=np.float32)
     weight_sum = np.zeros(volume.shape, dtype=np.float32)

@@ -89,7 +89,8 @@ class Stage2Trainer(TrainingLoop):
 
     def identity(self) -> dict[str, Any]:
         c = self.config
-        return {"data.store": c.data.store, "model": asdict(c.model), "sr": asdict(c.sr),
+        sr = {"k": c.sr.k, "patch_size": c.sr.patch_size, "supervision": c.sr.supervision}  # not the inference settings
+        return {"data.store": c.data.store, "model": asdict(c.model), "sr": sr,
                 "train.seed": c.train.seed, "train.batch_size": c.train.batch_size, "train.lr": c.train.lr,
                 "train.val_fraction": c.train.val_fraction, "split": {"train": self.train_ids, "val": self.val_ids}}
 

@@ -1,0 +1,115 @@
+"""Inference benchmark: seconds and peak memory to super-resolve one knee LR scan with each method.
+
+    python benchmarks/inference.py [--hr ../shared/data/knee/pykneer_dess_echo1.nii.gz] [--k 4]
+
+The LR scan is the DESS knee (512x512x80, PIR, int16) with every 4th slice of axis 2 kept: 512x512x20,
+up-sampled to 512x512x77. Each method runs as its own `slicesr infer` process (what a user runs: read,
+normalise, windows, blend, write the NIfTI); wall-clock seconds and the process's peak resident memory
+(ru_maxrss) are reported. Generators are timed with freshly initialised weights (speed does not
+depend on the weights), at the sizes of configs/cpu/stage2.yaml and configs/stage2.yaml.
+Writes the table into benchmarks/RESULTS.md (section "inference").
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.results import write_section  # noqa: E402
+from slicesr.config import load_config  # noqa: E402
+from slicesr.degradation import keep_every_kth  # noqa: E402
+from slicesr.modeldir import write_model_dir  # noqa: E402
+from slicesr.models.generators import build_generator  # noqa: E402
+from slicesr.models.vae_gan import VaeGan  # noqa: E402
+from slicesr.stage1.train import size_from_config  # noqa: E402
+from slicesr.stage2.train import generator_size, method_label  # noqa: E402
+
+
+def make_model(config_path: str, overrides: list[str], folder: Path) -> str:
+    config = load_config(config_path, overrides)
+    torch.manual_seed(0)
+    if config.stage == "vae":
+        model, metadata = VaeGan(size_from_config(config)), {"stage": "vae", "k": config.synthesis.k}
+    else:
+        model = build_generator(generator_size(config))
+        metadata = {"stage": "sr", "k": config.sr.k, "method": method_label(config.model.name, "synthetic")}
+    write_model_dir(folder, model.state_dict(), config, metadata)
+    return str(folder)
+
+
+def run_infer(lr_path: str, model: str, output: str, k: int) -> tuple[float, float]:
+    started = time.perf_counter()
+    process = subprocess.Popen([sys.executable, "-m", "slicesr.cli", "infer", lr_path, "--output", output,
+                                "--model", model, "--k", str(k)], cwd=ROOT, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(process.pid, 0)
+    seconds = time.perf_counter() - started
+    stderr = process.stderr.read().decode(errors="replace")
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"slicesr infer failed with {model}:\n{stderr[-2000:]}")
+    return seconds, usage.ru_maxrss / 1024  # KiB -> MiB
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--hr", default="../shared/data/knee/pykneer_dess_echo1.nii.gz")
+    parser.add_argument("--k", type=int, default=4)
+    parser.add_argument("--work", default="runs/bench-inference")
+    parser.add_argument("--skip-reference", action="store_true", help="leave out the reference-size generators")
+    args = parser.parse_args(argv)
+    work = Path(args.work).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    image = nib.load(args.hr)
+    data = np.asanyarray(image.dataobj)
+    lr_data, lr_affine = keep_every_kth(data, image.affine, args.k, 2)
+    lr_image = nib.Nifti1Image(np.ascontiguousarray(lr_data), lr_affine, header=image.header)
+    lr_path = str(work / "knee_lr.nii.gz")
+    nib.save(lr_image, lr_path)
+    cases = [("linear", "linear", "-"), ("cubic", "cubic", "-"),
+             ("VAE-based up-sample (cpu stage I)", make_model("configs/cpu/stage1.yaml", [], work / "vae_cpu"),
+              "64x64 tiles, 3 blocks, Z=64"),
+             ("DeepResolve (cpu)", make_model("configs/cpu/stage2.yaml", [], work / "deepresolve_cpu"),
+              "8 layers x 32 filters"),
+             ("DCSRN (cpu)", make_model("configs/cpu/stage2.yaml", ["model.name=dcsrn"], work / "dcsrn_cpu"),
+              "4 units, growth 12")]
+    if not args.skip_reference:
+        cases += [("DCSRN (reference)", make_model("configs/stage2.yaml", ["model.name=dcsrn"], work / "dcsrn_ref"),
+                   "4 units, growth 24"),
+                  ("DeepResolve (reference)", make_model("configs/stage2.yaml", [], work / "deepresolve_ref"),
+                   "20 layers x 64 filters")]
+    out_shape = list(lr_data.shape)
+    out_shape[2] = args.k * (out_shape[2] - 1) + 1
+    lines = [
+        "Command: `python benchmarks/inference.py`  ",
+        f"Input: {Path(args.hr).name} with every {args.k}th slice of axis 2 kept: {'x'.join(map(str, lr_data.shape))} "
+        f"{lr_data.dtype} -> {'x'.join(map(str, out_shape))}; one `slicesr infer` process per method, "
+        f"{torch.get_num_threads()} torch threads on 2 CPU cores, no GPU. Windows and overlap from the model's "
+        "config (sr.window [81, 192, 192], overlap 0.125).",
+        "",
+        "| method | size | seconds | peak memory (MiB) |",
+        "|---|---|---:|---:|",
+    ]
+    for label, model, size in cases:
+        seconds, peak = run_infer(lr_path, model, str(work / "out.nii.gz"), args.k)
+        lines.append(f"| {label} | {size} | {seconds:.1f} | {peak:.0f} |")
+        print(lines[-1], flush=True)
+    table = "\n".join(lines)
+    print(table)
+    write_section(HERE / "RESULTS.md", "inference", "Inference: one 512x512x20 knee scan, K = 4", table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
