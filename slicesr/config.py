@@ -105,6 +105,9 @@ class SrConfig:
     window: list[int] = field(default_factory=lambda: [81, 192, 192])  # shrunk to fit evenly
     window_overlap: float = 0.125
     keep_acquired: bool = True  # the acquired slices are copied to the output unchanged
+    # Redraw a training patch (up to 20 times) until this fraction of its voxels is foreground
+    # (normalised intensity > 0.05): scans with a large empty background otherwise teach mostly zeros.
+    min_foreground: float = 0.0
     supervision: Literal["synthetic", "real"] = "synthetic"  # real = the supervised upper bound
 
     def validate(self) -> None:
@@ -116,6 +119,7 @@ class SrConfig:
                  f"sr.patch_size[0] ({self.patch_size[0]}) must be K*m + 1 slices with m >= 1 (K = {self.k}), "
                  f"e.g. {2 * self.k + 1}: a patch starts and ends on an acquired slice")
         _require(0 <= self.window_overlap < 1, f"sr.window_overlap must be in [0, 1), got {self.window_overlap}")
+        _require(0 <= self.min_foreground <= 1, f"sr.min_foreground must be in [0, 1], got {self.min_foreground}")
 
 
 @dataclass

@@ -36,6 +36,10 @@ class DeepResolve(nn.Module):
         for _ in range(num_layers - 2):
             layers += [conv3(num_filters, num_filters), nn.ReLU(inplace=True)]
         layers.append(conv3(num_filters, 1))
+        # A zero last layer makes the untrained network exactly its interpolated input: training
+        # starts at the linear baseline instead of adding noise to it.
+        nn.init.zeros_(layers[-1].weight)
+        nn.init.zeros_(layers[-1].bias)
         self.body = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -73,9 +73,10 @@ class Stage2Trainer(TrainingLoop):
         check_store_matches(self.store, ids, sr.supervision, sr.k)
         self.train_ids, self.val_ids = split_scans(ids, config.train.val_fraction, config.train.seed)
         aligned = sr.supervision == "synthetic"
-        self.sampler = PatchSampler(self.store, self.train_ids, tuple(sr.patch_size), sr.k, aligned)
-        self.val_sampler = (PatchSampler(self.store, self.val_ids, tuple(sr.patch_size), sr.k, aligned)
-                            if self.val_ids else None)
+        self.sampler = PatchSampler(self.store, self.train_ids, tuple(sr.patch_size), sr.k, aligned,
+                                    sr.min_foreground)
+        self.val_sampler = (PatchSampler(self.store, self.val_ids, tuple(sr.patch_size), sr.k, aligned,
+                                         sr.min_foreground) if self.val_ids else None)
         self.data_rng = torch.Generator().manual_seed(config.train.seed)
         self.generators = {"data": self.data_rng}
 
@@ -89,7 +90,8 @@ class Stage2Trainer(TrainingLoop):
 
     def identity(self) -> dict[str, Any]:
         c = self.config
-        sr = {"k": c.sr.k, "patch_size": c.sr.patch_size, "supervision": c.sr.supervision}  # not the inference settings
+        sr = {"k": c.sr.k, "patch_size": c.sr.patch_size, "supervision": c.sr.supervision,
+              "min_foreground": c.sr.min_foreground}  # not the inference settings
         return {"data.store": c.data.store, "model": asdict(c.model), "sr": sr,
                 "train.seed": c.train.seed, "train.batch_size": c.train.batch_size, "train.lr": c.train.lr,
                 "train.val_fraction": c.train.val_fraction, "split": {"train": self.train_ids, "val": self.val_ids}}
