@@ -1,0 +1,38 @@
+import pytest
+import torch
+
+from slicesr.models.generators import DCSRN, DeepResolve, GeneratorSize, build_generator
+
+
+def test_deepresolve_reference_size_and_residual():
+    model = DeepResolve(num_layers=20, num_filters=64)
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv3d)]
+    assert len(convs) == 20 and all(c.kernel_size == (3, 3, 3) for c in convs)
+    assert [c.out_channels for c in convs] == [64] * 19 + [1]
+    assert sum(p.numel() for p in model.parameters()) == (27 * 64 + 64) + 18 * (27 * 64 * 64 + 64) + (27 * 64 + 1)
+    x = torch.rand(1, 1, 9, 12, 10)
+    torch.testing.assert_close(model(x), x)  # zero last layer: the untrained network returns its input
+    torch.nn.init.normal_(convs[-1].weight)
+    y = model(x)
+    assert y.shape == x.shape and not torch.allclose(y, x)
+
+
+def test_dcsrn_dense_block_grows_by_k():
+    model = DCSRN(dense_units=4, growth_rate=24)
+    assert model.stem.out_channels == 48
+    assert [unit.body[2].in_channels for unit in model.block] == [48, 72, 96, 120]
+    assert all(unit.body[2].out_channels == 24 for unit in model.block)
+    assert isinstance(model.block[0].body[0], torch.nn.BatchNorm3d) and isinstance(model.block[0].body[1], torch.nn.ELU)
+    assert model.head.in_channels == 144 and model.head.out_channels == 1
+    x = torch.rand(2, 1, 5, 8, 7)
+    assert model.eval()(x).shape == x.shape
+
+
+def test_constant_in_constant_out_and_unknown_name():
+    for size in (GeneratorSize("deepresolve", 3, 4), GeneratorSize("dcsrn", dense_units=2, growth_rate=3)):
+        model = build_generator(size).eval()
+        torch.nn.init.normal_(list(model.modules())[-1].weight)  # not the identity
+        out = model(torch.full((1, 1, 5, 9, 9), 0.3)).detach()
+        assert float(out.max() - out.min()) < 1e-5  # replicate padding: no border effect
+    with pytest.raises(ValueError, match="unknown generator"):
+        build_generator(GeneratorSize("unet"))
