@@ -79,6 +79,19 @@ class TrainingLoop:
         self.train_ids: list[str] = []
         self.val_ids: list[str] = []
 
+    def open_store_and_split(self) -> list[str]:
+        """Open `data.store`, refuse an empty one, and make the seeded train/validation split."""
+        from slicesr.stage1.data import split_scans
+        from slicesr.store import SliceStore
+
+        data = self.config.data
+        self.store = SliceStore.open(data.store, data.storage_options)
+        ids = self.store.completed_ids()
+        if not ids:
+            raise ValueError(f"data.store {data.store} holds no stored scans")
+        self.train_ids, self.val_ids = split_scans(ids, self.config.train.val_fraction, self.config.train.seed)
+        return ids
+
     # ------------------------------------------------------------------ to implement
     def train_step(self) -> dict[str, float]:
         raise NotImplementedError

@@ -18,7 +18,7 @@ import torch
 from slicesr.config import Config
 from slicesr.modeldir import read_model_dir
 from slicesr.models.vae_gan import VaeGan, VaeGanSize
-from slicesr.stage1.data import TripletSampler, split_scans
+from slicesr.stage1.data import TripletSampler
 from slicesr.stage1.losses import (
     LossWeights,
     adversarial_loss,
@@ -27,7 +27,6 @@ from slicesr.stage1.losses import (
     kl_to_standard_normal,
     weights_at,
 )
-from slicesr.store import SliceStore
 from slicesr.training import Engine as BaseEngine
 from slicesr.training import LogReporter, Reporter, TrainingLoop
 
@@ -101,11 +100,7 @@ class Stage1Trainer(TrainingLoop):
         # The engine may wrap the networks (DDP, DeepSpeed); the loop only touches them through it.
         self.engine = engine_factory(VaeGan(size_from_config(config)), config.train.lr)
         self.model = self.engine.model
-        self.store = SliceStore.open(config.data.store, config.data.storage_options)
-        ids = self.store.completed_ids()
-        if not ids:
-            raise ValueError(f"data.store {config.data.store} holds no stored scans")
-        self.train_ids, self.val_ids = split_scans(ids, config.train.val_fraction, config.train.seed)
+        self.open_store_and_split()
         self.sampler = TripletSampler(self.store, self.train_ids, config.model.image_size)
         self.val_sampler = TripletSampler(self.store, self.val_ids, config.model.image_size) if self.val_ids else None
         self.data_rng = torch.Generator().manual_seed(config.train.seed)

@@ -18,7 +18,6 @@ from torch import nn
 from slicesr.config import Config
 from slicesr.modeldir import read_model_dir
 from slicesr.models.generators import GeneratorSize, build_generator, display_name
-from slicesr.stage1.data import split_scans
 from slicesr.stage2.data import PatchSampler
 from slicesr.store import SliceStore
 from slicesr.training import Engine, Reporter, TrainingLoop
@@ -65,13 +64,9 @@ class Stage2Trainer(TrainingLoop):
         torch.manual_seed(config.train.seed)  # initial weights
         self.engine = engine_factory(build_generator(generator_size(config)), config.train.lr)
         self.model = self.engine.model
-        self.store = SliceStore.open(config.data.store, config.data.storage_options)
-        ids = self.store.completed_ids()
-        if not ids:
-            raise ValueError(f"data.store {config.data.store} holds no stored scans")
+        ids = self.open_store_and_split()
         sr = config.sr
         check_store_matches(self.store, ids, sr.supervision, sr.k)
-        self.train_ids, self.val_ids = split_scans(ids, config.train.val_fraction, config.train.seed)
         aligned = sr.supervision == "synthetic"
         self.sampler = PatchSampler(self.store, self.train_ids, tuple(sr.patch_size), sr.k, aligned,
                                     sr.min_foreground)
