@@ -196,6 +196,8 @@ def output_paths(files: list[str], output: str) -> list[str]:
     if is_nifti_name(output):
         if len(files) != 1:
             raise ValueError(f"--output {output} names one file but there are {len(files)} inputs; give a folder")
+        if os.path.abspath(files[0]) == os.path.abspath(output):
+            raise ValueError(f"--output {output} is the input: it would be overwritten")
         return [output]
     if os.path.isfile(output):
         raise ValueError(f"--output {output} is a file, not a folder")
@@ -203,7 +205,11 @@ def output_paths(files: list[str], output: str) -> list[str]:
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise ValueError(f"several inputs are named {duplicates[0]}: their outputs would collide in {output}")
-    return [os.path.join(output, f"{name}.nii.gz") for name in names]
+    targets = [os.path.join(output, f"{name}.nii.gz") for name in names]
+    for source, target in zip(files, targets):
+        if os.path.abspath(source) == os.path.abspath(target):
+            raise ValueError(f"the output for {source} would overwrite it: choose another --output")
+    return targets
 
 
 def infer_files(inputs: list[str], output: str, method: Method, k: int, slice_axis: int | str = "auto",

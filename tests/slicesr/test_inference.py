@@ -127,6 +127,10 @@ def test_generator_refuses_another_k_and_bad_inputs(tmp_path, capsys):
     assert main(["infer", path, "--output", str(tmp_path / "x"), "--model", "nearest"]) == 2
     assert "not linear, cubic or a model directory" in capsys.readouterr().err
     assert main(["infer", path, "--output", str(tmp_path / "x"), "--model", "models:/slicesr-sr@champion"]) == 2
+    capsys.readouterr()
+    assert main(["infer", path, "--output", path, "--model", "linear", "--k", "2"]) == 2
+    assert main(["infer", str(tmp_path), "--output", str(tmp_path), "--model", "linear", "--k", "2"]) == 2
+    assert "overwrite" in capsys.readouterr().err
 
 
 def test_folder_inputs_some_bad(tmp_path, bad_inputs, capsys):
