@@ -36,6 +36,12 @@ class DeepResolve(nn.Module):
         for _ in range(num_layers - 2):
             layers += [conv3(num_filters, num_filters), nn.ReLU(inplace=True)]
         layers.append(conv3(num_filters, 1))
+        # He initialisation keeps the signal's scale through the ReLU stack (PyTorch's default init
+        # shrinks it about 6-fold per layer, which starves a deep plain stack of gradient).
+        for layer in layers[:-1]:
+            if isinstance(layer, nn.Conv3d):
+                nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
+                nn.init.zeros_(layer.bias)
         # A zero last layer makes the untrained network exactly its interpolated input: training
         # starts at the linear baseline instead of adding noise to it.
         nn.init.zeros_(layers[-1].weight)
