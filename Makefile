@@ -49,6 +49,8 @@ bench: demo
 	$(PY) benchmarks/preprocess.py
 	$(PY) benchmarks/stage1.py --store $(DEMO_DIR)/lr.zarr
 	$(PY) benchmarks/stage1_latent.py --store $(DEMO_DIR)/lr.zarr
+	$(PY) benchmarks/stage2.py --vae runs/bench-stage1/checkpoints/latest --lr-store $(DEMO_DIR)/lr.zarr --steps 1000
+	$(PY) benchmarks/inference.py
 
 clean:
 	rm -rf $(DEMO_DIR) .pytest_cache
