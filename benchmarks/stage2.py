@@ -48,12 +48,13 @@ def prepare(args, work: Path) -> tuple[str, str]:
     return synthetic, real
 
 
-def train(name: str, store: str, supervision: str, args, work: Path) -> tuple[str, int, float]:
+def train(name: str, store: str, supervision: str, args, work: Path, generator: str = "deepresolve"
+          ) -> tuple[str, int, float]:
     from slicesr.stage2.train import Stage2Trainer
 
     config = load_config(args.config, [f"data.store={store}", f"run.storage_path={work}", f"run.name={name}",
                                        f"sr.supervision={supervision}", f"train.max_steps={args.steps}",
-                                       f"sr.k={args.k}"])
+                                       f"sr.k={args.k}", f"model.name={generator}"])
     trainer = Stage2Trainer(config)
     started = time.perf_counter()
     trainer.fit()
@@ -71,6 +72,7 @@ def main(argv=None) -> int:
     parser.add_argument("--k", type=int, default=4)
     parser.add_argument("--work", default="runs/bench-stage2")
     parser.add_argument("--train-only", action="store_true")
+    parser.add_argument("--with-dcsrn", action="store_true", help="also the proposed method with DCSRN")
     args = parser.parse_args(argv)
     setup_logging()
     work = Path(args.work)
@@ -78,6 +80,7 @@ def main(argv=None) -> int:
     synthetic, real = prepare(args, work)
     proposed, steps_p, seconds_p = train("proposed-deepresolve", synthetic, "synthetic", args, work)
     supervised, steps_s, seconds_s = train("deepresolve-only", real, "real", args, work)
+    dcsrn = train("proposed-dcsrn", synthetic, "synthetic", args, work, "dcsrn")[0] if args.with_dcsrn else None
     print(f"trained: proposed {steps_p} steps ({seconds_p:.0f} s this call), supervised {steps_s} ({seconds_s:.0f} s)")
     if args.train_only:
         return 0
@@ -86,12 +89,15 @@ def main(argv=None) -> int:
     out = work / "eval"
     methods = ["linear", "cubic", f"VAE-based up-sample={args.vae}", f"Proposed with DeepResolve={proposed}",
                f"DeepResolve only={supervised}"]
+    if dcsrn:
+        methods.insert(3, f"Proposed with DCSRN={dcsrn}")
     result = evaluate(args.eval, args.k, methods, str(out), slice_axis="2", progress=False)
     FIGURES.mkdir(exist_ok=True)
     for figure in sorted(out.glob("*.png")):
         shutil.copy(figure, FIGURES / f"stage2_{figure.name}")
     lines = [
-        f"Command: `python benchmarks/stage2.py --vae {args.vae} --steps {args.steps}`  ",
+        f"Command: `python benchmarks/stage2.py --vae {args.vae} --steps {args.steps}"
+        f"{' --with-dcsrn' if args.with_dcsrn else ''}`  ",
         f"Stage I model: {args.vae}; stage II: {args.config}, {args.steps} iterations each, "
         f"{torch.get_num_threads()} torch threads on 2 cores. Training pool: every {args.k}th axial slice of "
         f"{args.hr_train} (LR) for the proposed method; the full-resolution volumes of the same pool for "
