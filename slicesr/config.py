@@ -146,12 +146,30 @@ class TrainConfig:
 
 @dataclass
 class ClusterConfig:
+    """How `python -m cluster.train` runs: Ray address, workers, DDP or DeepSpeed, retries.
+
+    train.batch_size is per worker: a step of N workers sees N * batch_size samples.
+    """
+
     num_workers: int = 1
     use_gpu: bool = False
     strategy: Literal["ddp", "deepspeed"] = "ddp"
+    address: str | None = None  # Ray cluster ("ray://...", "host:port", "auto"); None: RAY_ADDRESS or a local instance
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 1.0  # used when use_gpu
+    deepspeed_config: str = "configs/deepspeed/zero1.json"  # ZeRO stage 0, 1 or 2 (relative to the repository)
+    bf16: bool = False  # DeepSpeed bf16 mixed precision; GPU only
+    max_failures: int = 0  # Ray Train restarts the workers from the latest checkpoint this many times
+    checkpoints_to_keep: int = 2
 
     def validate(self) -> None:
         _require(self.num_workers >= 1, f"cluster.num_workers must be >= 1, got {self.num_workers}")
+        _require(self.cpus_per_worker > 0, f"cluster.cpus_per_worker must be > 0, got {self.cpus_per_worker}")
+        _require(self.gpus_per_worker > 0, f"cluster.gpus_per_worker must be > 0, got {self.gpus_per_worker}")
+        _require(self.max_failures >= -1, f"cluster.max_failures must be >= -1 (-1: no limit), got {self.max_failures}")
+        _require(self.checkpoints_to_keep >= 1, f"cluster.checkpoints_to_keep must be >= 1, got {self.checkpoints_to_keep}")
+        _require(not self.bf16 or (self.strategy == "deepspeed" and self.use_gpu),
+                 "cluster.bf16 needs cluster.strategy=deepspeed and cluster.use_gpu=true (bf16 training is a GPU path)")
 
 
 @dataclass
@@ -166,11 +184,18 @@ class RunConfig:
 
 @dataclass
 class TrackingConfig:
-    uri: str = "sqlite:///mlflow.db"
+    """MLflow: where runs go and which registered model a training run becomes a version of."""
+
+    uri: str = "sqlite:///mlflow.db"  # any MLflow tracking URI (http://..., postgresql://..., sqlite:///...)
     experiment: str = "slicesr"
+    registered_model: str | None = None  # None: slicesr-vae, slicesr-sr or slicesr-sr-supervised by stage
+    register: bool = True
+    image_every: int = 0  # PNG previews every N steps (0: at the end only)
 
     def validate(self) -> None:
         _require(bool(self.experiment), "tracking.experiment must not be empty")
+        _require(bool(self.uri), "tracking.uri must not be empty")
+        _require(self.image_every >= 0, f"tracking.image_every must be >= 0, got {self.image_every}")
 
 
 @dataclass

@@ -65,16 +65,20 @@ def model_fingerprint(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
+def write_model_files(folder: str | os.PathLike, state: dict[str, torch.Tensor], config: Config,
+                      metadata: dict[str, Any], extra_files: dict[str, Any] | None = None) -> None:
+    """Write a model directory's files into an existing folder (see write_model_dir for the atomic form)."""
+    folder = Path(folder)
+    save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(folder / WEIGHTS))
+    (folder / CONFIG).write_text(dump_config(config))
+    (folder / METADATA).write_text(json.dumps({**metadata, "format_version": MODEL_FORMAT_VERSION}, indent=1))
+    for name, value in (extra_files or {}).items():
+        torch.save(value, folder / name)
+
+
 def write_model_dir(path: str | os.PathLike, state: dict[str, torch.Tensor], config: Config,
                     metadata: dict[str, Any], extra_files: dict[str, Any] | None = None) -> None:
-    def build(folder: Path) -> None:
-        save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(folder / WEIGHTS))
-        (folder / CONFIG).write_text(dump_config(config))
-        (folder / METADATA).write_text(json.dumps({**metadata, "format_version": MODEL_FORMAT_VERSION}, indent=1))
-        for name, value in (extra_files or {}).items():
-            torch.save(value, folder / name)
-
-    replace_dir_atomically(build, path)
+    replace_dir_atomically(lambda folder: write_model_files(folder, state, config, metadata, extra_files), path)
 
 
 def read_model_dir(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], Config, dict[str, Any]]:

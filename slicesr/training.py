@@ -1,13 +1,15 @@
 """What every training loop here shares: an Engine per set of networks, reporters, and a resumable loop.
 
 The loop (sample, step, validate, checkpoint) knows nothing of Ray, DDP or DeepSpeed: a distributed
-adapter supplies another Engine (through `engine_factory`) and another Reporter.
+adapter (`cluster/`) supplies another Engine (through `engine_factory`), another Reporter, another
+Checkpointer and this worker's shard (rank, world size). With the defaults it runs in-process.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -15,14 +17,21 @@ import torch
 from torch import nn
 
 from slicesr.config import Config, dump_config
-from slicesr.modeldir import read_model_dir, recover_dir, write_model_dir
+from slicesr.modeldir import read_model_dir, recover_dir, replace_dir_atomically, write_model_dir, write_model_files
 
 log = logging.getLogger(__name__)
 TRAINING_STATE = "training_state.pt"
 
 
 class Engine:
-    """Owns backward, step, zero_grad and optimizer state of each named network (one Adam each)."""
+    """Owns forward, backward, step, zero_grad and optimizer state of each named network (one Adam each).
+
+    `networks` are the plain modules (their state is the model's); `forward` may go through a wrapper
+    (DDP, DeepSpeed) that synchronises gradients; `frozen` evaluates a network with its parameters
+    detached, so a loss can pass through it without giving it gradients.
+    """
+
+    device = torch.device("cpu")
 
     def __init__(self, model: nn.Module, networks: dict[str, nn.Module], lr: float,
                  betas: tuple[float, float] = (0.9, 0.999)):
@@ -30,6 +39,14 @@ class Engine:
         self.networks = networks
         self.optimizers = {name: torch.optim.Adam(net.parameters(), lr=lr, betas=betas)
                            for name, net in networks.items()}
+
+    def forward(self, name: str, *inputs: torch.Tensor) -> Any:
+        return self.networks[name](*inputs)
+
+    def frozen(self, name: str, *inputs: torch.Tensor) -> Any:
+        net = self.networks[name]
+        detached = {key: value.detach() for key, value in net.named_parameters()}
+        return torch.func.functional_call(net, detached, inputs)
 
     def parameters(self, name: str) -> list[torch.Tensor]:
         return [p for p in self.networks[name].parameters() if p.requires_grad]
@@ -50,6 +67,15 @@ class Engine:
         for name, opt in self.optimizers.items():
             opt.load_state_dict(state[name])
 
+    def save_shards(self, directory: Path, rank: int) -> None:
+        """Per-rank state that `state_dict` cannot hold (sharded optimizers); nothing here."""
+
+    def load_shards(self, directory: Path, rank: int) -> None:
+        """Inverse of `save_shards`."""
+
+    def close(self) -> None:
+        """Release what the engine holds (process-group state of wrappers)."""
+
 
 class Reporter(Protocol):
     def report(self, step: int, metrics: dict[str, float]) -> None: ...
@@ -60,27 +86,62 @@ class LogReporter:
         log.info("step %d %s", step, " ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items())))
 
 
+class Checkpointer:
+    """Where checkpoints and the best model go: by default folders under the run directory.
+
+    `save` is called on every rank (each writes its part); `restore` returns whether a checkpoint
+    was loaded. A distributed adapter replaces this (e.g. with Ray Train's checkpoints).
+    """
+
+    def save(self, loop: TrainingLoop) -> None:
+        replace_dir_atomically(loop.write_checkpoint, loop.latest_dir)
+
+    def restore(self, loop: TrainingLoop) -> bool:
+        recover_dir(loop.latest_dir)  # a kill between the two renames of a checkpoint swap
+        if not (loop.latest_dir / TRAINING_STATE).is_file():
+            return False
+        loop.read_checkpoint(loop.latest_dir)
+        return True
+
+    def save_best(self, loop: TrainingLoop) -> None:
+        write_model_dir(loop.best_dir, loop.model.state_dict(), loop.config, loop.metadata())
+
+    def finish(self, loop: TrainingLoop) -> None:
+        if not loop.best_dir.exists():  # no validation split: the last weights are the result
+            self.save_best(loop)
+
+
 class TrainingLoop:
     """Resumable loop with a validation metric (lower is better), `best` and `checkpoints/latest`.
 
     Subclasses set `engine`, `model`, `generators` (named torch.Generators whose states are saved),
     `train_ids`/`val_ids`, `val_metric`, and implement `train_step`, `validate`, `identity`, `metadata`.
+    With a shard (rank, world_size), this worker trains on `shard_ids`, every world_size-th training
+    scan from its rank on: the workers' batches come from disjoint scans.
     """
 
     val_metric = "val_loss"
 
-    def __init__(self, config: Config, reporter: Reporter | None):
+    def __init__(self, config: Config, reporter: Reporter | None, shard: tuple[int, int] = (0, 1),
+                 checkpointer: Checkpointer | None = None):
         self.config = config
         self.reporter = reporter or LogReporter()
+        self.rank, self.world_size = shard
+        self.checkpointer = checkpointer or Checkpointer()
         self.step = 0
         self.best_val = float("inf")
         self.run_dir = Path(config.run.storage_path) / config.run.name
         self.generators: dict[str, torch.Generator] = {}
         self.train_ids: list[str] = []
         self.val_ids: list[str] = []
+        self.shard_ids: list[str] = []
+
+    def seed_for(self, offset: int) -> int:
+        """A per-rank seed; rank 0 draws what an in-process run draws."""
+        return self.config.train.seed + offset + 7919 * self.rank
 
     def open_store_and_split(self) -> list[str]:
-        """Open `data.store`, refuse an empty one, and make the seeded train/validation split."""
+        """Open `data.store`, refuse an empty one, make the seeded train/validation split and this rank's shard."""
         from slicesr.stage1.data import split_scans
         from slicesr.store import SliceStore
 
@@ -90,6 +151,10 @@ class TrainingLoop:
         if not ids:
             raise ValueError(f"data.store {data.store} holds no stored scans")
         self.train_ids, self.val_ids = split_scans(ids, self.config.train.val_fraction, self.config.train.seed)
+        self.shard_ids = self.train_ids[self.rank::self.world_size]
+        if not self.shard_ids:
+            raise ValueError(f"data.store {data.store} has {len(self.train_ids)} training scans, fewer than the "
+                             f"{self.world_size} workers (cluster.num_workers): each worker needs its own scans")
         return ids
 
     # ------------------------------------------------------------------ to implement
@@ -106,6 +171,9 @@ class TrainingLoop:
     def metadata(self) -> dict[str, Any]:
         raise NotImplementedError
 
+    def samples_per_step(self) -> int:
+        return self.config.train.batch_size * self.world_size
+
     # ------------------------------------------------------------------ checkpoints
     @property
     def latest_dir(self) -> Path:
@@ -115,55 +183,83 @@ class TrainingLoop:
     def best_dir(self) -> Path:
         return self.run_dir / "best"
 
-    def save_checkpoint(self) -> None:
-        training_state = {
-            "identity": json.dumps(self.identity(), sort_keys=True),
-            "step": self.step, "best_val": self.best_val, "optimizers": self.engine.state_dict(),
-            "generators": {name: g.get_state() for name, g in self.generators.items()},
-            "torch_rng": torch.get_rng_state(),
-        }
-        write_model_dir(self.latest_dir, self.model.state_dict(), self.config, self.metadata(),
-                        {TRAINING_STATE: training_state})
+    def _rank_state(self) -> dict[str, Any]:
+        return {"generators": {name: g.get_state() for name, g in self.generators.items()},
+                "torch_rng": torch.get_rng_state()}
 
-    def try_resume(self) -> bool:
-        recover_dir(self.latest_dir)  # a kill between the two renames of a checkpoint swap
-        if not (self.latest_dir / TRAINING_STATE).is_file():
-            return False
-        state = torch.load(self.latest_dir / TRAINING_STATE, weights_only=True)
+    def write_checkpoint(self, directory: Path) -> None:
+        """This rank's part of a checkpoint, into a new or empty folder: rank 0 the model directory with
+        the training state (the optimizers when they are not sharded), other ranks their generator
+        states; every rank its engine's shards."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        if self.rank == 0:
+            training_state = {
+                "identity": json.dumps(self.identity(), sort_keys=True), "world_size": self.world_size,
+                "step": self.step, "best_val": self.best_val, "optimizers": self.engine.state_dict(),
+                **self._rank_state(),
+            }
+            write_model_files(directory, self.model.state_dict(), self.config, self.metadata(),
+                              {TRAINING_STATE: training_state})
+        else:
+            torch.save(self._rank_state(), directory / f"rank{self.rank}_state.pt")
+        self.engine.save_shards(directory, self.rank)
+
+    def read_checkpoint(self, directory: Path) -> None:
+        directory = Path(directory)
+        state = torch.load(directory / TRAINING_STATE, weights_only=True)
         saved = json.loads(state["identity"])
         current = json.loads(json.dumps(self.identity(), sort_keys=True))
         changed = sorted(key for key in set(saved) | set(current) if saved.get(key) != current.get(key))
         if changed:
             raise ValueError(
-                f"{self.latest_dir} was trained with other settings ({', '.join(changed)}); "
+                f"{directory} was trained with other settings ({', '.join(changed)}); "
                 "resume with the same config, pick another run.name, or pass --no-resume"
             )
-        weights, _, _ = read_model_dir(self.latest_dir)
+        saved_world = int(state.get("world_size", 1))
+        if saved_world != self.world_size:
+            raise ValueError(f"{directory} was written by {saved_world} workers, this run has {self.world_size}; "
+                             "resume with the same cluster.num_workers")
+        weights, _, _ = read_model_dir(directory)
         self.model.load_state_dict(weights)
         self.engine.load_state_dict(state["optimizers"])
+        self.engine.load_shards(directory, self.rank)
+        rank_state = state if self.rank == 0 else torch.load(directory / f"rank{self.rank}_state.pt", weights_only=True)
         for name, generator in self.generators.items():
-            generator.set_state(state["generators"][name])
-        torch.set_rng_state(state["torch_rng"])
+            generator.set_state(rank_state["generators"][name])
+        torch.set_rng_state(rank_state["torch_rng"])
         self.step, self.best_val = int(state["step"]), float(state["best_val"])
-        log.info("resumed %s at step %d", self.run_dir, self.step)
-        return True
+        log.info("resumed %s at step %d", directory, self.step)
+
+    def try_resume(self) -> bool:
+        return self.checkpointer.restore(self)
+
+    def save_checkpoint(self) -> None:
+        self.checkpointer.save(self)
 
     def save_best(self) -> None:
-        write_model_dir(self.best_dir, self.model.state_dict(), self.config, self.metadata())
+        self.checkpointer.save_best(self)
 
     # ------------------------------------------------------------------ loop
     def fit(self, resume: bool = True) -> dict[str, Any]:
         cfg = self.config.train
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.rank == 0:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
         if resume:
             self.try_resume()  # refuses incompatible settings before anything is overwritten
-        (self.run_dir / "config.yaml").write_text(dump_config(self.config))
-        (self.run_dir / "split.json").write_text(json.dumps({"train": self.train_ids, "val": self.val_ids}, indent=1))
+        if self.rank == 0:
+            (self.run_dir / "config.yaml").write_text(dump_config(self.config))
+            (self.run_dir / "split.json").write_text(json.dumps({"train": self.train_ids, "val": self.val_ids}, indent=1))
         self.model.train()
+        started, started_step = time.perf_counter(), self.step
         while self.step < cfg.max_steps:
             metrics = self.train_step()
             if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
+                elapsed = time.perf_counter() - started
+                metrics["samples_per_s"] = (self.step - started_step) * self.samples_per_step() / max(elapsed, 1e-9)
+                metrics["lr"] = cfg.lr
                 self.reporter.report(self.step, metrics)
+                started, started_step = time.perf_counter(), self.step
             if self.step % cfg.val_every == 0 or self.step == cfg.max_steps:
                 val = self.validate()
                 self.reporter.report(self.step, {self.val_metric: val})
@@ -172,6 +268,5 @@ class TrainingLoop:
                     self.save_best()
             if self.step % cfg.checkpoint_every == 0 or self.step == cfg.max_steps:
                 self.save_checkpoint()
-        if not self.best_dir.exists():  # no validation split: the last weights are the result
-            self.save_best()
+        self.checkpointer.finish(self)
         return {"step": self.step, f"best_{self.val_metric}": self.best_val, "run_dir": str(self.run_dir)}

@@ -2,7 +2,9 @@
 
 Gradient routing: the encoder E gets alpha*L_center + gamma*L_prior + eta*L_comp (beta = 0 for E);
 the decoder D gets alpha*L_center + beta*L_adv; the critic H maximises L_adv on a detached x_hat.
-Each backward names the parameters it may reach, so no loss leaks into another network.
+Each network's loss is built so that its graph reaches only that network's parameters (the others
+are evaluated `frozen`, with detached parameters, or on detached inputs). One backward per network
+then needs no selective `inputs=`: DDP and DeepSpeed engines (one per optimizer) apply unchanged.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from slicesr.stage1.losses import (
     weights_at,
 )
 from slicesr.training import Engine as BaseEngine
-from slicesr.training import LogReporter, Reporter, TrainingLoop
+from slicesr.training import Checkpointer, LogReporter, Reporter, TrainingLoop
 
 log = logging.getLogger(__name__)
 NETWORKS = ("encoder", "decoder", "critic")
@@ -48,22 +50,28 @@ class Engine(BaseEngine):
         super().__init__(model, {name: getattr(model, name) for name in NETWORKS}, lr, betas)
 
 
-def compute_losses(model: VaeGan, batch: torch.Tensor, noise: torch.Generator, with_critic: bool) -> dict[str, torch.Tensor]:
-    """All loss terms for a triplet batch (B, 3, S, S); the critic terms only when beta > 0."""
+def compute_losses(engine: Engine, batch: torch.Tensor, noise: torch.Generator, with_critic: bool) -> dict[str, torch.Tensor]:
+    """All loss terms for a triplet batch (B, 3, S, S); the critic terms only when beta > 0.
+
+    `center_encoder` is L_center through a frozen D (its graph reaches E only); `center` and `adv`
+    are computed on D(z.detach()) with a frozen H (they reach D only). Both centers have one value.
+    """
     b = batch.shape[0]
     slices = torch.cat([batch[:, 0], batch[:, 1], batch[:, 2]]).unsqueeze(1)
-    mu, logvar = model.encoder(slices)
+    mu, logvar = engine.forward("encoder", slices)
     prev, center, nxt = ((mu[i * b:(i + 1) * b], logvar[i * b:(i + 1) * b]) for i in range(3))
     x = batch[:, 1:2]
-    x_hat = model.decoder(model.sample(*center, generator=noise))
+    z = VaeGan.sample(*center, generator=noise)
+    x_hat = engine.forward("decoder", z.detach())
     losses = {
         "center": center_loss(x, x_hat).mean(),
+        "center_encoder": center_loss(x, engine.frozen("decoder", z)).mean(),
         "prior": kl_to_standard_normal(*center).mean(),
         "comp": compactness_loss(center, prev, nxt).mean(),
         "x": x, "x_hat": x_hat,
     }
     if with_critic:
-        losses["adv"] = adversarial_loss(model.critic(x), model.critic(x_hat))
+        losses["adv"] = adversarial_loss(engine.frozen("critic", x), engine.frozen("critic", x_hat))
     return losses
 
 
@@ -71,21 +79,33 @@ def backward_losses(engine: Engine, losses: dict[str, torch.Tensor], w: LossWeig
     """Eq. 10 into E, eq. 11 into D (and H below); zeroes the three networks' gradients first."""
     for name in NETWORKS:
         engine.zero_grad(name)
-    encoder_loss = w.alpha * losses["center"] + w.gamma * losses["prior"] + w.eta * losses["comp"]
+    encoder_loss = w.alpha * losses["center_encoder"] + w.gamma * losses["prior"] + w.eta * losses["comp"]
     decoder_loss = w.alpha * losses["center"]
     if "adv" in losses:
         decoder_loss = decoder_loss + w.beta * losses["adv"]
-    engine.backward("encoder", encoder_loss, retain_graph=True)
+    engine.backward("encoder", encoder_loss)
     engine.backward("decoder", decoder_loss)
 
 
 def critic_backward(engine: Engine, losses: dict[str, torch.Tensor], w: LossWeights) -> torch.Tensor:
-    """H maximises beta * L_adv with x_hat detached (no gradient reaches D or E)."""
-    model = engine.model
+    """H maximises beta * L_adv with x_hat detached (no gradient reaches D or E); one forward of H."""
+    x = losses["x"]
     engine.zero_grad("critic")
-    critic_loss = -w.beta * adversarial_loss(model.critic(losses["x"]), model.critic(losses["x_hat"].detach()))
+    scores = engine.forward("critic", torch.cat([x, losses["x_hat"].detach()]))
+    critic_loss = -w.beta * adversarial_loss(scores[: x.shape[0]], scores[x.shape[0]:])
     engine.backward("critic", critic_loss)
     return critic_loss
+
+
+def effective_phase_steps(phase_steps: tuple[int, int], max_steps: int) -> tuple[int, int]:
+    """Phase 1 and 2 lengths for a run capped at `max_steps`: unchanged when the run is longer than
+    both; otherwise both shrink in proportion to fill the first two thirds, so all three phases run."""
+    total = sum(phase_steps)
+    if max_steps > total:
+        return tuple(phase_steps)
+    budget = (2 * max_steps) // 3
+    first = round(phase_steps[0] * budget / total) if total else 0
+    return first, (budget - first if total else 0)
 
 
 class Stage1Trainer(TrainingLoop):
@@ -94,20 +114,22 @@ class Stage1Trainer(TrainingLoop):
     val_metric = "val_center"
 
     def __init__(self, config: Config, reporter: Reporter | None = None,
-                 engine_factory: Callable[[VaeGan, float], Engine] = Engine):
-        super().__init__(config, reporter)
+                 engine_factory: Callable[[VaeGan, float], Engine] = Engine,
+                 shard: tuple[int, int] = (0, 1), checkpointer: Checkpointer | None = None):
+        super().__init__(config, reporter, shard, checkpointer)
         torch.manual_seed(config.train.seed)  # initial weights
         # The engine may wrap the networks (DDP, DeepSpeed); the loop only touches them through it.
         self.engine = engine_factory(VaeGan(size_from_config(config)), config.train.lr)
         self.model = self.engine.model
         self.open_store_and_split()
-        self.sampler = TripletSampler(self.store, self.train_ids, config.model.image_size)
+        self.sampler = TripletSampler(self.store, self.shard_ids, config.model.image_size)
         self.val_sampler = TripletSampler(self.store, self.val_ids, config.model.image_size) if self.val_ids else None
-        self.data_rng = torch.Generator().manual_seed(config.train.seed)
-        self.noise_rng = torch.Generator().manual_seed(config.train.seed + 1)
+        self.data_rng = torch.Generator().manual_seed(self.seed_for(0))
+        self.noise_rng = torch.Generator().manual_seed(self.seed_for(1))
         self.generators = {"data": self.data_rng, "noise": self.noise_rng}
         s = config.schedule
         self.phases = tuple(LossWeights(*w) for w in (s.warmup, s.adversarial, s.full))
+        self.phase_steps = effective_phase_steps(tuple(s.phase_steps), config.train.max_steps)
 
     def metadata(self) -> dict[str, Any]:
         return {"stage": "vae", "k": self.config.synthesis.k, "step": self.step,
@@ -118,6 +140,7 @@ class Stage1Trainer(TrainingLoop):
     def identity(self) -> dict[str, Any]:
         c = self.config
         return {"data.store": c.data.store, "model": asdict(c.model), "schedule": asdict(c.schedule),
+                "effective_phase_steps": list(self.phase_steps),
                 "train.seed": c.train.seed, "train.batch_size": c.train.batch_size, "train.lr": c.train.lr,
                 "train.val_fraction": c.train.val_fraction, "split": {"train": self.train_ids, "val": self.val_ids}}
 
@@ -129,27 +152,33 @@ class Stage1Trainer(TrainingLoop):
         self.model.eval()  # z = mu, and spectral norm's power iteration left as it is
         with torch.no_grad():
             for _ in range(self.config.train.val_batches):
-                batch = self.val_sampler.sample(self.config.train.batch_size, rng)
+                batch = self.val_sampler.sample(self.config.train.batch_size, rng).to(self.engine.device)
                 mu, _ = self.model.encoder(batch[:, 1:2])
                 total += float(center_loss(batch[:, 1:2], self.model.decoder(mu)).mean())
         self.model.train()
         return total / self.config.train.val_batches
 
     def train_step(self) -> dict[str, float]:
-        phase, w = weights_at(self.step, tuple(self.config.schedule.phase_steps), self.phases,
+        phase, w = weights_at(self.step, self.phase_steps, self.phases,
                               self.config.schedule.no_adversarial, self.config.schedule.no_compactness)
-        batch = self.sampler.sample(self.config.train.batch_size, self.data_rng)
-        losses = compute_losses(self.model, batch, self.noise_rng, with_critic=w.beta > 0)
-        backward_losses(self.engine, losses, w)
-        self.engine.step("encoder")
-        self.engine.step("decoder")
-        metrics = {"phase": float(phase), **{key: float(losses[key].detach()) for key in ("center", "prior", "comp")}}
-        if w.beta > 0:
-            metrics["adv"] = float(losses["adv"].detach())
-            metrics["critic"] = float(critic_backward(self.engine, losses, w).detach())
-            self.engine.step("critic")
+        batch = self.sampler.sample(self.config.train.batch_size, self.data_rng).to(self.engine.device)
+        metrics = {"phase": float(phase), **training_step(self.engine, batch, self.noise_rng, w)}
         self.step += 1
         return metrics
+
+
+def training_step(engine: Engine, batch: torch.Tensor, noise: torch.Generator, w: LossWeights) -> dict[str, float]:
+    """One step of eqs. 10-11: E and D from their losses, then H (when beta > 0) on the same batch."""
+    losses = compute_losses(engine, batch, noise, with_critic=w.beta > 0)
+    backward_losses(engine, losses, w)
+    engine.step("encoder")
+    engine.step("decoder")
+    metrics = {key: float(losses[key].detach()) for key in ("center", "prior", "comp")}
+    if w.beta > 0:
+        metrics["adv"] = float(losses["adv"].detach())
+        metrics["critic"] = float(critic_backward(engine, losses, w).detach())
+        engine.step("critic")
+    return metrics
 
 
 def load_vae(path: str | os.PathLike) -> tuple[VaeGan, Config, dict[str, Any]]:

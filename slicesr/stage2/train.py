@@ -20,7 +20,7 @@ from slicesr.modeldir import read_model_dir
 from slicesr.models.generators import GeneratorSize, build_generator, display_name
 from slicesr.stage2.data import PatchSampler
 from slicesr.store import SliceStore
-from slicesr.training import Engine, Reporter, TrainingLoop
+from slicesr.training import Checkpointer, Engine, Reporter, TrainingLoop
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +59,9 @@ class Stage2Trainer(TrainingLoop):
     val_metric = "val_l1"
 
     def __init__(self, config: Config, reporter: Reporter | None = None,
-                 engine_factory: Callable[[nn.Module, float], Engine] = generator_engine):
-        super().__init__(config, reporter)
+                 engine_factory: Callable[[nn.Module, float], Engine] = generator_engine,
+                 shard: tuple[int, int] = (0, 1), checkpointer: Checkpointer | None = None):
+        super().__init__(config, reporter, shard, checkpointer)
         torch.manual_seed(config.train.seed)  # initial weights
         self.engine = engine_factory(build_generator(generator_size(config)), config.train.lr)
         self.model = self.engine.model
@@ -68,11 +69,11 @@ class Stage2Trainer(TrainingLoop):
         sr = config.sr
         check_store_matches(self.store, ids, sr.supervision, sr.k)
         aligned = sr.supervision == "synthetic"
-        self.sampler = PatchSampler(self.store, self.train_ids, tuple(sr.patch_size), sr.k, aligned,
+        self.sampler = PatchSampler(self.store, self.shard_ids, tuple(sr.patch_size), sr.k, aligned,
                                     sr.min_foreground)
         self.val_sampler = (PatchSampler(self.store, self.val_ids, tuple(sr.patch_size), sr.k, aligned,
                                          sr.min_foreground) if self.val_ids else None)
-        self.data_rng = torch.Generator().manual_seed(config.train.seed)
+        self.data_rng = torch.Generator().manual_seed(self.seed_for(0))
         self.generators = {"data": self.data_rng}
 
     def metadata(self) -> dict[str, Any]:
@@ -99,14 +100,14 @@ class Stage2Trainer(TrainingLoop):
         self.model.eval()
         with torch.no_grad():
             for _ in range(self.config.train.val_batches):
-                inputs, target = self.val_sampler.sample(self.config.train.batch_size, rng)
+                inputs, target = (t.to(self.engine.device) for t in self.val_sampler.sample(self.config.train.batch_size, rng))
                 total += float(torch.nn.functional.l1_loss(self.model(inputs), target))
         self.model.train()
         return total / self.config.train.val_batches
 
     def train_step(self) -> dict[str, float]:
-        inputs, target = self.sampler.sample(self.config.train.batch_size, self.data_rng)
-        loss = torch.nn.functional.l1_loss(self.model(inputs), target)
+        inputs, target = (t.to(self.engine.device) for t in self.sampler.sample(self.config.train.batch_size, self.data_rng))
+        loss = torch.nn.functional.l1_loss(self.engine.forward("generator", inputs), target)
         self.engine.zero_grad("generator")
         self.engine.backward("generator", loss)
         self.engine.step("generator")

@@ -18,7 +18,7 @@ def test_gradient_routing_encoder_gets_no_adversarial_gradient(debug_config):
     batch = trainer.sampler.sample(4, torch.Generator().manual_seed(0))
     results = {}
     for beta in (0.0, 1.0):
-        losses = compute_losses(trainer.model, batch, torch.Generator().manual_seed(1), with_critic=True)
+        losses = compute_losses(trainer.engine, batch, torch.Generator().manual_seed(1), with_critic=True)
         w = LossWeights(alpha=100.0, beta=beta, gamma=0.05, eta=0.02)
         backward_losses(trainer.engine, losses, w)
         results[beta] = {name: _grads(getattr(trainer.model, name)) for name in ("encoder", "decoder", "critic")}
@@ -27,7 +27,7 @@ def test_gradient_routing_encoder_gets_no_adversarial_gradient(debug_config):
     assert any(not torch.allclose(a, b) for a, b in zip(results[0.0]["decoder"], results[1.0]["decoder"]))
     assert all(g is None for g in results[1.0]["critic"])  # the generator losses never reach H
     # the critic step reaches only H
-    losses = compute_losses(trainer.model, batch, torch.Generator().manual_seed(1), with_critic=True)
+    losses = compute_losses(trainer.engine, batch, torch.Generator().manual_seed(1), with_critic=True)
     for name in ("encoder", "decoder"):
         trainer.engine.zero_grad(name)
     critic_backward(trainer.engine, losses, LossWeights(100.0, 1.0, 0.05, 0.02))
@@ -39,14 +39,15 @@ def test_gradient_routing_encoder_gets_no_adversarial_gradient(debug_config):
 def test_prior_and_compactness_reach_only_the_encoder(debug_config):
     trainer = Stage1Trainer(debug_config())
     batch = trainer.sampler.sample(4, torch.Generator().manual_seed(0))
-    losses = compute_losses(trainer.model, batch, torch.Generator().manual_seed(1), with_critic=False)
+    losses = compute_losses(trainer.engine, batch, torch.Generator().manual_seed(1), with_critic=False)
     backward_losses(trainer.engine, losses, LossWeights(alpha=0.0, beta=0.0, gamma=1.0, eta=1.0))
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in trainer.model.encoder.parameters())
     assert all(p.grad is None or p.grad.abs().sum() == 0 for p in trainer.model.decoder.parameters())
 
 
 def test_tiny_model_overfits_a_few_slices(debug_config):
-    trainer = Stage1Trainer(debug_config("train.lr=2e-3", "train.batch_size=8", "schedule.phase_steps=[1000,0]"))
+    trainer = Stage1Trainer(debug_config("train.lr=2e-3", "train.batch_size=8", "schedule.phase_steps=[1000,0]",
+                                         "train.max_steps=2000"))
     batch = trainer.sampler.sample(8, torch.Generator().manual_seed(0))
     trainer.sampler.sample = lambda batch_size, generator: batch  # the same slices every step
     first = trainer.train_step()["center"]
@@ -56,11 +57,12 @@ def test_tiny_model_overfits_a_few_slices(debug_config):
 
 
 def test_exact_resume(debug_config, tmp_path):
-    straight = Stage1Trainer(debug_config("run.name=straight", "train.max_steps=6"))
+    phases = "schedule.phase_steps=[1,1]"  # all three phases, and a cap (3) that does not shrink them
+    straight = Stage1Trainer(debug_config("run.name=straight", "train.max_steps=6", phases))
     straight.fit()
-    interrupted = Stage1Trainer(debug_config("run.name=resumed", "train.max_steps=3"))
+    interrupted = Stage1Trainer(debug_config("run.name=resumed", "train.max_steps=3", phases))
     interrupted.fit()
-    resumed = Stage1Trainer(debug_config("run.name=resumed", "train.max_steps=6"))
+    resumed = Stage1Trainer(debug_config("run.name=resumed", "train.max_steps=6", phases))
     resumed.fit()
     assert resumed.step == 6
     a, b = straight.model.state_dict(), resumed.model.state_dict()

@@ -1,0 +1,129 @@
+"""The distributed engines apply the in-process step: 2 ranks on half a batch each == 1 process on all of it.
+
+Stage I's adversarial step (E, D, then H on the same batch) and Stage II's L1 step, under DDP and
+DeepSpeed ZeRO 0/1/2, on a real 2-process gloo group (no Ray here; the Ray runs are in test_train).
+"""
+
+import os
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from cluster.engines import engine_factory, load_deepspeed_config, resolved_deepspeed_config
+from slicesr.config import load_config
+from slicesr.models.generators import build_generator
+from slicesr.models.vae_gan import VaeGan
+from slicesr.stage1.losses import LossWeights
+from slicesr.stage1.train import Engine as VaeEngine
+from slicesr.stage1.train import size_from_config, training_step
+from slicesr.stage2.train import generator_engine, generator_size
+
+WORLD = int(os.environ.get("TEST_WORLD", "2"))
+WEIGHTS = LossWeights(alpha=100.0, beta=1.0, gamma=0.05, eta=0.02)
+
+
+def _config(stage, strategy, zero):
+    path = "configs/debug/stage1.yaml" if stage == "vae" else "configs/debug/stage2.yaml"
+    return load_config(path, [f"cluster.strategy={strategy}", f"cluster.deepspeed_config=configs/deepspeed/zero{zero}.json",
+                              "train.batch_size=2"])
+
+
+def _inputs(stage):
+    g = torch.Generator().manual_seed(5)
+    if stage == "vae":
+        return torch.rand(4, 3, 16, 16, generator=g), torch.randn(4, 8, generator=g)
+    return torch.rand(4, 1, 9, 12, 12, generator=g), torch.rand(4, 1, 9, 12, 12, generator=g)
+
+
+def _fixed_noise(eps):
+    # the reparameterisation noise of the samples this rank holds, whatever its batch slice
+    return staticmethod(lambda mu, logvar, generator=None: mu + eps * torch.exp(0.5 * logvar))
+
+
+def _step(stage, engine, inputs, eps_or_target):
+    if stage == "vae":
+        VaeGan.sample = _fixed_noise(eps_or_target)
+        training_step(engine, inputs, None, WEIGHTS)
+    else:
+        loss = torch.nn.functional.l1_loss(engine.forward("generator", inputs), eps_or_target)
+        engine.zero_grad("generator")
+        engine.backward("generator", loss)
+        engine.step("generator")
+
+
+def _model(stage, config):
+    torch.manual_seed(0)
+    return VaeGan(size_from_config(config)) if stage == "vae" else build_generator(generator_size(config))
+
+
+def _worker(rank, stage, strategy, zero, port, out):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(WORLD),
+                      LOCAL_RANK=str(rank), DS_ACCELERATOR="cpu")
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    try:
+        config = _config(stage, strategy, zero)
+        ds = resolved_deepspeed_config(config.cluster) if strategy == "deepspeed" else None
+        engine = engine_factory(config, torch.device("cpu"), ds)(_model(stage, config), 1e-3)
+        inputs, other = _inputs(stage)
+        part = slice(rank * 4 // WORLD, (rank + 1) * 4 // WORLD)
+        for _ in range(2):  # two steps: the second uses the optimizer state the first one left
+            _step(stage, engine, inputs[part], other[part])
+        if rank == 0:
+            torch.save({k: v.detach().clone() for k, v in engine.model.state_dict().items()}, out)
+        engine.close()
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", ["vae", "sr"])
+@pytest.mark.parametrize("strategy,zero", [("ddp", 0), ("deepspeed", 0), ("deepspeed", 1), ("deepspeed", 2)])
+def test_two_ranks_match_the_in_process_step(stage, strategy, zero, tmp_path):
+    config = _config(stage, strategy, zero)
+    model = _model(stage, config)
+    engine = VaeEngine(model, 1e-3) if stage == "vae" else generator_engine(model, 1e-3)
+    inputs, other = _inputs(stage)
+    for _ in range(2):
+        _step(stage, engine, inputs, other)
+    reference = model.state_dict()
+    initial = _model(stage, config).state_dict()
+    # A conv bias right before an instance norm has a zero gradient in exact arithmetic; Adam turns
+    # its rounding noise into +-lr steps whose sign depends on the summation order. Those are skipped.
+    null_gradient = {name
+                     for name, p in model.named_parameters() if p.grad is not None and p.grad.abs().max() < 1e-7}
+    assert all(name.endswith(".bias") for name in null_gradient)
+
+    out = tmp_path / "rank0.pt"
+    mp.start_processes(_worker, args=(stage, strategy, zero, _free_port(), out), nprocs=WORLD, start_method="spawn")
+    distributed = torch.load(out, weights_only=True)
+    moved = 0
+    for key, value in reference.items():
+        if key in null_gradient:
+            continue
+        torch.testing.assert_close(distributed[key], value, rtol=1e-4, atol=1e-6, msg=key)
+        moved += int(not torch.equal(value, initial[key]))
+    assert moved > len(reference) // 3  # the step changed the weights: the comparison is not vacuous
+
+
+def test_deepspeed_configs_are_checked(tmp_path):
+    assert load_deepspeed_config("configs/deepspeed/zero2.json")["zero_optimization"]["stage"] == 2
+    for body, message in [('{"zero_optimization": {"stage": 3}}', "stage 3"),
+                          ('{"train_batch_size": 8}', "train.batch_size"),
+                          ('{"optimizer": {"type": "Adam"}}', "train.lr"),
+                          ('{"zero_optimization": {"stage": 1, "offload_optimizer": {}}}', "offload"),
+                          ("not json", "not JSON")]:
+        path = tmp_path / "ds.json"
+        path.write_text(body)
+        with pytest.raises(ValueError, match=message):
+            load_deepspeed_config(str(path))
+    with pytest.raises(ValueError, match="no file"):
+        load_deepspeed_config("configs/deepspeed/missing.json")
