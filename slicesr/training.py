@@ -17,7 +17,13 @@ import torch
 from torch import nn
 
 from slicesr.config import Config, dump_config
-from slicesr.modeldir import read_model_dir, recover_dir, replace_dir_atomically, write_model_dir, write_model_files
+from slicesr.modeldir import (
+    read_model_dir,
+    recover_dir,
+    replace_dir_atomically,
+    write_model_dir,
+    write_model_files,
+)
 
 log = logging.getLogger(__name__)
 TRAINING_STATE = "training_state.pt"

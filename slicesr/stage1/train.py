@@ -29,8 +29,8 @@ from slicesr.stage1.losses import (
     kl_to_standard_normal,
     weights_at,
 )
-from slicesr.training import Engine as BaseEngine
 from slicesr.training import Checkpointer, LogReporter, Reporter, TrainingLoop
+from slicesr.training import Engine as BaseEngine
 
 log = logging.getLogger(__name__)
 NETWORKS = ("encoder", "decoder", "critic")
