@@ -68,9 +68,12 @@ def _train_sr(args: argparse.Namespace) -> int:
 
 def _synthesize(args: argparse.Namespace) -> int:
     from slicesr.modeldir import model_fingerprint
+    from slicesr.registry import is_model_uri, resolve_model_uri
     from slicesr.stage1.synthesis import synthesize_store
     from slicesr.stage1.train import load_vae
 
+    if is_model_uri(args.model):
+        args.model = str(resolve_model_uri(args.model))
     model, config, metadata = load_vae(args.model)
     options = parse_storage_options(args.storage_option)
     k = args.k or config.synthesis.k
@@ -165,7 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
     train_sr.add_argument("--no-resume", action="store_true", help="start again even if a checkpoint exists")
     train_sr.set_defaults(handler=_train_sr)
     synth = sub.add_parser("synthesize", help="synthetic HR slice store from an LR store (stage I)")
-    synth.add_argument("--model", required=True, help="stage I model directory (e.g. runs/stage1/best)")
+    synth.add_argument("--model", required=True, help="stage I model directory (e.g. runs/stage1/best) or a "
+                       "registered model (models:/slicesr-vae@champion; MLflow at MLFLOW_TRACKING_URI, default "
+                       "sqlite:///mlflow.db)")
     synth.add_argument("--input", required=True, help="LR slice store")
     synth.add_argument("--output", required=True, help="synthetic HR slice store")
     synth.add_argument("--k", type=int, default=None)
@@ -178,7 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
     infer.add_argument("inputs", nargs="+", metavar="IN", help="NIfTI files or folders of them")
     infer.add_argument("--output", required=True, metavar="OUT", help="a .nii/.nii.gz file (one input) or a folder")
     infer.add_argument("--model", required=True,
-                       help="linear, cubic, a stage I model directory (VAE up-sampling) or a stage II one")
+                       help="linear, cubic, a stage I model directory (VAE up-sampling), a stage II one, or a "
+                       "registered model (models:/slicesr-sr@champion; MLflow at MLFLOW_TRACKING_URI, default "
+                       "sqlite:///mlflow.db)")
     infer.add_argument("--k", type=int, default=None, help="slices per acquired gap (default: the model's)")
     infer.add_argument("--slice-axis", default="auto", choices=["auto", "0", "1", "2"])
     infer.add_argument("--no-keep-acquired", action="store_true", help="take the network's output at acquired slices too")

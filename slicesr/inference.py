@@ -93,13 +93,15 @@ class GeneratorUpsampling(Method):
                                     desc="super-resolve")
 
 
-def load_method(spec: str, window: tuple[int, int, int] | None = None) -> Method:
-    """`linear`, `cubic`, or a model directory (stage I VAE or stage II generator)."""
+def load_method(spec: str, window: tuple[int, int, int] | None = None, tracking_uri: str | None = None) -> Method:
+    """`linear`, `cubic`, a model directory (stage I VAE or stage II generator) or a registered model
+    (`models:/slicesr-sr@champion`, resolved through MLflow at `tracking_uri` or MLFLOW_TRACKING_URI)."""
     if spec in BASELINES:
         return Interpolation(spec)
     if spec.startswith("models:/"):
-        raise ValueError(f"{spec}: MLflow model URIs are not supported yet (they come with the MLflow registry); "
-                         "pass a local model directory")
+        from slicesr.registry import resolve_model_uri
+
+        spec = str(resolve_model_uri(spec, tracking_uri))
     folder = Path(spec)
     if not folder.is_dir():
         raise ValueError(f"--model {spec}: not linear, cubic or a model directory")

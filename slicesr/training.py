@@ -10,9 +10,11 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -87,6 +89,12 @@ class Reporter(Protocol):
     def report(self, step: int, metrics: dict[str, float]) -> None: ...
 
 
+class ImageReporter(Reporter, Protocol):
+    """A reporter that also takes preview images: it calls `render()` (name -> 2D array) when it wants them."""
+
+    def images(self, step: int, render: Callable[[], dict[str, np.ndarray]], final: bool) -> None: ...
+
+
 class LogReporter:
     def report(self, step: int, metrics: dict[str, float]) -> None:
         log.info("step %d %s", step, " ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items())))
@@ -111,6 +119,12 @@ class Checkpointer:
 
     def save_best(self, loop: TrainingLoop) -> None:
         write_model_dir(loop.best_dir, loop.model.state_dict(), loop.config, loop.metadata())
+
+    def start(self, loop: TrainingLoop) -> None:
+        """Write the run's resolved config and split next to its checkpoints."""
+        loop.run_dir.mkdir(parents=True, exist_ok=True)
+        (loop.run_dir / "config.yaml").write_text(dump_config(loop.config))
+        (loop.run_dir / "split.json").write_text(json.dumps({"train": loop.train_ids, "val": loop.val_ids}, indent=1))
 
     def finish(self, loop: TrainingLoop) -> None:
         if not loop.best_dir.exists():  # no validation split: the last weights are the result
@@ -176,6 +190,10 @@ class TrainingLoop:
 
     def metadata(self) -> dict[str, Any]:
         raise NotImplementedError
+
+    def preview_images(self) -> dict[str, np.ndarray]:
+        """Named 2D images (rows of slices) showing what the model does now; none by default."""
+        return {}
 
     def samples_per_step(self) -> int:
         return self.config.train.batch_size * self.world_size
@@ -249,13 +267,11 @@ class TrainingLoop:
     # ------------------------------------------------------------------ loop
     def fit(self, resume: bool = True) -> dict[str, Any]:
         cfg = self.config.train
-        if self.rank == 0:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
         if resume:
             self.try_resume()  # refuses incompatible settings before anything is overwritten
         if self.rank == 0:
-            (self.run_dir / "config.yaml").write_text(dump_config(self.config))
-            (self.run_dir / "split.json").write_text(json.dumps({"train": self.train_ids, "val": self.val_ids}, indent=1))
+            self.checkpointer.start(self)
+        images = getattr(self.reporter, "images", None)
         self.model.train()
         started, started_step = time.perf_counter(), self.step
         while self.step < cfg.max_steps:
@@ -265,6 +281,8 @@ class TrainingLoop:
                 metrics["samples_per_s"] = (self.step - started_step) * self.samples_per_step() / max(elapsed, 1e-9)
                 metrics["lr"] = cfg.lr
                 self.reporter.report(self.step, metrics)
+                if images is not None:
+                    images(self.step, self.preview_images, self.step == cfg.max_steps)
                 started, started_step = time.perf_counter(), self.step
             if self.step % cfg.val_every == 0 or self.step == cfg.max_steps:
                 val = self.validate()

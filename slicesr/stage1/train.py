@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
+import numpy as np
 import torch
 
 from slicesr.config import Config
@@ -157,6 +158,23 @@ class Stage1Trainer(TrainingLoop):
                 total += float(center_loss(batch[:, 1:2], self.model.decoder(mu)).mean())
         self.model.train()
         return total / self.config.train.val_batches
+
+    def preview_images(self) -> dict[str, np.ndarray]:
+        """'reconstruction': real slices over their reconstructions; 'interpolation': x_{n-1}, the
+        decoded means at xi = 0, 1/4, ..., 1 between x_{n-1} and x_{n+1}, then x_{n+1}."""
+        sampler = self.val_sampler or self.sampler
+        batch = sampler.sample(4, torch.Generator().manual_seed(self.config.train.seed + 3)).to(self.engine.device)
+        self.model.eval()
+        with torch.no_grad():
+            x = batch[:, 1:2]
+            recon = self.model.decoder(self.model.encoder(x)[0])
+            mu_prev, _ = self.model.encoder(batch[:1, 0:1])
+            mu_next, _ = self.model.encoder(batch[:1, 2:3])
+            steps = [self.model.decoder((1 - xi) * mu_prev + xi * mu_next) for xi in (0.0, 0.25, 0.5, 0.75, 1.0)]
+        self.model.train()
+        row = lambda tensors: np.concatenate([t.detach().float().cpu().numpy()[0, 0] for t in tensors], axis=1)  # noqa: E731
+        return {"reconstruction": np.concatenate([row(x.split(1)), row(recon.split(1))], axis=0),
+                "interpolation": row([batch[:1, 0:1], *steps, batch[:1, 2:3]])}
 
     def train_step(self) -> dict[str, float]:
         phase, w = weights_at(self.step, self.phase_steps, self.phases,

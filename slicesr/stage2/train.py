@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -104,6 +105,18 @@ class Stage2Trainer(TrainingLoop):
                 total += float(torch.nn.functional.l1_loss(self.model(inputs), target))
         self.model.train()
         return total / self.config.train.val_batches
+
+    def preview_images(self) -> dict[str, np.ndarray]:
+        """'patches': for 4 patches, a missing slice of the interpolated input, the output, the target."""
+        sampler = self.val_sampler or self.sampler
+        inputs, target = sampler.sample(4, torch.Generator().manual_seed(self.config.train.seed + 3))
+        self.model.eval()
+        with torch.no_grad():
+            output = self.model(inputs.to(self.engine.device)).float().cpu()
+        self.model.train()
+        missing = min(self.config.sr.k // 2, inputs.shape[2] - 1)  # halfway between two acquired slices
+        rows = [np.concatenate([t[i, 0, missing].numpy() for t in (inputs, output, target)], axis=1) for i in range(4)]
+        return {"patches": np.concatenate(rows, axis=0)}
 
     def train_step(self) -> dict[str, float]:
         inputs, target = (t.to(self.engine.device) for t in self.sampler.sample(self.config.train.batch_size, self.data_rng))

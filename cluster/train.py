@@ -1,0 +1,193 @@
+"""`python -m cluster.train --config CONFIG [--set key=value ...] [--resume]`: a Ray Train run of the
+stage the config names (`stage: vae` or `stage: sr`), DDP or DeepSpeed, tracked and registered in MLflow.
+
+The same command runs from a shell (a local Ray instance, or the cluster in RAY_ADDRESS /
+cluster.address) and under `ray job submit --working-dir . -- python -m cluster.train ...`. Under
+job submit the driver runs in a copy of the working folder: relative paths in the config resolve
+there, so give data.store, run.storage_path and tracking.uri as absolute paths or URIs.
+
+Before any worker starts it checks the config, the slice store (reachable, not empty, enough scans
+for the workers), the DeepSpeed config, the MLflow tracking store and the Ray address.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from slicesr.cli_common import EXIT_OK, EXIT_USAGE, UsageError
+from slicesr.config import Config, dump_config, load_config
+from slicesr.modeldir import replace_dir_atomically
+
+log = logging.getLogger(__name__)
+DS_ENV = {"DS_ACCELERATOR": "cpu"}
+
+
+@dataclass
+class TrainResult:
+    run_dir: str
+    best_dir: str | None
+    metrics: dict[str, Any]
+    run_id: str | None
+    registered_model: str | None
+    version: str | None
+
+
+def _is_uri(path: str) -> bool:
+    return "://" in path
+
+
+def absolute(path: str) -> str:
+    return path if _is_uri(path) else str(Path(path).resolve())
+
+
+def resolve_paths(config: Config) -> Config:
+    """Absolute local paths and sqlite URIs: the workers and the registry run in other folders."""
+    from cluster.tracking import absolute_tracking_uri
+
+    config.data.store = absolute(config.data.store)
+    config.run.storage_path = absolute(config.run.storage_path)
+    config.tracking.uri = absolute_tracking_uri(config.tracking.uri)
+    return config
+
+
+def preflight(config: Config) -> dict[str, Any] | None:
+    """Everything that can be checked before a worker starts; returns the DeepSpeed config (or None)."""
+    from cluster.engines import resolved_deepspeed_config
+    from cluster.tracking import check_tracking
+    from slicesr.stage1.data import split_scans
+    from slicesr.store import SliceStore
+
+    config.validate()
+    ds_config = resolved_deepspeed_config(config.cluster) if config.cluster.strategy == "deepspeed" else None
+    store = SliceStore.open(config.data.store, config.data.storage_options)
+    ids = store.completed_ids()
+    if not ids:
+        raise ValueError(f"data.store {config.data.store} holds no stored scans (convert some with preprocessing.to_zarr)")
+    train_ids, _ = split_scans(ids, config.train.val_fraction, config.train.seed)
+    if len(train_ids) < config.cluster.num_workers:
+        raise ValueError(f"data.store {config.data.store} has {len(train_ids)} training scans for "
+                         f"{config.cluster.num_workers} workers (cluster.num_workers): each worker needs its own scans")
+    if config.stage == "sr":
+        from slicesr.stage2.train import check_store_matches
+
+        check_store_matches(store, ids, config.sr.supervision, config.sr.k)
+    check_tracking(config.tracking.uri)
+    return ds_config
+
+
+def connect_ray(address: str | None) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    env = {"env_vars": {**DS_ENV, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]),
+                                                                             os.environ.get("PYTHONPATH")]))}}
+    try:
+        ray.init(address=address, runtime_env=env, logging_level=logging.WARNING, log_to_driver=True)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        raise ValueError(f"cluster.address {address or os.environ.get('RAY_ADDRESS') or '(local)'}: cannot connect "
+                         f"to Ray ({exc})") from None
+
+
+def has_checkpoints(run_dir: str) -> bool:
+    if _is_uri(run_dir):
+        import fsspec
+
+        fs, path = fsspec.core.url_to_fs(run_dir)
+        return bool(fs.exists(path) and fs.glob(path.rstrip("/") + "/checkpoint_*"))
+    return any(Path(run_dir).glob("checkpoint_*"))
+
+
+def train(config: Config, resume: bool = False, register: bool | None = None) -> TrainResult:
+    """Run one training on Ray Train; the model of the best validation step ends in `<run>/best`
+    (local storage) and, with tracking.register, in the MLflow registry with alias `candidate`."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from cluster.tracking import Tracker, registered_name
+    from cluster.worker import BEST, train_worker
+
+    config = resolve_paths(config)
+    ds_config = preflight(config)
+    run_dir = f"{config.run.storage_path.rstrip('/')}/{config.run.name}"
+    if has_checkpoints(run_dir) and not resume:
+        raise UsageError(f"{run_dir} already holds checkpoints of a run: pass --resume to continue it, or choose "
+                         "another run.name")
+    connect_ray(config.cluster.address)
+    tracker = Tracker(config.tracking.uri, config.tracking.experiment)
+    run_id = tracker.start_run(run_key=run_dir, run_name=config.run.name)
+    tracker.log_config(run_id, config)
+
+    cluster = config.cluster
+    resources = {"CPU": cluster.cpus_per_worker, **({"GPU": cluster.gpus_per_worker} if cluster.use_gpu else {})}
+    payload = {"config": dump_config(config), "run_id": run_id, "tracking_uri": config.tracking.uri,
+               "deepspeed": ds_config, "threads": max(1, int(cluster.cpus_per_worker))}
+    trainer = TorchTrainer(
+        train_worker, train_loop_config=payload,
+        scaling_config=ScalingConfig(num_workers=cluster.num_workers, use_gpu=cluster.use_gpu,
+                                     resources_per_worker=resources),
+        torch_config=TorchConfig(backend="nccl" if cluster.use_gpu else "gloo"),
+        run_config=RunConfig(name=config.run.name, storage_path=config.run.storage_path,
+                             failure_config=FailureConfig(max_failures=cluster.max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=cluster.checkpoints_to_keep)),
+    )
+    ok = False
+    try:
+        result = trainer.fit()
+        ok = result.error is None and result.checkpoint is not None
+    finally:
+        tracker.end_run(run_id, ok)
+    if not ok:
+        raise RuntimeError(f"training {run_dir} failed: {result.error}")
+
+    metrics = dict(result.metrics or {})
+    with tempfile.TemporaryDirectory() as tmp, result.checkpoint.as_directory() as folder:
+        best = Path(folder) / BEST
+        local_best = None if _is_uri(run_dir) else Path(run_dir) / BEST
+        if local_best is not None:
+            replace_dir_atomically(lambda target: shutil.copytree(best, target, dirs_exist_ok=True), local_best)
+            (Path(run_dir) / "config.yaml").write_text(dump_config(config))
+        model_dir = local_best or Path(shutil.copytree(best, Path(tmp) / BEST))
+        version = name = None
+        if config.tracking.register if register is None else register:
+            name = registered_name(config)
+            version = tracker.register(run_id, model_dir, name)
+            log.info("registered %s version %s (alias candidate)", name, version)
+    return TrainResult(run_dir=run_dir, best_dir=str(local_best) if local_best else None, metrics=metrics,
+                       run_id=run_id, registered_model=name, version=version)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m cluster.train", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", required=True, help="YAML config (configs/...)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    parser.add_argument("--resume", action="store_true", help="continue the run's latest checkpoint")
+    parser.add_argument("--no-register", action="store_true", help="do not register the model in MLflow")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        config = load_config(args.config, args.set)
+        result = train(config, resume=args.resume, register=False if args.no_register else None)
+    except (UsageError, ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    best = result.best_dir or f"{result.run_dir} (checkpoint best/)"
+    print(f"trained {config.stage} to step {result.metrics.get('step')}: best model {best}"
+          + (f"; registered {result.registered_model} version {result.version} (alias candidate)" if result.version else ""))
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,127 @@
+"""What runs inside each Ray Train worker: the library's loop with a distributed Engine, Ray
+checkpoints and a rank-0 MLflow reporter. Nothing else: the loop is the in-process one."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+from slicesr.config import config_from_dict
+from slicesr.modeldir import read_model_dir, write_model_dir
+from slicesr.training import Checkpointer, LogReporter, TrainingLoop
+
+log = logging.getLogger(__name__)
+BEST = "best"
+
+
+class RayCheckpointer(Checkpointer):
+    """Checkpoints through `ray.train.report` on every rank (each uploads its part into one checkpoint);
+    the best model so far travels inside every checkpoint as `best/`, written by rank 0."""
+
+    def __init__(self) -> None:
+        self.best: tuple[dict[str, torch.Tensor], dict[str, Any]] | None = None
+
+    def save(self, loop: TrainingLoop) -> None:
+        import ray.train
+
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = Path(tmp)
+            loop.write_checkpoint(folder)
+            if loop.rank == 0:
+                weights, metadata = self.best or (loop.model.state_dict(), loop.metadata())
+                write_model_dir(folder / BEST, weights, loop.config, metadata)
+            metrics = {"step": loop.step, f"best_{loop.val_metric}": loop.best_val}
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+    def restore(self, loop: TrainingLoop) -> bool:
+        import ray.train
+
+        checkpoint = ray.train.get_checkpoint()
+        if checkpoint is None:
+            return False
+        with checkpoint.as_directory() as folder:
+            loop.read_checkpoint(Path(folder))
+            if loop.rank == 0 and (Path(folder) / BEST).is_dir():
+                weights, _, metadata = read_model_dir(Path(folder) / BEST)
+                self.best = (weights, metadata)
+        return True
+
+    def save_best(self, loop: TrainingLoop) -> None:
+        if loop.rank == 0:
+            self.best = ({k: v.detach().cpu().clone() for k, v in loop.model.state_dict().items()}, loop.metadata())
+
+    def start(self, loop: TrainingLoop) -> None:
+        pass  # the driver keeps the run's files; the config travels in every checkpoint
+
+    def finish(self, loop: TrainingLoop) -> None:
+        pass  # the last step always checkpoints, with best/ in it
+
+
+class RankZeroReporter:
+    """Logs (every rank) and MLflow (rank 0 only): metrics every train.log_every steps, PNG previews
+    every tracking.image_every steps and at the end."""
+
+    def __init__(self, rank: int, tracking_uri: str | None, experiment: str, run_id: str | None, image_every: int):
+        self.rank = rank
+        self.log = LogReporter()
+        self.image_every = image_every
+        self.run_id = run_id
+        self.tracker = None
+        if rank == 0 and tracking_uri and run_id:
+            from cluster.tracking import Tracker
+
+            self.tracker = Tracker(tracking_uri, experiment)
+
+    def report(self, step: int, metrics: dict[str, float]) -> None:
+        if self.rank == 0:
+            self.log.report(step, metrics)
+            if self.tracker is not None:
+                self.tracker.log_metrics(self.run_id, step, metrics)
+
+    def images(self, step: int, render: Callable[[], dict[str, np.ndarray]], final: bool) -> None:
+        if self.tracker is None:
+            return
+        if final or (self.image_every and step % self.image_every == 0):
+            for name, image in render().items():
+                self.tracker.log_image(self.run_id, f"{name}_step{step:07d}", image)
+
+
+def train_worker(payload: dict[str, Any]) -> None:
+    """Ray Train's train_loop_per_worker. payload: the resolved config (YAML), the MLflow run id,
+    the DeepSpeed config (dict) and the torch thread count."""
+    import ray.train
+    import ray.train.torch
+
+    from cluster.engines import engine_factory
+    from slicesr.stage1.train import Stage1Trainer
+    from slicesr.stage2.train import Stage2Trainer
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = config_from_dict(yaml.safe_load(payload["config"]), "payload config")
+    context = ray.train.get_context()
+    rank, world_size = context.get_world_rank(), context.get_world_size()
+    torch.set_num_threads(int(payload["threads"]))
+    device = ray.train.torch.get_device() if config.cluster.use_gpu else torch.device("cpu")
+    if config.cluster.strategy == "deepspeed":
+        import deepspeed
+
+        deepspeed.init_distributed(dist_backend="nccl" if config.cluster.use_gpu else "gloo")  # reuses Ray's group
+    reporter = RankZeroReporter(rank, payload.get("tracking_uri"), config.tracking.experiment, payload.get("run_id"),
+                                config.tracking.image_every)
+    trainer_class = Stage1Trainer if config.stage == "vae" else Stage2Trainer
+    started = time.perf_counter()
+    trainer = trainer_class(config, reporter, engine_factory(config, device, payload.get("deepspeed")),
+                            shard=(rank, world_size), checkpointer=RayCheckpointer())
+    try:
+        trainer.fit(resume=True)
+    finally:
+        trainer.engine.close()
+    log.info("rank %d/%d done at step %d in %.1f s", rank, world_size, trainer.step, time.perf_counter() - started)
