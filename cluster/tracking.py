@@ -120,9 +120,13 @@ class Tracker:
         from mlflow.entities import Param
 
         existing = self.client.get_run(run_id).data.params
-        params = [Param(k, v) for k, v in flatten(config_to_dict(config)).items() if existing.get(k) != v]
+        flat = flatten(config_to_dict(config))
+        params = [Param(k, v) for k, v in flat.items() if k not in existing]
         for start in range(0, len(params), 100):
             self.client.log_batch(run_id, params=params[start:start + 100])
+        for key, value in flat.items():  # MLflow params are immutable: a resumed run's changes become tags
+            if key in existing and existing[key] != value:
+                self.client.set_tag(run_id, f"resumed_with.{key}", value)
         self.client.log_text(run_id, dump_config(config), "config.yaml")
 
     def log_metrics(self, run_id: str, step: int, metrics: dict[str, float]) -> None:

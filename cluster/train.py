@@ -24,6 +24,7 @@ from typing import Any
 
 from slicesr.cli_common import EXIT_OK, EXIT_USAGE, UsageError
 from slicesr.config import Config, dump_config, load_config
+from slicesr.errors import StoreError
 from slicesr.modeldir import replace_dir_atomically
 
 log = logging.getLogger(__name__)
@@ -80,7 +81,26 @@ def preflight(config: Config) -> dict[str, Any] | None:
 
         check_store_matches(store, ids, config.sr.supervision, config.sr.k)
     check_tracking(config.tracking.uri)
+    check_ray_address(config.cluster.address)
     return ds_config
+
+
+def check_ray_address(address: str | None, timeout_s: float = 5.0) -> None:
+    """A TCP probe of the Ray address (ray.init retries an unreachable one for minutes)."""
+    import socket
+
+    address = address or os.environ.get("RAY_ADDRESS")
+    if not address or address in ("auto", "local"):
+        return
+    hostport = address.split("://", 1)[-1].rstrip("/")
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"cluster.address {address}: expected HOST:PORT or ray://HOST:PORT")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout_s):
+            pass
+    except OSError as exc:
+        raise ValueError(f"cluster.address {address}: no Ray cluster answers there ({exc})") from None
 
 
 def connect_ray(address: str | None) -> None:
@@ -180,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_config(args.config, args.set)
         result = train(config, resume=args.resume, register=False if args.no_register else None)
-    except (UsageError, ValueError, FileNotFoundError) as exc:
+    except (UsageError, ValueError, StoreError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     best = result.best_dir or f"{result.run_dir} (checkpoint best/)"

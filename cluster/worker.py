@@ -52,6 +52,7 @@ class RayCheckpointer(Checkpointer):
             if loop.rank == 0 and (Path(folder) / BEST).is_dir():
                 weights, _, metadata = read_model_dir(Path(folder) / BEST)
                 self.best = (weights, metadata)
+        loop.reporter.report(loop.step, {"resumed_at_step": float(loop.step)})  # a restart shows in MLflow
         return True
 
     def save_best(self, loop: TrainingLoop) -> None:

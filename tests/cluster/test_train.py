@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cluster.train import train
+from cluster.train import main, train
 from slicesr.stage1.train import load_vae
 from slicesr.stage2.train import load_generator
 
@@ -30,3 +30,50 @@ def test_two_worker_run(stage, strategy, cluster_config, tmp_path):
     assert state["step"] == 4 and state["world_size"] == 2
     if strategy == "deepspeed":
         assert list((checkpoints[-1] / "deepspeed").rglob("*optim_states.pt"))
+
+
+def _mlflow_run(tmp_path, run_id):
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    return client, client.get_run(run_id)
+
+
+def test_tracking_logs_params_metrics_previews(cluster_config, tmp_path):
+    config = cluster_config("vae", "train.max_steps=4", "cluster.num_workers=1", "tracking.image_every=2")
+    result = train(config)
+    client, run = _mlflow_run(tmp_path, result.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["cluster.num_workers"] == "1" and run.data.params["stage"] == "vae"
+    for metric in ("center", "prior", "comp", "samples_per_s", "lr", "val_center"):
+        assert metric in run.data.metrics, metric
+    assert len(client.get_metric_history(result.run_id, "center")) == 4  # train.log_every: 1
+    artifacts = {a.path for a in client.list_artifacts(result.run_id)}
+    assert "config.yaml" in artifacts and "previews" in artifacts
+    previews = {a.path for a in client.list_artifacts(result.run_id, "previews")}
+    assert {"previews/reconstruction_step0000002.png", "previews/interpolation_step0000004.png"} <= previews
+
+
+def test_existing_run_needs_resume_and_continues(cluster_config, capsys):
+    first = cluster_config("sr", "train.max_steps=2", "cluster.num_workers=1", "tracking.register=false")
+    train(first)
+    args = ["--config", "configs/debug/stage2.yaml"]
+    for key, value in (("data.store", first.data.store), ("run.storage_path", first.run.storage_path),
+                       ("tracking.uri", first.tracking.uri), ("cluster.num_workers", 1), ("train.max_steps", 4),
+                       ("tracking.register", "false"), ("cluster.address", first.cluster.address)):
+        args += ["--set", f"{key}={value}"]
+    assert main(args) == 2
+    assert "pass --resume" in capsys.readouterr().err
+    assert main([*args, "--resume"]) == 0
+    client, run = _mlflow_run(Path(first.tracking.uri.removeprefix("sqlite:///")).parent, _run_id(first))
+    assert run.data.metrics["resumed_at_step"] == 2
+    assert max(m.step for m in client.get_metric_history(run.info.run_id, "l1")) == 4
+
+
+def _run_id(config):
+    from mlflow import MlflowClient
+
+    client = MlflowClient(config.tracking.uri)
+    experiment = client.get_experiment_by_name(config.tracking.experiment)
+    (run,) = client.search_runs([experiment.experiment_id])  # the resumed run continued the same MLflow run
+    return run.info.run_id

@@ -1,0 +1,270 @@
+"""`python -m cluster.infer` on the session's Ray cluster: outputs identical to `slicesr.inference`,
+resumability, failures, usage errors, slice-store inputs and an S3 round trip on a moto server."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import boto3
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from cluster.infer import infer_many, main
+from preprocessing.to_zarr import convert
+from slicesr.config import load_config
+from slicesr.geometry import find_slice_axis, scale_axis
+from slicesr.inference import infer_volume, load_method
+from slicesr.modeldir import write_model_dir
+from slicesr.models.generators import build_generator
+from slicesr.nifti import load_volume, save_nifti_atomic
+from slicesr.stage2.train import generator_size
+from tests.conftest import write_nifti, write_synth
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[2]
+SHAPE = (16, 14, 5)  # seed 15: a uint8, a float32 and a scaled int16 scan (random orientations)
+
+
+@pytest.fixture(scope="module")
+def scans(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("scans") / "in"
+    return folder, write_synth(folder, 3, shape=SHAPE, seed=15)
+
+
+@pytest.fixture(scope="module")
+def sr_model(tmp_path_factory):
+    """An untrained tiny stage II generator (configs/debug/stage2.yaml, K=4) as a model directory."""
+    config = load_config("configs/debug/stage2.yaml")
+    torch.manual_seed(0)
+    model = build_generator(generator_size(config))
+    path = tmp_path_factory.mktemp("model") / "sr"
+    write_model_dir(path, model.state_dict(), config, {"stage": "sr", "k": 4, "method": "Proposed with DeepResolve"})
+    return str(path)
+
+
+def _expected(source: str, method: str, k: int, folder: Path) -> nib.Nifti1Image:
+    """What `slicesr infer` writes for one file, saved and loaded back the same way."""
+    path = folder / Path(source).name
+    save_nifti_atomic(infer_volume(load_volume(source), load_method(method), k), path)
+    return nib.load(path)
+
+
+def _assert_same(got: nib.Nifti1Image, expected: nib.Nifti1Image, atol: float = 0.0) -> None:
+    assert got.shape == expected.shape
+    assert got.get_data_dtype() == expected.get_data_dtype()
+    np.testing.assert_array_equal(got.affine, expected.affine)
+    a, b = got.get_fdata(), expected.get_fdata()
+    if atol == 0.0:
+        np.testing.assert_array_equal(a, b)
+    else:
+        np.testing.assert_allclose(a, b, rtol=0, atol=atol * (np.ptp(b) or 1.0))
+
+
+def _rows(path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def test_folder_to_folder_matches_inference_and_resumes(ray_cluster, scans, sr_model, tmp_path):
+    folder, sources = scans
+    address = ray_cluster["address"]
+    out = tmp_path / "linear"
+    report = infer_many([str(folder)], str(out), "linear", 2, address=address, progress=False)
+    names = ["scan000.nii.gz", "scan001.nii.gz", "scan002.nii.gz"]
+    assert report.failures == [] and report.skipped == [] and report.exit_code == 0
+    assert report.written == [str(out / name) for name in names]
+    assert sorted(os.listdir(out)) == ["failures.jsonl", *names] and _rows(out / "failures.jsonl") == []
+    for source in sources:
+        got = nib.load(out / Path(source).name)
+        _assert_same(got, _expected(source, "linear", 2, tmp_path / "expected_linear"))
+        lr = nib.load(source)
+        axis = find_slice_axis(lr.affine)
+        assert got.shape[axis] == 2 * (lr.shape[axis] - 1) + 1
+        np.testing.assert_allclose(got.affine, scale_axis(lr.affine, axis, 0.5))
+
+    out_sr = tmp_path / "sr"
+    report = infer_many([str(folder)], str(out_sr), sr_model, address=address, progress=False)  # K from the model
+    assert report.k == 4 and len(report.written) == 3 and report.failures == []
+    for source in sources:
+        _assert_same(nib.load(out_sr / Path(source).name), _expected(source, sr_model, 4, tmp_path / "expected_sr"),
+                     atol=1e-5)
+
+    # a second run skips everything and leaves the outputs untouched
+    stamps = {name: os.stat(out / name).st_mtime_ns for name in names}
+    again = infer_many([str(folder)], str(out), "linear", 2, address=address, progress=False)
+    assert again.written == [] and again.failures == [] and len(again.skipped) == 3
+    assert {name: os.stat(out / name).st_mtime_ns for name in names} == stamps
+    # --overwrite redoes them (and a missing one alone is redone without it)
+    os.unlink(out / names[1])
+    partial = infer_many([str(folder)], str(out), "linear", 2, address=address, progress=False)
+    assert partial.written == [str(out / names[1])] and len(partial.skipped) == 2
+    assert len(infer_many([str(folder)], str(out), "linear", 2, overwrite=True, progress=False).written) == 3
+
+
+def test_bad_inputs_fail_alone(ray_cluster, bad_inputs, tmp_path, capsys):
+    folder, phrases = bad_inputs
+    singular = np.eye(4)
+    singular[2, 2] = 0.0  # only the sform can hold it (a qform must decompose)
+    header = nib.Nifti1Header()
+    header.set_sform(singular, code=1)
+    nib.save(nib.Nifti1Image(np.ones((6, 6, 4), dtype=np.float32), None, header=header), folder / "singular.nii.gz")
+    phrases["singular.nii.gz"] = "unusable affine"
+    write_nifti(folder / "oneslice.nii.gz", np.ones((6, 6, 1), dtype=np.float32))
+    phrases["oneslice.nii.gz"] = "2D image"
+    out = tmp_path / "out"
+    code = main([str(folder), "--output", str(out), "--model", "linear", "--k", "2",
+                 "--address", ray_cluster["address"], "--no-progress"])
+    assert code == 1
+    assert sorted(os.listdir(out)) == ["failures.jsonl", "good.nii.gz"]
+    rows = {Path(row["source"]).name: row for row in _rows(out / "failures.jsonl")}
+    assert sorted(rows) == sorted(phrases)
+    for name, phrase in phrases.items():
+        assert phrase in rows[name]["error"], (name, rows[name])
+        assert rows[name]["source"] == str(folder / name)
+    err = capsys.readouterr().err
+    assert f"failed: {folder / 'truncated.nii.gz'}: truncated gzip" in err
+    # the good scan is done: a second run only retries the bad ones, which fail again
+    again = infer_many([str(folder)], str(out), "linear", 2, progress=False)
+    assert len(again.skipped) == 1 and again.written == [] and len(again.failures) == len(phrases)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_usage_errors_stop_before_any_task(scans, sr_model, tmp_path, capsys):
+    folder, _ = scans
+    out = tmp_path / "out"
+
+    def run(*args: str) -> tuple[int, str]:
+        code = main([*args, "--output", str(out), "--no-progress"])
+        return code, capsys.readouterr().err
+
+    code, err = run(str(folder), "--model", str(tmp_path / "no-such-model"))
+    assert code == 2 and "no-such-model" in err
+    code, err = run(str(folder), "--model", "nearest", "--k", "2")
+    assert code == 2 and "not linear, cubic" in err
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    code, err = run(str(folder), "--model", str(broken))
+    assert code == 2 and "missing model.safetensors" in err
+    code, err = run(str(folder), "--model", "linear")
+    assert code == 2 and "--k is needed" in err
+    code, err = run(str(folder), "--model", "linear", "--k", "1")
+    assert code == 2 and "K must be 2 or more" in err
+    code, err = run(str(folder), "--model", sr_model, "--k", "3")
+    assert code == 2 and "trained for K=4" in err
+    (tmp_path / "empty").mkdir()
+    code, err = run(str(tmp_path / "empty"), str(tmp_path / "missing"), "--model", "linear", "--k", "2")
+    assert code == 2 and "no NIfTI inputs found" in err and "missing" in err
+    code, err = run(str(folder), "--model", "linear", "--k", "2", "--cpus-per-task", "0")
+    assert code == 2 and "--cpus-per-task" in err
+    assert main([str(folder), "--model", "linear"]) == 2  # argparse: --output missing
+    capsys.readouterr()
+    (tmp_path / "file").write_text("x")
+    assert main([str(folder), "--output", str(tmp_path / "file"), "--model", "linear", "--k", "2"]) == 2
+    assert "is a file" in capsys.readouterr().err
+    assert not out.exists()  # nothing was started, nothing written
+
+    # An unreachable Ray address: refused in seconds, through the real command (a fresh process).
+    started = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-m", "cluster.infer", str(folder), "--output", str(out), "--model", "linear", "--k", "2",
+         "--address", f"127.0.0.1:{_free_port()}", "--no-progress"],
+        cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert "cannot reach Ray" in proc.stderr and time.monotonic() - started < 60
+    assert not list(out.glob("*.nii.gz"))
+
+
+def test_slice_store_and_list_inputs(ray_cluster, scans, tmp_path):
+    folder, sources = scans
+    store = tmp_path / "lr.zarr"
+    convert([str(folder)], str(store), workers=0, progress=False)
+    extra = write_synth(tmp_path / "other", 1, shape=SHAPE, seed=16, prefix="extra")[0]  # a uint8 scan
+    (tmp_path / "lists").mkdir()
+    (tmp_path / "lists" / "inputs.txt").write_text(f"# a store and a file\n{store}\n../other/extra000.nii.gz\n")
+    out = tmp_path / "out"
+    report = infer_many([f"@{tmp_path / 'lists' / 'inputs.txt'}"], str(out), "linear", 3,
+                        address=ray_cluster["address"], progress=False)
+    assert report.failures == []
+    assert [Path(p).name for p in report.written] == ["extra000.nii.gz", "scan000.nii.gz", "scan001.nii.gz",
+                                                      "scan002.nii.gz"]
+    _assert_same(nib.load(out / "extra000.nii.gz"), _expected(extra, "linear", 3, tmp_path / "expected"))
+    for source in sources:
+        # rebuilt from the store's float32 slices: the same geometry and type, values within float32 rounding
+        # (a scaled int16 scan may differ by one step of its new slope)
+        got, expected = nib.load(out / Path(source).name), _expected(source, "linear", 3, tmp_path / "expected")
+        step = abs(float(expected.dataobj.slope)) if hasattr(expected.dataobj, "slope") else 0.0
+        assert got.shape == expected.shape and got.get_data_dtype() == expected.get_data_dtype()
+        np.testing.assert_allclose(got.affine, expected.affine, rtol=0, atol=1e-9)
+        np.testing.assert_allclose(got.get_fdata(), expected.get_fdata(), rtol=0,
+                                   atol=1e-5 * np.ptp(expected.get_fdata()) + 1.01 * step)
+        assert got.header.get_xyzt_units()[0] == "mm"
+    uint8 = [s for s in sources if nib.load(s).get_data_dtype() == np.uint8]
+    assert uint8  # integer scans come back bit for bit
+    _assert_same(nib.load(out / Path(uint8[0]).name), _expected(uint8[0], "linear", 3, tmp_path / "expected"))
+
+
+def _start_moto() -> tuple[subprocess.Popen, str]:
+    port = _free_port()
+    executable = shutil.which("moto_server") or str(Path(sys.executable).with_name("moto_server"))
+    proc = subprocess.Popen([executable, "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(url + "/moto-api/", timeout=1)
+            return proc, url
+        except OSError:
+            time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError("moto_server did not start")
+
+
+def test_s3_inputs_and_outputs(ray_cluster, scans, tmp_path):
+    folder, sources = scans
+    proc, endpoint = _start_moto()
+    try:
+        client = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="testing",
+                              aws_secret_access_key="testing", region_name="us-east-1")
+        for bucket in ("raw", "results"):
+            client.create_bucket(Bucket=bucket)
+        for source in sources[:2]:
+            client.upload_file(source, "raw", f"site/{Path(source).name}")
+        client.put_object(Bucket="raw", Key="site/broken.nii.gz", Body=b"not a scan")
+        options = ["--storage-option", f"endpoint_url={endpoint}", "--storage-option", "key=testing",
+                   "--storage-option", "secret=testing", "--storage-option", "client_kwargs.region_name=us-east-1"]
+        args = ["s3://raw/site", "--output", "s3://results/sr/", "--model", "linear", "--k", "2",
+                "--address", ray_cluster["address"], "--no-progress", *options]
+        assert main(args) == 1
+        keys = {obj["Key"] for obj in client.list_objects_v2(Bucket="results")["Contents"]}
+        assert keys == {"sr/scan000.nii.gz", "sr/scan001.nii.gz", "sr/failures.jsonl"}
+        failures = [json.loads(line) for line in
+                    client.get_object(Bucket="results", Key="sr/failures.jsonl")["Body"].read().decode().splitlines()]
+        assert [row["source"] for row in failures] == ["s3://raw/site/broken.nii.gz"]
+        assert "not a NIfTI" in failures[0]["error"]
+        for source in sources[:2]:
+            local = tmp_path / "got" / Path(source).name
+            local.parent.mkdir(exist_ok=True)
+            client.download_file("results", f"sr/{Path(source).name}", str(local))
+            _assert_same(nib.load(local), _expected(source, "linear", 2, tmp_path / "expected"))
+        # resumable on S3 too; and the missing bucket is a usage error before any task
+        client.delete_object(Bucket="raw", Key="site/broken.nii.gz")
+        assert main(args) == 0
+        assert main([*args[:2], "s3://no-such-bucket/sr", *args[3:]]) == 2
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
