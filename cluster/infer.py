@@ -29,12 +29,10 @@ unusable output, unreachable Ray address).
 from __future__ import annotations
 
 import argparse
-import atexit
 import hashlib
 import json
 import logging
 import os
-import shutil
 import socket
 import sys
 import tempfile
@@ -288,22 +286,14 @@ def volume_from_store(store: SliceStore, scan_id: str) -> tuple[Volume, int]:
 
 
 # --------------------------------------------------------------------------- worker side
-_METHODS: dict[str, Any] = {}
-_MODEL_DIRS: list[str] = []
+_METHODS: dict[str, Any] = {}  # per worker process: model key -> loaded method
 _LOCK = threading.Lock()
 
 
-def _cleanup_model_dirs() -> None:
-    for folder in _MODEL_DIRS:
-        shutil.rmtree(folder, ignore_errors=True)
-
-
-atexit.register(_cleanup_model_dirs)
-
-
 def _method(model: dict[str, Any], box: list | None) -> Any:
-    """The run's method, built once per worker process: a model's files are fetched from the object
-    store and written to a temporary folder only the first time this process sees its fingerprint."""
+    """The run's method, built once per worker process: the first task of a process that meets a model
+    fetches its files from the object store, writes them to a temporary folder and loads them (the folder
+    is removed once the weights are in memory, so killed workers leave nothing behind)."""
     from slicesr.inference import Interpolation, load_method
 
     if box is None:
@@ -314,14 +304,13 @@ def _method(model: dict[str, Any], box: list | None) -> Any:
             import ray
 
             files = ray.get(box[0])
-            folder = tempfile.mkdtemp(prefix=f"slicesr-model-{key[:12]}-")
-            _MODEL_DIRS.append(folder)
-            for relative, data in files.items():
-                path = Path(folder) / relative
-                path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_bytes(data)
-            _METHODS[key] = load_method(folder)
-            log.debug("model %s materialised in %s", key[:12], folder)
+            with tempfile.TemporaryDirectory(prefix=f"slicesr-model-{key[:12]}-") as folder:
+                for relative, data in files.items():
+                    path = Path(folder) / relative
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    path.write_bytes(data)
+                _METHODS[key] = load_method(folder)
+            log.debug("model %s loaded in worker process %d", key[:12], os.getpid())
         return _METHODS[key]
 
 
@@ -391,49 +380,59 @@ def run_job(job: Job, model: dict[str, Any], box: list | None, settings: dict[st
 
 
 # --------------------------------------------------------------------------- driver side
-def load_model(model: str, k: int | None, tracking_uri: str | None = None) -> ModelSpec:
-    """Resolve and validate MODEL once, on the driver; read a model directory's files for the tasks."""
-    from slicesr.inference import BASELINES, Interpolation, check_k, load_method
-    from slicesr.modeldir import model_fingerprint
-    from slicesr.registry import is_model_uri, resolve_model_uri
+def _model_files(folder: Path) -> tuple[dict[str, bytes], str]:
+    """A model directory's files, and the cache key of the model: the weights' SHA-256 (as
+    slicesr.modeldir.model_fingerprint) plus a digest of the other files (config, metadata)."""
+    from slicesr.modeldir import WEIGHTS, model_fingerprint
 
-    folder = None
-    try:
-        if model in BASELINES:
-            method = Interpolation(model)
-        else:
-            if is_model_uri(model):
-                folder = Path(resolve_model_uri(model, tracking_uri))
-                log.info("%s resolved to %s", model, folder)
-            else:
-                folder = Path(model)
-                if not folder.is_dir():
-                    raise UsageError(f"--model {model}: not linear, cubic, a model directory or a models:/ URI "
-                                     "(no such folder)")
-            method = load_method(str(folder))
-    except UsageError:
-        raise
-    except (ValueError, RuntimeError, OSError, KeyError) as exc:
-        # RuntimeError: weights that do not fit the config's network
-        raise UsageError(f"--model {model}: {exc}") from None
-    k = k or method.trained_k
-    if k is None:
-        raise UsageError(f"--k is needed with {model} (it was not trained for one K)")
-    try:
-        check_k(method, k)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
-    if folder is None:
-        return ModelSpec(spec=model, label=method.label, k=k)
     files = {path.relative_to(folder).as_posix(): path.read_bytes()
              for path in sorted(folder.rglob("*")) if path.is_file()}
     others = hashlib.sha256()
     for relative in sorted(files):
         others.update(relative.encode() + b"\0")
-        if relative != "model.safetensors":
+        if relative != WEIGHTS:
             others.update(files[relative])
-    key = f"{model_fingerprint(folder)}-{others.hexdigest()[:16]}"
-    return ModelSpec(spec=str(folder), label=method.label, k=k, key=key, files=files)
+    return files, f"{model_fingerprint(folder)}-{others.hexdigest()[:16]}"
+
+
+def load_model(model: str, k: int | None, tracking_uri: str | None = None) -> ModelSpec:
+    """Resolve and validate MODEL once, on the driver (a models:/ URI is downloaded once, to a temporary
+    folder); read a model directory's files for the tasks. UsageError when it cannot be used with K."""
+    from slicesr.inference import BASELINES, Interpolation, check_k, load_method
+    from slicesr.registry import is_model_uri, resolve_model_uri
+
+    with tempfile.TemporaryDirectory(prefix="slicesr-registry-") as download:
+        folder = None
+        try:
+            if model in BASELINES:
+                method = Interpolation(model)
+            else:
+                if is_model_uri(model):
+                    folder = Path(resolve_model_uri(model, tracking_uri, download))
+                    log.info("%s resolved to the model directory %s", model, folder.relative_to(download))
+                else:
+                    folder = Path(model)
+                    if not folder.is_dir():
+                        raise UsageError(f"--model {model}: not linear, cubic, a model directory or a models:/ "
+                                         "URI (no such folder)")
+                method = load_method(str(folder))
+        except UsageError:
+            raise
+        except (ValueError, RuntimeError, OSError, KeyError) as exc:
+            # RuntimeError: weights that do not fit the config's network
+            text = str(exc)
+            raise UsageError(text if model in text else f"--model {model}: {text}") from None
+        k = method.trained_k if k is None else k
+        if k is None:
+            raise UsageError(f"--k is needed with {model} (it was not trained for one K)")
+        try:
+            check_k(method, k)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        if folder is None:
+            return ModelSpec(spec=model, label=method.label, k=k)
+        files, key = _model_files(folder)
+    return ModelSpec(spec=model, label=method.label, k=k, key=key, files=files)
 
 
 def prepare_output(output: str, storage_options: dict[str, Any]) -> set[str]:

@@ -178,11 +178,16 @@ class Tracker:
         self.mlflow.set_tracking_uri(self.uri)
         self.mlflow.set_registry_uri(self.uri)
         metadata = json.loads((model_dir / "metadata.json").read_text())
+        from mlflow.models import ModelSignature
+        from mlflow.types import Schema, TensorSpec
+
         example = np.random.default_rng(0).random((3, 24, 24), dtype=np.float32)
+        any_size = Schema([TensorSpec(np.dtype(np.float32), (-1, -1, -1))])  # volumes of any size
         with self.mlflow.start_run(run_id=run_id):
             info = self.mlflow.pyfunc.log_model(
                 name="model", python_model=str(MODEL_CODE), artifacts={"model_dir": str(model_dir)},
-                input_example=example, registered_model_name=name,
+                input_example=example, signature=ModelSignature(inputs=any_size, outputs=any_size),
+                registered_model_name=name,
                 pip_requirements=["slicesr", "torch>=2.2,<2.14", "numpy", "safetensors", "nibabel", "pyyaml"],
                 metadata={"slicesr_stage": metadata.get("stage"), "k": metadata.get("k")},
             )

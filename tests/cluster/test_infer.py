@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 
+import cluster.infer
 from cluster.infer import infer_many, main
 from preprocessing.to_zarr import convert
 from slicesr.config import load_config
@@ -74,7 +75,7 @@ def _rows(path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
 
-def test_folder_to_folder_matches_inference_and_resumes(ray_cluster, scans, sr_model, tmp_path):
+def test_folder_to_folder_matches_inference_and_resumes(ray_cluster, scans, sr_model, tmp_path, monkeypatch):
     folder, sources = scans
     address = ray_cluster["address"]
     out = tmp_path / "linear"
@@ -91,8 +92,21 @@ def test_folder_to_folder_matches_inference_and_resumes(ray_cluster, scans, sr_m
         assert got.shape[axis] == 2 * (lr.shape[axis] - 1) + 1
         np.testing.assert_allclose(got.affine, scale_axis(lr.affine, axis, 0.5))
 
+    # The tasks get the model's bytes through the object store, not the driver's path: a copy of the model
+    # directory deleted right after the driver has read it still serves the whole run.
+    copy = tmp_path / "model_copy"
+    shutil.copytree(sr_model, copy)
+
+    def load_then_delete(*args, **kwargs):
+        spec = original(*args, **kwargs)
+        shutil.rmtree(copy)
+        return spec
+
+    original = cluster.infer.load_model
+    monkeypatch.setattr(cluster.infer, "load_model", load_then_delete)
     out_sr = tmp_path / "sr"
-    report = infer_many([str(folder)], str(out_sr), sr_model, address=address, progress=False)  # K from the model
+    report = infer_many([str(folder)], str(out_sr), str(copy), address=address, progress=False)  # K from the model
+    assert not copy.exists()
     assert report.k == 4 and len(report.written) == 3 and report.failures == []
     for source in sources:
         _assert_same(nib.load(out_sr / Path(source).name), _expected(source, sr_model, 4, tmp_path / "expected_sr"),
@@ -268,3 +282,27 @@ def test_s3_inputs_and_outputs(ray_cluster, scans, tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_registered_model_resolved_once_on_the_driver(ray_cluster, scans, sr_model, tmp_path, monkeypatch, capsys):
+    from cluster.tracking import Tracker
+
+    folder, sources = scans
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = Tracker(uri, "infer-test")
+    assert tracker.register(tracker.start_run("run", "run"), sr_model, "slicesr-sr") == "1"
+    calls = []
+    import slicesr.registry  # cluster.infer imports resolve_model_uri from it when a models:/ URI is given
+
+    resolve = slicesr.registry.resolve_model_uri
+    monkeypatch.setattr(slicesr.registry, "resolve_model_uri", lambda *a, **kw: calls.append(a) or resolve(*a, **kw))
+    out = tmp_path / "out"
+    code = main([str(folder), "--output", str(out), "--model", "models:/slicesr-sr@candidate", "--tracking-uri", uri,
+                 "--address", ray_cluster["address"], "--no-progress"])
+    assert code == 0 and len(calls) == 1
+    for source in sources:
+        _assert_same(nib.load(out / Path(source).name), _expected(source, sr_model, 4, tmp_path / "expected"),
+                     atol=1e-5)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    assert main([str(folder), "--output", str(tmp_path / "x"), "--model", "models:/slicesr-sr@champion"]) == 2
+    assert "models:/slicesr-sr@champion: not found" in capsys.readouterr().err
