@@ -106,6 +106,7 @@ def test_folder_to_folder_matches_inference_and_resumes(ray_cluster, scans, sr_m
     monkeypatch.setattr(cluster.infer, "load_model", load_then_delete)
     out_sr = tmp_path / "sr"
     report = infer_many([str(folder)], str(out_sr), str(copy), address=address, progress=False)  # K from the model
+    monkeypatch.undo()
     assert not copy.exists()
     assert report.k == 4 and len(report.written) == 3 and report.failures == []
     for source in sources:
