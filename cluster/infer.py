@@ -99,7 +99,7 @@ class Job:
 class ModelSpec:
     """What the tasks need to rebuild the method: a baseline name, or a model directory's files."""
 
-    spec: str  # "linear", "cubic" or the driver's model directory (for messages only)
+    spec: str  # MODEL as given: linear, cubic, a folder or a models:/ URI
     label: str
     k: int
     key: str = ""  # cache key: the weights' SHA-256 plus a digest of the other files
@@ -122,9 +122,9 @@ def _read_list(src: str, storage_options: dict[str, Any]) -> list[str]:
             text = Path(src).read_text(encoding="utf-8")
             base = os.path.dirname(os.path.abspath(src))
     except FileNotFoundError:
-        raise UsageError(f"input list {src} does not exist") from None
+        raise InputError("no such input list") from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"cannot read input list {src}: {exc}") from None
+        raise InputError(f"cannot read the input list: {exc}") from None
     entries = []
     for line in text.splitlines():
         line = line.strip()
@@ -152,7 +152,7 @@ def _open_store(src: str, storage_options: dict[str, Any]) -> SliceStore | None:
     try:
         return SliceStore.open(src, storage_options)
     except StoreError as exc:
-        raise UsageError(f"input {src}: {exc}") from None
+        raise InputError(str(exc)) from None
 
 
 def _under(uri: str, folder: str) -> bool:
@@ -166,24 +166,27 @@ def _under(uri: str, folder: str) -> bool:
 def collect_jobs(inputs: list[str], output: str, storage_options: dict[str, Any]) -> tuple[list[Job], list[dict]]:
     """Every scan named by `inputs`, with a unique output name; and the inputs that matched nothing."""
     pending, seen_lists = list(inputs), set()
+    problems: list[dict] = []
     sources: list[str] = []
     stores: list[SliceStore] = []
     while pending:
         src = pending.pop(0)
-        if src.startswith("@") or src.lower().endswith(".txt"):
-            path = src[1:] if src.startswith("@") else src
-            if path in seen_lists:
+        try:
+            if src.startswith("@") or src.lower().endswith(".txt"):
+                path = src[1:] if src.startswith("@") else src
+                if path not in seen_lists:
+                    seen_lists.add(path)
+                    pending = _read_list(path, storage_options) + pending
                 continue
-            seen_lists.add(path)
-            pending = _read_list(path, storage_options) + pending
+            store = _open_store(src, storage_options)
+        except InputError as exc:  # like an input that matches nothing: reported, the others done
+            problems.append({"source": src, "error": str(exc)})
             continue
-        store = _open_store(src, storage_options)
         if store is not None:
             stores.append(store)
         else:
             sources.append(src)
 
-    problems: list[dict] = []
     candidates: list[Job] = []
     if sources:
         expansion = expand_sources(sources, storage_options)
@@ -200,12 +203,12 @@ def collect_jobs(inputs: list[str], output: str, storage_options: dict[str, Any]
         candidates += [Job("store", store.url, make_scan_id(scan_id), scan_id=scan_id) for scan_id in ids]
 
     out_root = output.rstrip("/") if is_remote(output) else os.path.abspath(output)
-    jobs = []
-    for job in candidates:
-        if job.kind == "file" and _under(job.source, out_root):
-            log.debug("ignoring %s: it is inside the output location", job.source)
-            continue
-        jobs.append(job)
+    # Files under OUT are earlier outputs (e.g. `infer data/ --output data/sr`): never inputs.
+    jobs = [job for job in candidates if not (job.kind == "file" and _under(job.source, out_root))]
+    if len(jobs) < len(candidates):
+        log.warning("ignored %d input files inside the output location %s", len(candidates) - len(jobs), output)
+        if not jobs:
+            problems.append({"source": output, "error": "every input found is inside the output location"})
     # Names must be unique in OUT: a name shared by several inputs gets each input's hash appended.
     counts: dict[str, int] = {}
     for job in jobs:
@@ -230,8 +233,8 @@ def volume_from_store(store: SliceStore, scan_id: str) -> tuple[Volume, int]:
     float32 rounding), moved from (slice, row, col) back to the source's axis order with the stored
     affine (which gives the source's affine exactly). Data type: an integer source whose rebuilt values
     are whole numbers in range is written as that integer type (integer scans come back bit for bit);
-    otherwise (a scaled integer source, scl_slope/inter) as that type with a new slope chosen by nibabel,
-    as `slicesr infer` does for scaled inputs. Not in the store, so not reproduced: the NIfTI-1/-2
+    otherwise (a scaled integer source, scl_slope/inter) as that type with a new slope chosen by nibabel
+    (see _keep_scaling). Not in the store, so not reproduced: the NIfTI-1/-2
     flavour (NIfTI-1 is written), the original scl_slope/inter, sform/qform codes (1 is written), units
     (mm is written), descriptions and other header fields.
     """
@@ -314,23 +317,44 @@ def _method(model: dict[str, Any], box: list | None) -> Any:
         return _METHODS[key]
 
 
+def _keep_scaling(volume: Volume, image: Any) -> Volume:
+    """Put a scaled integer input's scl_slope/inter back into the header the volume keeps.
+
+    nibabel moves them from the header into the data proxy on load, so slicesr.inference.output_image
+    (which looks for them in the header) would write, say, an int16 scan with scl_slope 1e-5 as plain
+    rounded int16 (its values 0..0.85 all becoming 0 or 1). With them in the header it writes the input's
+    type with a new slope for the new values, as it intends.
+    """
+    slope = float(getattr(image.dataobj, "slope", 1.0))
+    inter = float(getattr(image.dataobj, "inter", 0.0))
+    if volume.header is not None and (slope != 1.0 or inter != 0.0):
+        header = volume.header.copy()
+        header.set_slope_inter(slope, inter)
+        volume.header = header
+    return volume
+
+
 def _read_volume(job: Job, storage_options: dict[str, Any]) -> tuple[Volume, int | None]:
-    from slicesr.nifti import image_from_bytes, load_volume, volume_from_image
+    """The job's scan as a Volume (InputError with the reason), and a store scan's slice axis."""
+    from slicesr.nifti import image_from_bytes, volume_from_image
 
     if job.kind == "store":
         return volume_from_store(SliceStore(job.source, storage_options), job.scan_id)
-    if not is_remote(job.source):
-        return load_volume(job.source), None
     try:
-        fs, path = fsspec.core.url_to_fs(job.source, **storage_options)
-        raw = fs.cat_file(path)
+        if is_remote(job.source):
+            fs, path = fsspec.core.url_to_fs(job.source, **storage_options)
+            raw = fs.cat_file(path)
+        else:
+            with open(job.source, "rb") as handle:
+                raw = handle.read()
     except FileNotFoundError:
-        raise InputError("the object disappeared before it could be read") from None
+        raise InputError("the file disappeared before it could be read") from None
     except PermissionError as exc:
         raise InputError(f"access denied while reading: {exc}") from None
     except OSError as exc:
-        raise InputError(f"cannot read: {exc}") from None
-    return volume_from_image(image_from_bytes(raw), job.source), None
+        raise InputError(f"cannot read file: {exc.strerror or exc}") from None
+    image = image_from_bytes(raw)
+    return _keep_scaling(volume_from_image(image, job.source), image), None
 
 
 def _write_output(image: Any, target: str, storage_options: dict[str, Any]) -> None:
@@ -642,11 +666,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="take the method's output at the acquired slices too")
     parser.add_argument("--address", default=None, metavar="RAY_ADDRESS",
                         help="Ray cluster (HOST:PORT, ray://HOST:PORT, auto); default RAY_ADDRESS or a local Ray")
-    parser.add_argument("--cpus-per-task", type=float, default=1.0, help="CPUs (and torch threads) per scan task")
+    parser.add_argument("--cpus-per-task", type=float, default=1.0, metavar="N",
+                        help="CPUs reserved (and torch threads) per scan task (default 1)")
     parser.add_argument("--storage-option", action="append", default=[], metavar="KEY=VALUE",
                         help="fsspec/s3fs option for inputs and output, e.g. endpoint_url=http://127.0.0.1:9000 "
                         "(repeatable; dotted keys nest)")
-    parser.add_argument("--tracking-uri", default=None,
+    parser.add_argument("--tracking-uri", default=None, metavar="URI",
                         help="MLflow tracking URI for models:/ (default MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
     parser.add_argument("--overwrite", action="store_true", help="super-resolve again scans whose output exists")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")

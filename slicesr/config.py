@@ -311,6 +311,11 @@ def _build(cls: type, values: dict[str, Any], where: str = "") -> Any:
     return cls(**kwargs)  # missing keys keep their defaults
 
 
+def build_dataclass(cls: type, values: dict[str, Any], where: str = "") -> Any:
+    """Any config dataclass from a mapping, with the same checks as Config (unknown keys, types)."""
+    return _build(cls, values, where)
+
+
 def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     merged = dict(base)
     for key, value in update.items():

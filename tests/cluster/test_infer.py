@@ -24,7 +24,7 @@ from cluster.infer import infer_many, main
 from preprocessing.to_zarr import convert
 from slicesr.config import load_config
 from slicesr.geometry import find_slice_axis, scale_axis
-from slicesr.inference import infer_volume, load_method
+from slicesr.inference import infer_volume, load_method, super_resolve
 from slicesr.modeldir import write_model_dir
 from slicesr.models.generators import build_generator
 from slicesr.nifti import load_volume, save_nifti_atomic
@@ -44,31 +44,49 @@ def scans(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def sr_model(tmp_path_factory):
-    """An untrained tiny stage II generator (configs/debug/stage2.yaml, K=4) as a model directory."""
+    """An untrained (perturbed) tiny stage II generator (configs/debug/stage2.yaml, K=4) as a model directory."""
     config = load_config("configs/debug/stage2.yaml")
     torch.manual_seed(0)
     model = build_generator(generator_size(config))
+    with torch.no_grad():  # DeepResolve is the identity at init (a residual on the linear grid): perturb it
+        for parameter in model.parameters():
+            parameter.add_(0.01 * torch.randn_like(parameter))
     path = tmp_path_factory.mktemp("model") / "sr"
     write_model_dir(path, model.state_dict(), config, {"stage": "sr", "k": 4, "method": "Proposed with DeepResolve"})
     return str(path)
 
 
-def _expected(source: str, method: str, k: int, folder: Path) -> nib.Nifti1Image:
-    """What `slicesr infer` writes for one file, saved and loaded back the same way."""
+def _is_scaled(path) -> bool:
+    proxy = nib.load(path).dataobj
+    return bool(proxy.slope != 1.0 or proxy.inter != 0.0)
+
+
+def _check(got_path, source: str, method: str, k: int, folder: Path, atol: float = 0.0) -> None:
+    """The output equals what `slicesr infer` writes for the same file (saved and loaded back the same
+    way): bit for bit with atol=0, else within atol times the value range.
+
+    A scaled integer input (int16 + scl_slope) is the exception: slicesr.inference.output_image writes it
+    as plain rounded integers (nibabel keeps the slope out of the header it reads), cluster.infer keeps
+    the scaling (see cluster.infer._keep_scaling); there the output must hold the float result of
+    super_resolve to within half a step of its new slope.
+    """
+    got = nib.load(got_path)
     path = folder / Path(source).name
     save_nifti_atomic(infer_volume(load_volume(source), load_method(method), k), path)
-    return nib.load(path)
-
-
-def _assert_same(got: nib.Nifti1Image, expected: nib.Nifti1Image, atol: float = 0.0) -> None:
+    expected = nib.load(path)
     assert got.shape == expected.shape
-    assert got.get_data_dtype() == expected.get_data_dtype()
-    np.testing.assert_array_equal(got.affine, expected.affine)
-    a, b = got.get_fdata(), expected.get_fdata()
-    if atol == 0.0:
-        np.testing.assert_array_equal(a, b)
+    assert got.get_data_dtype() == nib.load(source).get_data_dtype() == expected.get_data_dtype()
+    np.testing.assert_allclose(got.affine, expected.affine, rtol=0, atol=1e-9 if atol else 0.0)
+    if _is_scaled(source):
+        data, _ = super_resolve(load_volume(source), load_method(method), k)
+        step = abs(float(got.dataobj.slope))
+        assert 0 < step < 1e-3 * np.ptp(data)
+        np.testing.assert_allclose(got.get_fdata(), data, rtol=0, atol=0.51 * step + atol * np.ptp(data))
+    elif atol == 0.0:
+        np.testing.assert_array_equal(got.get_fdata(), expected.get_fdata())
     else:
-        np.testing.assert_allclose(a, b, rtol=0, atol=atol * (np.ptp(b) or 1.0))
+        np.testing.assert_allclose(got.get_fdata(), expected.get_fdata(), rtol=0,
+                                   atol=atol * (np.ptp(expected.get_fdata()) or 1.0))
 
 
 def _rows(path) -> list[dict]:
@@ -86,7 +104,7 @@ def test_folder_to_folder_matches_inference_and_resumes(ray_cluster, scans, sr_m
     assert sorted(os.listdir(out)) == ["failures.jsonl", *names] and _rows(out / "failures.jsonl") == []
     for source in sources:
         got = nib.load(out / Path(source).name)
-        _assert_same(got, _expected(source, "linear", 2, tmp_path / "expected_linear"))
+        _check(out / Path(source).name, source, "linear", 2, tmp_path / "expected_linear")
         lr = nib.load(source)
         axis = find_slice_axis(lr.affine)
         assert got.shape[axis] == 2 * (lr.shape[axis] - 1) + 1
@@ -110,8 +128,9 @@ def test_folder_to_folder_matches_inference_and_resumes(ray_cluster, scans, sr_m
     assert not copy.exists()
     assert report.k == 4 and len(report.written) == 3 and report.failures == []
     for source in sources:
-        _assert_same(nib.load(out_sr / Path(source).name), _expected(source, sr_model, 4, tmp_path / "expected_sr"),
-                     atol=1e-5)
+        _check(out_sr / Path(source).name, source, sr_model, 4, tmp_path / "expected_sr", atol=1e-5)
+        linear, _ = super_resolve(load_volume(source), load_method("linear"), 4)
+        assert np.abs(nib.load(out_sr / Path(source).name).get_fdata() - linear).max() > 1e-3 * np.ptp(linear)
 
     # a second run skips everything and leaves the outputs untouched
     stamps = {name: os.stat(out / name).st_mtime_ns for name in names}
@@ -183,6 +202,8 @@ def test_usage_errors_stop_before_any_task(scans, sr_model, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     code, err = run(str(tmp_path / "empty"), str(tmp_path / "missing"), "--model", "linear", "--k", "2")
     assert code == 2 and "no NIfTI inputs found" in err and "missing" in err
+    code, err = run(f"@{tmp_path / 'nolist.txt'}", "--model", "linear", "--k", "2")
+    assert code == 2 and "nolist.txt: no such input list" in err
     code, err = run(str(folder), "--model", "linear", "--k", "2", "--cpus-per-task", "0")
     assert code == 2 and "--cpus-per-task" in err
     assert main([str(folder), "--model", "linear"]) == 2  # argparse: --output missing
@@ -191,6 +212,11 @@ def test_usage_errors_stop_before_any_task(scans, sr_model, tmp_path, capsys):
     assert main([str(folder), "--output", str(tmp_path / "file"), "--model", "linear", "--k", "2"]) == 2
     assert "is a file" in capsys.readouterr().err
     assert not out.exists()  # nothing was started, nothing written
+    # the only NIfTI files found are inside OUT (earlier outputs): not inputs
+    nested = tmp_path / "data"
+    shutil.copytree(folder, nested / "sr")
+    assert main([str(nested), "--output", str(nested / "sr"), "--model", "linear", "--k", "2"]) == 2
+    assert "inside the output location" in capsys.readouterr().err
 
     # An unreachable Ray address: refused in seconds, through the real command (a fresh process).
     started = time.monotonic()
@@ -216,20 +242,15 @@ def test_slice_store_and_list_inputs(ray_cluster, scans, tmp_path):
     assert report.failures == []
     assert [Path(p).name for p in report.written] == ["extra000.nii.gz", "scan000.nii.gz", "scan001.nii.gz",
                                                       "scan002.nii.gz"]
-    _assert_same(nib.load(out / "extra000.nii.gz"), _expected(extra, "linear", 3, tmp_path / "expected"))
+    _check(out / "extra000.nii.gz", extra, "linear", 3, tmp_path / "expected")
     for source in sources:
-        # rebuilt from the store's float32 slices: the same geometry and type, values within float32 rounding
-        # (a scaled int16 scan may differ by one step of its new slope)
-        got, expected = nib.load(out / Path(source).name), _expected(source, "linear", 3, tmp_path / "expected")
-        step = abs(float(expected.dataobj.slope)) if hasattr(expected.dataobj, "slope") else 0.0
-        assert got.shape == expected.shape and got.get_data_dtype() == expected.get_data_dtype()
-        np.testing.assert_allclose(got.affine, expected.affine, rtol=0, atol=1e-9)
-        np.testing.assert_allclose(got.get_fdata(), expected.get_fdata(), rtol=0,
-                                   atol=1e-5 * np.ptp(expected.get_fdata()) + 1.01 * step)
-        assert got.header.get_xyzt_units()[0] == "mm"
+        # rebuilt from the store's float32 slices: the same geometry, type and (within float32 rounding) values
+        _check(out / Path(source).name, source, "linear", 3, tmp_path / "expected", atol=1e-5)
+        assert nib.load(out / Path(source).name).header.get_xyzt_units()[0] == "mm"
+    kinds = {str(nib.load(s).get_data_dtype()) + ("-scaled" if _is_scaled(s) else "") for s in sources}
+    assert kinds == {"uint8", "float32", "int16-scaled"}
     uint8 = [s for s in sources if nib.load(s).get_data_dtype() == np.uint8]
-    assert uint8  # integer scans come back bit for bit
-    _assert_same(nib.load(out / Path(uint8[0]).name), _expected(uint8[0], "linear", 3, tmp_path / "expected"))
+    _check(out / Path(uint8[0]).name, uint8[0], "linear", 3, tmp_path / "expected")  # integers: bit for bit
 
 
 def _start_moto() -> tuple[subprocess.Popen, str]:
@@ -249,7 +270,7 @@ def _start_moto() -> tuple[subprocess.Popen, str]:
     raise RuntimeError("moto_server did not start")
 
 
-def test_s3_inputs_and_outputs(ray_cluster, scans, tmp_path):
+def test_s3_inputs_and_outputs(ray_cluster, scans, tmp_path, capsys):
     folder, sources = scans
     proc, endpoint = _start_moto()
     try:
@@ -275,11 +296,27 @@ def test_s3_inputs_and_outputs(ray_cluster, scans, tmp_path):
             local = tmp_path / "got" / Path(source).name
             local.parent.mkdir(exist_ok=True)
             client.download_file("results", f"sr/{Path(source).name}", str(local))
-            _assert_same(nib.load(local), _expected(source, "linear", 2, tmp_path / "expected"))
+            _check(local, source, "linear", 2, tmp_path / "expected")
         # resumable on S3 too; and the missing bucket is a usage error before any task
         client.delete_object(Bucket="raw", Key="site/broken.nii.gz")
+        capsys.readouterr()
         assert main(args) == 0
+        assert "super-resolved 0 scans with linear (K=2), already done 2, failed 0" in capsys.readouterr().out
         assert main([*args[:2], "s3://no-such-bucket/sr", *args[3:]]) == 2
+        assert "no-such-bucket" in capsys.readouterr().err
+        # a slice store on S3 as input, outputs on S3
+        client.create_bucket(Bucket="stores")
+        storage = {"endpoint_url": endpoint, "key": "testing", "secret": "testing",
+                   "client_kwargs": {"region_name": "us-east-1"}}
+        convert(["s3://raw/site"], "s3://stores/lr", workers=0, storage_options=storage, progress=False)
+        report = infer_many(["s3://stores/lr"], "s3://results/from-store", "linear", 2, storage_options=storage,
+                            progress=False)
+        assert report.failures == [] and report.written == ["s3://results/from-store/scan000.nii.gz",
+                                                            "s3://results/from-store/scan001.nii.gz"]
+        client.download_file("results", "from-store/scan000.nii.gz", str(tmp_path / "from_store.nii.gz"))
+        got, expected = nib.load(tmp_path / "from_store.nii.gz"), nib.load(tmp_path / "got" / "scan000.nii.gz")
+        assert got.shape == expected.shape and got.get_data_dtype() == expected.get_data_dtype()
+        np.testing.assert_allclose(got.affine, expected.affine, rtol=0, atol=1e-9)
     finally:
         proc.terminate()
         proc.wait(timeout=10)
@@ -302,8 +339,7 @@ def test_registered_model_resolved_once_on_the_driver(ray_cluster, scans, sr_mod
                  "--address", ray_cluster["address"], "--no-progress"])
     assert code == 0 and len(calls) == 1
     for source in sources:
-        _assert_same(nib.load(out / Path(source).name), _expected(source, sr_model, 4, tmp_path / "expected"),
-                     atol=1e-5)
+        _check(out / Path(source).name, source, sr_model, 4, tmp_path / "expected", atol=1e-5)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     assert main([str(folder), "--output", str(tmp_path / "x"), "--model", "models:/slicesr-sr@champion"]) == 2
     assert "models:/slicesr-sr@champion: not found" in capsys.readouterr().err

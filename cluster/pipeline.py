@@ -1,0 +1,256 @@
+"""`python -m cluster.pipeline --config configs/pipeline.yaml [--set key=value ...]`: the whole method.
+
+    preprocess   (optionally simulate LR from HR: keep every K-th slice), NIfTI -> Zarr with Dask
+    stage1       Ray Train run of the VAE-GAN on the LR store
+    synthesis    a synthetic HR volume per LR scan (latent interpolation)
+    stage2       Ray Train run of the 3D SR generator on the synthetic HR store
+    registration the two models into the MLflow registry (slicesr-vae, slicesr-sr; alias candidate)
+    evaluation   held-out HR volumes: linear, cubic, VAE up-sampling, the proposed method; the
+                 `champion` alias moves to a candidate that beats the current champion's PSNR
+
+Every step records its outputs in WORKDIR/pipeline_state.json when it is complete and is skipped when
+started again; a step cut short resumes (the converter and synthesis skip finished scans, training
+resumes from its last Ray checkpoint, registering the same weights again reuses their version).
+Exit 0 done, 1 some inputs failed (the rest done), 2 usage or environment error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from slicesr.cli_common import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, UsageError, setup_logging
+from slicesr.config import Config, apply_override, build_dataclass, load_config
+from slicesr.errors import StoreError
+
+log = logging.getLogger("cluster.pipeline")
+STEPS = ("preprocess", "stage1", "synthesis", "stage2", "registration", "evaluation")
+
+
+@dataclass
+class PreprocessStep:
+    inputs: list[str] = field(default_factory=list)  # LR NIfTI files, folders or s3:// prefixes
+    degrade_k: int | None = None  # simulate LR scans from HR inputs first (keep every K-th slice): demos
+    slice_axis: str = "auto"
+    workers: int = 2
+
+
+@dataclass
+class TrainStep:
+    config: str = ""
+    max_steps: int | None = None
+    set: list[str] = field(default_factory=list)  # overrides of that stage's config
+
+
+@dataclass
+class EvaluationStep:
+    hr: list[str] = field(default_factory=list)  # held-out HR volumes (never used for training)
+    slice_axis: str = "auto"
+    baselines: list[str] = field(default_factory=lambda: ["linear", "cubic"])
+    figures: bool = True
+
+
+@dataclass
+class PipelineConfig:
+    workdir: str = "pipeline_out"
+    preprocess: PreprocessStep = field(default_factory=PreprocessStep)
+    stage1: TrainStep = field(default_factory=lambda: TrainStep("configs/cpu/stage1.yaml"))
+    stage2: TrainStep = field(default_factory=lambda: TrainStep("configs/cpu/stage2.yaml"))
+    evaluation: EvaluationStep = field(default_factory=EvaluationStep)
+    set: list[str] = field(default_factory=list)  # overrides of both training configs (cluster.*, tracking.*)
+
+
+def load_pipeline_config(path: str, overrides: list[str] | None = None) -> PipelineConfig:
+    try:
+        tree = yaml.safe_load(Path(path).read_text()) or {}
+    except OSError as exc:
+        raise UsageError(f"--config {path}: {exc.strerror}") from None
+    for assignment in overrides or []:
+        tree = apply_override(tree, assignment)
+    config = build_dataclass(PipelineConfig, tree, "")
+    if not config.preprocess.inputs:
+        raise ValueError(f"{path}: preprocess.inputs names no LR scans")
+    if config.preprocess.slice_axis not in ("auto", "0", "1", "2"):
+        raise ValueError(f"preprocess.slice_axis must be auto, 0, 1 or 2, got {config.preprocess.slice_axis}")
+    return config
+
+
+class Pipeline:
+    def __init__(self, config: PipelineConfig):
+        self.config = config
+        self.workdir = Path(config.workdir).resolve()
+        self.state_path = self.workdir / "pipeline_state.json"
+        self.stage1 = self._stage_config(config.stage1, "vae", self.workdir / "lr.zarr")
+        self.stage2 = self._stage_config(config.stage2, "sr", self.workdir / "synthetic_hr.zarr")
+        self.k = self.stage1.synthesis.k
+        if self.stage2.sr.k != self.k:
+            raise ValueError(f"stage2 sr.k ({self.stage2.sr.k}) differs from stage1 synthesis.k ({self.k})")
+        if config.preprocess.degrade_k not in (None, self.k):
+            raise ValueError(f"preprocess.degrade_k ({config.preprocess.degrade_k}) differs from synthesis.k ({self.k})")
+        self.state = json.loads(self.state_path.read_text()) if self.state_path.is_file() else {}
+
+    def _stage_config(self, step: TrainStep, stage: str, store: Path) -> Config:
+        overrides = [*self.config.set, *step.set, f"data.store={store}",
+                     f"run.storage_path={self.workdir / 'runs'}"]
+        if step.max_steps is not None:
+            overrides.append(f"train.max_steps={step.max_steps}")
+        config = load_config(step.config, overrides)
+        if config.stage != stage:
+            raise ValueError(f"{step.config}: the pipeline's {'stage1' if stage == 'vae' else 'stage2'} needs stage: {stage}")
+        if config.tracking.uri.startswith("sqlite:///") and not config.tracking.uri.startswith("sqlite:////"):
+            config.tracking.uri = f"sqlite:///{self.workdir / config.tracking.uri[len('sqlite:///'):]}"
+        return config
+
+    # ------------------------------------------------------------------ state
+    def done(self, step: str) -> bool:
+        return step in self.state
+
+    def record(self, step: str, outputs: dict[str, Any]) -> None:
+        self.state[step] = outputs
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile("w", dir=self.workdir, delete=False, suffix=".tmp") as handle:
+            json.dump(self.state, handle, indent=1)
+        os.replace(handle.name, self.state_path)  # a kill never leaves a half-written state file
+
+    # ------------------------------------------------------------------ steps
+    def preprocess(self) -> dict[str, Any]:
+        from preprocessing.degrade import degrade_files
+        from preprocessing.to_zarr import convert
+
+        p = self.config.preprocess
+        inputs = p.inputs
+        failures: list[dict] = []
+        if p.degrade_k:
+            _, failures = degrade_files(inputs, str(self.workdir / "lr"), p.degrade_k, p.slice_axis)
+            inputs = [str(self.workdir / "lr")]
+        report = convert(inputs, str(self.workdir / "lr.zarr"), slice_axis=p.slice_axis, workers=p.workers,
+                         progress=False)
+        failures += report.failures
+        return {"store": str(self.workdir / "lr.zarr"), "stored": len(report.stored) + len(report.skipped),
+                "failures": failures}
+
+    def train(self, config: Config) -> dict[str, Any]:
+        from cluster.train import train
+
+        result = train(config, resume=True, register=False)
+        return {"run_dir": result.run_dir, "best": result.best_dir, "run_id": result.run_id,
+                "step": result.metrics.get("step")}
+
+    def synthesis(self) -> dict[str, Any]:
+        from slicesr.modeldir import model_fingerprint
+        from slicesr.stage1.synthesis import synthesize_store
+        from slicesr.stage1.train import load_vae
+        from slicesr.store import SliceStore
+
+        best = self.state["stage1"]["best"]
+        model, config, _ = load_vae(best)
+        output = SliceStore.create(str(self.workdir / "synthetic_hr.zarr"))
+        report = synthesize_store(model, SliceStore.open(str(self.workdir / "lr.zarr")), output, self.k,
+                                  batch_size=config.synthesis.batch_size, overlap=config.synthesis.tile_overlap,
+                                  keep_acquired=config.synthesis.keep_acquired, model_id=model_fingerprint(best),
+                                  progress=False)
+        return {"store": output.url, "written": len(report.written) + len(report.skipped), "failures": report.failures}
+
+    def registration(self) -> dict[str, Any]:
+        from cluster.tracking import Tracker, registered_name
+
+        registered = {}
+        for step, config in (("stage1", self.stage1), ("stage2", self.stage2)):
+            if not config.tracking.register:
+                continue
+            tracker = Tracker(config.tracking.uri, config.tracking.experiment)
+            run_id = tracker.start_run(run_key=self.state[step]["run_dir"], run_name=config.run.name)
+            name = registered_name(config)
+            registered[step] = {"name": name, "version": tracker.register(run_id, self.state[step]["best"], name),
+                                "run_id": run_id}
+        return registered
+
+    def evaluation(self) -> dict[str, Any]:
+        from cluster.tracking import Tracker
+        from slicesr.evaluate import evaluate
+
+        e = self.config.evaluation
+        models = {"stage1": self.state["stage1"]["best"], "stage2": self.state["stage2"]["best"]}
+        result = evaluate(e.hr, self.k, [*e.baselines, models["stage1"], models["stage2"]],
+                          str(self.workdir / "eval"), e.slice_axis, figures=e.figures, progress=False)
+        if not result.rows:
+            raise ValueError(f"evaluation.hr: no volume could be scored ({result.failures[:1]})")
+        means = {}
+        for method in result.methods:
+            values = [r["psnr_missing"] for r in result.rows if r["method"] == method]
+            means[method] = sum(values) / len(values)
+        table = result.summary_table()
+        outputs: dict[str, Any] = {"table": table, "psnr_missing": means, "champions": {},
+                                   "failures": result.failures}
+        labels = dict(zip(("stage1", "stage2"), result.methods[len(e.baselines):]))
+        for step, entry in self.state.get("registration", {}).items():
+            config = self.stage1 if step == "stage1" else self.stage2
+            tracker = Tracker(config.tracking.uri, config.tracking.experiment)
+            tracker.log_artifacts(entry["run_id"], self.workdir / "eval", "evaluation")
+            if entry["name"] == "slicesr-sr-supervised":
+                continue  # the supervised upper bound is scored, never a champion of slicesr-sr
+            promoted = tracker.promote(entry["name"], entry["version"], means[labels[step]])
+            outputs["champions"][entry["name"]] = tracker.alias_version(entry["name"], "champion")
+            log.info("%s version %s: PSNR missing %.2f dB, champion %s", entry["name"], entry["version"],
+                     means[labels[step]], "(moved)" if promoted else "(kept)")
+        return outputs
+
+    def run(self) -> dict[str, Any]:
+        from cluster.train import connect_ray, preflight, resolve_paths
+
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        actions = {"preprocess": self.preprocess, "stage1": lambda: self.train(self.stage1),
+                   "synthesis": self.synthesis, "stage2": lambda: self.train(self.stage2),
+                   "registration": self.registration, "evaluation": self.evaluation}
+        for step in STEPS:
+            if self.done(step):
+                log.info("%s: done already, skipped", step)
+                continue
+            if step in ("stage1", "stage2"):
+                config = resolve_paths(self.stage1 if step == "stage1" else self.stage2)
+                preflight(config)
+                connect_ray(config.cluster.address)
+            log.info("%s: running", step)
+            self.record(step, actions[step]())
+        return self.state
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m cluster.pipeline", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", required=True, help="pipeline YAML (configs/pipeline.yaml)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a pipeline key, e.g. stage1.max_steps=300 or workdir=/data/out")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    setup_logging()
+    args = build_parser().parse_args(argv)
+    try:
+        pipeline = Pipeline(load_pipeline_config(args.config, args.set))
+        state = pipeline.run()
+    except (UsageError, ValueError, StoreError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    evaluation = state["evaluation"]
+    print(evaluation["table"])
+    for name, version in evaluation["champions"].items():
+        print(f"{name}: champion is version {version}")
+    failures = [*state["preprocess"]["failures"], *state["synthesis"]["failures"], *evaluation["failures"]]
+    for failure in failures:
+        print(f"  failed: {failure}", file=sys.stderr)
+    print(f"-> {pipeline.workdir} (pipeline_state.json, eval/, runs/)")
+    return EXIT_SOME_FAILED if failures else EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())
