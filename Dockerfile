@@ -1,22 +1,40 @@
-# CPU image of slicesr with every extra. For GPU nodes, install the CUDA build of torch 2.13 instead
-# of the CPU wheel; nothing else changes (nccl, bf16 and DeepSpeed ops are configuration).
-FROM python:3.11-slim
+# Worker/head image of a Ray cluster running slicesr. It installs through scripts/setup.sh, the
+# script `make setup` and CI run, so CI tests what the image runs. No data, no credentials inside.
+#
+#   CPU:  docker build -t slicesr:cpu .
+#   CUDA: docker build -t slicesr:cu128 \
+#           --build-arg TORCH_PIP_ARGS="--index-url https://download.pytorch.org/whl/cu128 --extra-index-url https://pypi.org/simple" .
+#   Another base (e.g. a Ray image with Python 3.11): --build-arg BASE_IMAGE=rayproject/ray:2.60.0-py311
+# GPU paths (nccl, bf16, fused Adam) are configuration (cluster.use_gpu, cluster.bf16), not another image.
+ARG BASE_IMAGE=python:3.11-slim
+FROM ${BASE_IMAGE}
 
-ENV PIP_NO_CACHE_DIR=1 PYTHONUNBUFFERED=1
-RUN apt-get update && apt-get install -y --no-install-recommends build-essential git \
+ARG TORCH_PIP_ARGS=""
+ARG EXTRAS="s3,cluster,tracking,eval"
+ENV PIP_NO_CACHE_DIR=1 PYTHONUNBUFFERED=1 DS_ACCELERATOR=cpu \
+    TORCH_EXTENSIONS_DIR=/opt/slicesr/.torch_extensions \
+    VENV=none PYTHON=python3 TORCH_PIP_ARGS=${TORCH_PIP_ARGS} EXTRAS=${EXTRAS}
+
+# DeepSpeed builds its ops with a compiler; git for pip's VCS metadata
+USER 0
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends build-essential git \
     && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /opt/slicesr
-# torch first, pinned: pass TORCH_PIP_ARGS with your CPU or CUDA wheel index as needed.
-ARG TORCH_PIP_ARGS=""
-RUN pip install --upgrade "pip>=24" \
-    && pip install "torch==2.13.0" $TORCH_PIP_ARGS
+# Dependencies first (a cached layer while only the sources change): the metadata and a stub package.
 COPY setup.cfg pyproject.toml README.md ./
+COPY scripts/setup.sh scripts/setup.sh
+COPY slicesr/__init__.py slicesr/__init__.py
+RUN STEP=deps scripts/setup.sh
+
 COPY slicesr slicesr
 COPY cluster cluster
 COPY preprocessing preprocessing
 COPY configs configs
-RUN pip install ".[s3,cluster,tracking,eval]"
+RUN STEP=package scripts/setup.sh \
+    && useradd --create-home --uid 1000 slicesr \
+    && chmod -R a+rX /opt/slicesr
+USER 1000
 
-ENTRYPOINT ["slicesr"]
-CMD ["--help"]
+CMD ["slicesr", "--help"]

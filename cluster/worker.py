@@ -4,6 +4,7 @@ checkpoints and a rank-0 MLflow reporter. Nothing else: the loop is the in-proce
 from __future__ import annotations
 
 import logging
+import resource
 import tempfile
 import time
 from collections.abc import Callable
@@ -123,6 +124,10 @@ def train_worker(payload: dict[str, Any]) -> None:
                             shard=(rank, world_size), checkpointer=RayCheckpointer())
     try:
         trainer.fit(resume=True)
+        # the largest peak resident memory of any worker, in MiB (a collective: every rank calls it)
+        peak = torch.tensor([resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0])
+        torch.distributed.all_reduce(peak, op=torch.distributed.ReduceOp.MAX)
+        reporter.report(trainer.step, {"peak_worker_rss_mib": float(peak)})
     finally:
         trainer.engine.close()
     log.info("rank %d/%d done at step %d in %.1f s", rank, world_size, trainer.step, time.perf_counter() - started)

@@ -94,12 +94,18 @@ def volume_from_image(image: nib.Nifti1Image | nib.Nifti2Image, source: str) -> 
     affine = np.asarray(image.affine, dtype=np.float64)
     if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
         raise InputError(f"unusable affine (singular or not finite): {affine.tolist()}")
+    header = image.header.copy()
+    # nibabel moves scl_slope/scl_inter out of a loaded header into the data proxy; put them back so
+    # that writers see a scaled integer input as scaled (not as plain integers to round)
+    slope, inter = getattr(image.dataobj, "slope", 1.0), getattr(image.dataobj, "inter", 0.0)
+    if (slope, inter) != (1.0, 0.0):
+        header.set_slope_inter(slope, inter)
     return Volume(
         data=data,
         affine=affine,
         source=source,
         source_dtype=str(image.get_data_dtype()),
-        header=image.header,
+        header=header,
     )
 
 

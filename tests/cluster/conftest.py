@@ -72,7 +72,7 @@ def ray_cluster():
     ray.shutdown()
     os.killpg(head.pid, signal.SIGTERM)
     try:
-        head.wait(30)
+        head.wait(10)
     except subprocess.TimeoutExpired:
         os.killpg(head.pid, signal.SIGKILL)
 

@@ -143,3 +143,18 @@ def test_folder_inputs_some_bad(tmp_path, bad_inputs, capsys):
     written = sorted(p.name for p in out.iterdir())
     assert written == ["good.nii.gz"]  # nothing half-written, no temporary files left
     assert load_method("cubic").label == "cubic"
+
+
+def test_scaled_integer_input_keeps_its_values(tmp_path):
+    data = np.random.default_rng(3).random((12, 10, 5)).astype(np.float32) * 0.85
+    image = nib.Nifti1Image(data, np.diag([1.0, 1.0, 4.0, 1.0]))
+    image.set_data_dtype(np.int16)  # nibabel stores it as int16 with a small scl_slope
+    nib.save(image, tmp_path / "scaled.nii.gz")
+    assert main(["infer", str(tmp_path / "scaled.nii.gz"), "--output", str(tmp_path / "out.nii.gz"),
+                 "--model", "linear", "--k", "4"]) == 0
+    out = nib.load(tmp_path / "out.nii.gz")
+    assert out.get_data_dtype() == np.int16
+    values = out.get_fdata()
+    stored = nib.load(tmp_path / "scaled.nii.gz").get_fdata()
+    np.testing.assert_allclose(values[..., ::4], stored, atol=2 * 0.85 / 32767)  # not rounded to 0/1
+    assert len(np.unique(values)) > 100

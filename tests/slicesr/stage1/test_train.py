@@ -129,3 +129,20 @@ def test_engine_factory_owns_the_model(debug_config):
     trainer = Stage1Trainer(debug_config("train.max_steps=1"), engine_factory=factory)
     trainer.fit(resume=False)
     assert trainer.model is built[0].model
+
+
+def test_max_steps_below_the_phases_shrinks_them_in_proportion():
+    from slicesr.stage1.train import effective_phase_steps
+
+    assert effective_phase_steps((500, 2500), 6000) == (500, 2500)  # a long run keeps its schedule
+    assert effective_phase_steps((500, 2500), 300) == (33, 167)  # 2/3 of 300, in the ratio 1:5
+    first, second = effective_phase_steps((100, 800), 90)
+    assert first + second == 60 and 6 <= first <= 7  # phase 3 keeps the last third
+    assert effective_phase_steps((0, 0), 5) == (0, 0)
+
+
+def test_trainer_uses_the_shrunk_schedule(debug_config):
+    trainer = Stage1Trainer(debug_config("schedule.phase_steps=[30,60]", "train.max_steps=9"))
+    assert trainer.phase_steps == (2, 4)
+    phases = [trainer.train_step()["phase"] for _ in range(9)]
+    assert phases == [0, 0, 1, 1, 1, 1, 2, 2, 2]
