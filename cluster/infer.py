@@ -233,8 +233,8 @@ def volume_from_store(store: SliceStore, scan_id: str) -> tuple[Volume, int]:
     float32 rounding), moved from (slice, row, col) back to the source's axis order with the stored
     affine (which gives the source's affine exactly). Data type: an integer source whose rebuilt values
     are whole numbers in range is written as that integer type (integer scans come back bit for bit);
-    otherwise (a scaled integer source, scl_slope/inter) as that type with a new slope chosen by nibabel
-    (see _keep_scaling). Not in the store, so not reproduced: the NIfTI-1/-2
+    otherwise (a scaled integer source, scl_slope/inter) as that type with a new slope chosen by nibabel.
+    Not in the store, so not reproduced: the NIfTI-1/-2
     flavour (NIfTI-1 is written), the original scl_slope/inter, sform/qform codes (1 is written), units
     (mm is written), descriptions and other header fields.
     """
@@ -317,23 +317,6 @@ def _method(model: dict[str, Any], box: list | None) -> Any:
         return _METHODS[key]
 
 
-def _keep_scaling(volume: Volume, image: Any) -> Volume:
-    """Put a scaled integer input's scl_slope/inter back into the header the volume keeps.
-
-    nibabel moves them from the header into the data proxy on load, so slicesr.inference.output_image
-    (which looks for them in the header) would write, say, an int16 scan with scl_slope 1e-5 as plain
-    rounded int16 (its values 0..0.85 all becoming 0 or 1). With them in the header it writes the input's
-    type with a new slope for the new values, as it intends.
-    """
-    slope = float(getattr(image.dataobj, "slope", 1.0))
-    inter = float(getattr(image.dataobj, "inter", 0.0))
-    if volume.header is not None and (slope != 1.0 or inter != 0.0):
-        header = volume.header.copy()
-        header.set_slope_inter(slope, inter)
-        volume.header = header
-    return volume
-
-
 def _read_volume(job: Job, storage_options: dict[str, Any]) -> tuple[Volume, int | None]:
     """The job's scan as a Volume (InputError with the reason), and a store scan's slice axis."""
     from slicesr.nifti import image_from_bytes, volume_from_image
@@ -354,7 +337,7 @@ def _read_volume(job: Job, storage_options: dict[str, Any]) -> tuple[Volume, int
     except OSError as exc:
         raise InputError(f"cannot read file: {exc.strerror or exc}") from None
     image = image_from_bytes(raw)
-    return _keep_scaling(volume_from_image(image, job.source), image), None
+    return volume_from_image(image, job.source), None
 
 
 def _write_output(image: Any, target: str, storage_options: dict[str, Any]) -> None:

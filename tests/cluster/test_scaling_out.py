@@ -79,6 +79,8 @@ def test_train_on_s3_store_tracked_by_mlflow_server_then_infer(services, tmp_pat
     out = tmp_path / "sr.nii.gz"
     assert slicesr_main(["infer", str(lr), "--output", str(out), "--model",
                          "models:/slicesr-sr-supervised@candidate"]) == 0
-    assert nib.load(out).shape[2] == 17
+    before, after = nib.load(lr).shape, nib.load(out).shape
+    changed = [(a, b) for a, b in zip(before, after) if a != b]
+    assert len(changed) == 1 and changed[0][1] == 4 * (changed[0][0] - 1) + 1
     keys = [o["Key"] for o in _client(services["s3"]).list_objects_v2(Bucket="mlflow").get("Contents", [])]
     assert any(key.endswith("model.safetensors") for key in keys)  # the artefact root is S3
