@@ -105,10 +105,8 @@ def main() -> int:
     WORK.mkdir(parents=True, exist_ok=True)
     import ray
 
-    from cluster.train import DS_ENV
-
     # 4 logical CPUs on 2 cores so that Ray Train's controller never waits for a CPU slot
-    ray.init(num_cpus=4, runtime_env={"env_vars": {**DS_ENV, "PYTHONPATH": str(HERE.parent)}},
+    ray.init(num_cpus=4, runtime_env={"env_vars": {"PYTHONPATH": str(HERE.parent)}},
              logging_level=logging.WARNING)
     stores = {"vae": str(Path(args.lr_store).resolve()), "sr": str(Path(args.hr_store).resolve())}
     steps = {"vae": args.vae_steps, "sr": args.sr_steps}

@@ -11,7 +11,12 @@
 Every step records its outputs in WORKDIR/pipeline_state.json when it is complete and is skipped when
 started again; a step cut short resumes (the converter and synthesis skip finished scans, training
 resumes from its last Ray checkpoint, registering the same weights again reuses their version).
-Exit 0 done, 1 some inputs failed (the rest done), 2 usage or environment error.
+Exit 0 done, 1 some inputs failed (the rest done) or a training failed (run it again to resume),
+2 usage or environment error.
+
+Every step runs on the driver's machine or as Ray jobs that read and write under `workdir`: on a
+cluster of several machines `workdir` must be a shared filesystem (NFS, a mounted bucket) that
+every node sees at the same path.
 """
 
 from __future__ import annotations
@@ -168,7 +173,7 @@ class Pipeline:
             if not config.tracking.register:
                 continue
             tracker = Tracker(config.tracking.uri, config.tracking.experiment)
-            run_id = tracker.start_run(run_key=self.state[step]["run_dir"], run_name=config.run.name)
+            run_id = tracker.find_run(self.state[step]["run_dir"])
             name = registered_name(config)
             registered[step] = {"name": name, "version": tracker.register(run_id, self.state[step]["best"], name),
                                 "run_id": run_id}
@@ -233,6 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from cluster.train import TrainingFailed
+
     setup_logging()
     args = build_parser().parse_args(argv)
     try:
@@ -241,6 +248,9 @@ def main(argv: list[str] | None = None) -> int:
     except (UsageError, ValueError, StoreError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except TrainingFailed as exc:
+        print(f"error: {exc} (run the pipeline again to resume)", file=sys.stderr)
+        return EXIT_SOME_FAILED
     evaluation = state["evaluation"]
     print(evaluation["table"])
     for name, version in evaluation["champions"].items():

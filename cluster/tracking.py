@@ -4,7 +4,7 @@ Registered models: slicesr-vae (stage I), slicesr-sr (stage II on synthetic HR, 
 slicesr-sr-supervised (the "DeepResolve only" upper bound, trained on real HR; never a champion of
 slicesr-sr). A training run's model becomes a version with alias `candidate`; the pipeline moves
 `champion` to it when it beats the current champion (higher mean PSNR on the missing slices of the
-validation scans). Versions are tagged with the weights' SHA-256, so registering the same model twice
+pipeline's validation volumes, `evaluation.hr`: held-out HR volumes never used for training). Versions are tagged with the weights' SHA-256, so registering the same model twice
 returns the existing version instead of a duplicate.
 """
 
@@ -26,6 +26,7 @@ from slicesr.modeldir import model_fingerprint
 
 log = logging.getLogger(__name__)
 MODEL_CODE = Path(__file__).with_name("mlflow_model.py")
+LIBRARY = Path(__file__).resolve().parents[1] / "slicesr"
 RUN_KEY_TAG = "slicesr.run_key"
 FINGERPRINT_TAG = "slicesr.weights_sha256"
 SCORE_TAG = "slicesr.val_psnr"
@@ -103,13 +104,18 @@ class Tracker:
         self.experiment_id = found.experiment_id if found else self.client.create_experiment(experiment)
 
     # ------------------------------------------------------------------ runs
-    def start_run(self, run_key: str, run_name: str) -> str:
-        """The run logged under `run_key` (a resumed training continues its MLflow run), or a new one."""
+    def find_run(self, run_key: str) -> str | None:
+        """The id of the MLflow run logged under `run_key` (a training run's folder), if any."""
         runs = self.client.search_runs([self.experiment_id], filter_string=f"tags.`{RUN_KEY_TAG}` = '{run_key}'",
                                        order_by=["attributes.start_time DESC"], max_results=1)
-        if runs:
-            self.client.update_run(runs[0].info.run_id, status="RUNNING")
-            return runs[0].info.run_id
+        return runs[0].info.run_id if runs else None
+
+    def start_run(self, run_key: str, run_name: str) -> str:
+        """The run logged under `run_key` (a resumed training continues its MLflow run), or a new one."""
+        existing = self.find_run(run_key)
+        if existing:
+            self.client.update_run(existing, status="RUNNING")
+            return existing
         run = self.client.create_run(self.experiment_id, run_name=run_name, tags={RUN_KEY_TAG: run_key})
         return run.info.run_id
 
@@ -150,11 +156,7 @@ class Tracker:
 
     # ------------------------------------------------------------------ models
     def find_version(self, name: str, fingerprint: str):
-        try:
-            versions = self.client.search_model_versions(f"name = '{name}'")
-        except Exception:  # noqa: BLE001 - no such registered model yet
-            return None
-        for version in versions:
+        for version in self.client.search_model_versions(f"name = '{name}'"):
             if version.tags.get(FINGERPRINT_TAG) == fingerprint:
                 return version
         return None
@@ -167,12 +169,11 @@ class Tracker:
         if existing is not None:
             version = existing.version
         else:
-            version = self._log_model(run_id, Path(model_dir), name)
-            self.client.set_model_version_tag(name, version, FINGERPRINT_TAG, fingerprint)
+            version = self._log_model(run_id, Path(model_dir), name, fingerprint)
         self.client.set_registered_model_alias(name, CANDIDATE, version)
         return str(version)
 
-    def _log_model(self, run_id: str, model_dir: Path, name: str) -> str:
+    def _log_model(self, run_id: str, model_dir: Path, name: str, fingerprint: str) -> str:
         import json
 
         self.mlflow.set_tracking_uri(self.uri)
@@ -187,11 +188,14 @@ class Tracker:
             info = self.mlflow.pyfunc.log_model(
                 name="model", python_model=str(MODEL_CODE), artifacts={"model_dir": str(model_dir)},
                 input_example=example, signature=ModelSignature(inputs=any_size, outputs=any_size),
-                registered_model_name=name,
-                pip_requirements=["slicesr", "torch>=2.2,<2.14", "numpy", "safetensors", "nibabel", "pyyaml"],
+                code_paths=[str(LIBRARY)],  # the library's sources travel with the model (not on PyPI)
+                pip_requirements=["torch>=2.2,<2.14", "numpy", "safetensors", "nibabel", "pyyaml", "tqdm",
+                                  "zarr>=3,<4", "numcodecs", "fsspec"],
                 metadata={"slicesr_stage": metadata.get("stage"), "k": metadata.get("k")},
             )
-        return str(info.registered_model_version)
+        # the fingerprint tag is created with the version: a kill in between cannot leave an untagged duplicate
+        version = self.mlflow.register_model(info.model_uri, name, tags={FINGERPRINT_TAG: fingerprint})
+        return str(version.version)
 
     def alias_version(self, name: str, alias: str) -> str | None:
         try:

@@ -8,6 +8,8 @@ there, so give data.store, run.storage_path and tracking.uri as absolute paths o
 
 Before any worker starts it checks the config, the slice store (reachable, not empty, enough scans
 for the workers), the DeepSpeed config, the MLflow tracking store and the Ray address.
+Exit 0 trained (and registered), 1 the workers failed more often than cluster.max_failures allows,
+2 usage or environment error (nothing started).
 """
 
 from __future__ import annotations
@@ -22,13 +24,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from slicesr.cli_common import EXIT_OK, EXIT_USAGE, UsageError
+from slicesr.cli_common import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, UsageError
 from slicesr.config import Config, dump_config, load_config
 from slicesr.errors import StoreError
 from slicesr.modeldir import replace_dir_atomically
 
 log = logging.getLogger(__name__)
-DS_ENV = {"DS_ACCELERATOR": "cpu"}
+JOB_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # set by Ray in the driver of a submitted job
+
+
+class TrainingFailed(RuntimeError):
+    """The workers failed (more often than cluster.max_failures allows): exit 1."""
 
 
 @dataclass
@@ -50,8 +56,20 @@ def absolute(path: str) -> str:
 
 
 def resolve_paths(config: Config) -> Config:
-    """Absolute local paths and sqlite URIs: the workers and the registry run in other folders."""
+    """Absolute local paths and sqlite URIs: the workers and the registry run in other folders.
+
+    In a job submitted with `ray job submit --working-dir`, the driver runs in a temporary copy of the
+    folder that Ray deletes later: relative outputs there would be lost, so they are refused."""
     from cluster.tracking import absolute_tracking_uri
+
+    if os.environ.get(JOB_ENV):
+        relative = [key for key, value in (("data.store", config.data.store), ("run.storage_path", config.run.storage_path))
+                    if not _is_uri(value) and not Path(value).is_absolute()]
+        if config.tracking.uri.startswith("sqlite:///") and not config.tracking.uri.startswith("sqlite:////"):
+            relative.append("tracking.uri")
+        if relative:
+            raise UsageError(f"{', '.join(relative)}: relative paths inside a Ray job resolve in the job's temporary "
+                             "copy of the working folder, which Ray deletes; give absolute paths or URIs")
 
     config.data.store = absolute(config.data.store)
     config.run.storage_path = absolute(config.run.storage_path)
@@ -108,13 +126,32 @@ def connect_ray(address: str | None) -> None:
 
     if ray.is_initialized():
         return
-    env = {"env_vars": {**DS_ENV, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]),
+    env = {"env_vars": {"PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]),
                                                                              os.environ.get("PYTHONPATH")]))}}
     try:
         ray.init(address=address, runtime_env=env, logging_level=logging.WARNING, log_to_driver=True)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise ValueError(f"cluster.address {address or os.environ.get('RAY_ADDRESS') or '(local)'}: cannot connect "
                          f"to Ray ({exc})") from None
+
+
+def check_resumable(run_dir: str, config: Config) -> None:
+    """Refuse, before any worker starts, to resume a local run with another number of workers."""
+    import json
+
+    import torch
+
+    snapshot = Path(run_dir) / "checkpoint_manager_snapshot.json"
+    if _is_uri(run_dir) or not snapshot.is_file():
+        return
+    try:
+        latest = json.loads(snapshot.read_text())["latest_checkpoint_result"]["checkpoint_dir_name"]
+        state = torch.load(Path(run_dir) / latest / "training_state.pt", weights_only=True)
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError):
+        return  # nothing readable to compare with: the workers decide
+    if int(state.get("world_size", 1)) != config.cluster.num_workers:
+        raise UsageError(f"{run_dir} was trained by {state.get('world_size')} workers; resume it with "
+                         f"cluster.num_workers={state.get('world_size')} (or choose another run.name)")
 
 
 def has_checkpoints(run_dir: str) -> bool:
@@ -141,6 +178,7 @@ def train(config: Config, resume: bool = False, register: bool | None = None) ->
     if has_checkpoints(run_dir) and not resume:
         raise UsageError(f"{run_dir} already holds checkpoints of a run: pass --resume to continue it, or choose "
                          "another run.name")
+    check_resumable(run_dir, config)
     connect_ray(config.cluster.address)
     tracker = Tracker(config.tracking.uri, config.tracking.experiment)
     run_id = tracker.start_run(run_key=run_dir, run_name=config.run.name)
@@ -159,14 +197,18 @@ def train(config: Config, resume: bool = False, register: bool | None = None) ->
                              failure_config=FailureConfig(max_failures=cluster.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=cluster.checkpoints_to_keep)),
     )
-    ok = False
+    ok, error = False, None
     try:
         result = trainer.fit()
-        ok = result.error is None and result.checkpoint is not None
+        ok, error = result.error is None and result.checkpoint is not None, result.error
+    except Exception as exc:  # noqa: BLE001 - Ray Train V2 raises TrainingFailedError after max_failures
+        error = exc
     finally:
         tracker.end_run(run_id, ok)
     if not ok:
-        raise RuntimeError(f"training {run_dir} failed: {result.error}")
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise TrainingFailed(f"training {run_dir} failed: {first_line} (worker logs: Ray dashboard or "
+                             f"/tmp/ray/session_latest/logs)")
 
     metrics = dict(result.metrics or {})
     with tempfile.TemporaryDirectory() as tmp, result.checkpoint.as_directory() as folder:
@@ -203,6 +245,9 @@ def main(argv: list[str] | None = None) -> int:
     except (UsageError, ValueError, StoreError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except TrainingFailed as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_SOME_FAILED
     best = result.best_dir or f"{result.run_dir} (checkpoint best/)"
     print(f"trained {config.stage} to step {result.metrics.get('step')}: best model {best}"
           + (f"; registered {result.registered_model} version {result.version} (alias candidate)" if result.version else ""))

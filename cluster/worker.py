@@ -4,6 +4,7 @@ checkpoints and a rank-0 MLflow reporter. Nothing else: the loop is the in-proce
 from __future__ import annotations
 
 import logging
+import os
 import resource
 import tempfile
 import time
@@ -113,6 +114,8 @@ def train_worker(payload: dict[str, Any]) -> None:
     torch.set_num_threads(int(payload["threads"]))
     device = ray.train.torch.get_device() if config.cluster.use_gpu else torch.device("cpu")
     if config.cluster.strategy == "deepspeed":
+        if not config.cluster.use_gpu:
+            os.environ.setdefault("DS_ACCELERATOR", "cpu")  # before deepspeed picks its accelerator
         import deepspeed
 
         deepspeed.init_distributed(dist_backend="nccl" if config.cluster.use_gpu else "gloo")  # reuses Ray's group
@@ -125,7 +128,7 @@ def train_worker(payload: dict[str, Any]) -> None:
     try:
         trainer.fit(resume=True)
         # the largest peak resident memory of any worker, in MiB (a collective: every rank calls it)
-        peak = torch.tensor([resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0])
+        peak = torch.tensor([resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0], device=device)
         torch.distributed.all_reduce(peak, op=torch.distributed.ReduceOp.MAX)
         reporter.report(trainer.step, {"peak_worker_rss_mib": float(peak)})
     finally:

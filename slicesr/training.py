@@ -195,6 +195,11 @@ class TrainingLoop:
         """Named 2D images (rows of slices) showing what the model does now; none by default."""
         return {}
 
+    def model_input(self, tensor: torch.Tensor) -> torch.Tensor:
+        """A batch on the model's device and in its parameter type (bf16 when an engine converted it),
+        for evaluating `self.model` directly (validation, previews)."""
+        return tensor.to(device=self.engine.device, dtype=next(self.model.parameters()).dtype)
+
     def samples_per_step(self) -> int:
         return self.config.train.batch_size * self.world_size
 

@@ -153,9 +153,9 @@ class Stage1Trainer(TrainingLoop):
         self.model.eval()  # z = mu, and spectral norm's power iteration left as it is
         with torch.no_grad():
             for _ in range(self.config.train.val_batches):
-                batch = self.val_sampler.sample(self.config.train.batch_size, rng).to(self.engine.device)
+                batch = self.model_input(self.val_sampler.sample(self.config.train.batch_size, rng))
                 mu, _ = self.model.encoder(batch[:, 1:2])
-                total += float(center_loss(batch[:, 1:2], self.model.decoder(mu)).mean())
+                total += float(center_loss(batch[:, 1:2].float(), self.model.decoder(mu).float()).mean())
         self.model.train()
         return total / self.config.train.val_batches
 
@@ -163,7 +163,7 @@ class Stage1Trainer(TrainingLoop):
         """'reconstruction': real slices over their reconstructions; 'interpolation': x_{n-1}, the
         decoded means at xi = 0, 1/4, ..., 1 between x_{n-1} and x_{n+1}, then x_{n+1}."""
         sampler = self.val_sampler or self.sampler
-        batch = sampler.sample(4, torch.Generator().manual_seed(self.config.train.seed + 3)).to(self.engine.device)
+        batch = self.model_input(sampler.sample(4, torch.Generator().manual_seed(self.config.train.seed + 3)))
         self.model.eval()
         with torch.no_grad():
             x = batch[:, 1:2]

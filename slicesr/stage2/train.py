@@ -101,8 +101,9 @@ class Stage2Trainer(TrainingLoop):
         self.model.eval()
         with torch.no_grad():
             for _ in range(self.config.train.val_batches):
-                inputs, target = (t.to(self.engine.device) for t in self.val_sampler.sample(self.config.train.batch_size, rng))
-                total += float(torch.nn.functional.l1_loss(self.model(inputs), target))
+                inputs, target = self.val_sampler.sample(self.config.train.batch_size, rng)
+                output = self.model(self.model_input(inputs)).float()
+                total += float(torch.nn.functional.l1_loss(output, target.to(output.device)))
         self.model.train()
         return total / self.config.train.val_batches
 
@@ -112,7 +113,7 @@ class Stage2Trainer(TrainingLoop):
         inputs, target = sampler.sample(4, torch.Generator().manual_seed(self.config.train.seed + 3))
         self.model.eval()
         with torch.no_grad():
-            output = self.model(inputs.to(self.engine.device)).float().cpu()
+            output = self.model(self.model_input(inputs)).float().cpu()
         self.model.train()
         missing = min(self.config.sr.k // 2, inputs.shape[2] - 1)  # halfway between two acquired slices
         rows = [np.concatenate([t[i, 0, missing].numpy() for t in (inputs, output, target)], axis=1) for i in range(4)]

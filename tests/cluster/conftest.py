@@ -3,6 +3,7 @@ temp folder), tiny slice stores built once, and MLflow on SQLite in the test's f
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -39,6 +40,15 @@ def wait_for(condition, timeout_s: float, what: str) -> None:
             return
         time.sleep(0.5)
     raise TimeoutError(f"{what} not ready after {timeout_s} s")
+
+
+def recorded_checkpoint_step(run_dir) -> int:
+    """The step of the latest checkpoint Ray Train has recorded for a run folder (-1: none yet)."""
+    try:
+        snapshot = json.loads((run_dir / "checkpoint_manager_snapshot.json").read_text())
+        return int(snapshot["latest_checkpoint_result"]["metrics"]["step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return -1
 
 
 @pytest.fixture(scope="session")

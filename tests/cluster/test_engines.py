@@ -45,8 +45,12 @@ def _fixed_noise(eps):
 
 def _step(stage, engine, inputs, eps_or_target):
     if stage == "vae":
+        original = VaeGan.__dict__["sample"]
         VaeGan.sample = _fixed_noise(eps_or_target)
-        training_step(engine, inputs, None, WEIGHTS)
+        try:
+            training_step(engine, inputs, None, WEIGHTS)
+        finally:
+            VaeGan.sample = original
     else:
         loss = torch.nn.functional.l1_loss(engine.forward("generator", inputs), eps_or_target)
         engine.zero_grad("generator")

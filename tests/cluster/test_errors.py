@@ -73,3 +73,11 @@ def test_empty_missing_and_mismatched_stores(args, tmp_path, cluster_stores, cap
     assert "not a synthetic HR volume" in capsys.readouterr().err
     assert _nothing_started(tmp_path)
     assert not Path(tmp_path / "runs").exists()
+
+
+def test_relative_paths_are_refused_inside_a_ray_job(args, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}")  # what Ray sets in a submitted job's driver
+    assert main([*args("vae"), "--set", "run.storage_path=runs"]) == 2
+    assert "run.storage_path: relative paths inside a Ray job" in capsys.readouterr().err
+    assert main([*args("vae"), "--set", "tracking.uri=sqlite:///mlflow.db"]) == 2
+    assert "tracking.uri" in capsys.readouterr().err

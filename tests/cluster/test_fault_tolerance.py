@@ -12,6 +12,7 @@ import torch
 from mlflow import MlflowClient
 
 from cluster.train import train
+from tests.cluster.conftest import recorded_checkpoint_step
 
 pytestmark = pytest.mark.slow
 
@@ -34,8 +35,7 @@ def test_killed_worker_resumes_from_the_last_checkpoint(cluster_config, tmp_path
     def kill_after_a_checkpoint():
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline and not killed:
-            # the second checkpoint folder: the first one is then registered with Ray Train for sure
-            if sum(p.is_dir() for p in run_dir.glob("checkpoint_*")) >= 2:
+            if recorded_checkpoint_step(run_dir) >= 20:  # Ray Train has recorded a checkpoint
                 workers = _train_workers()
                 if workers:
                     os.kill(workers[-1], signal.SIGKILL)

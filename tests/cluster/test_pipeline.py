@@ -13,7 +13,7 @@ import yaml
 from mlflow import MlflowClient
 
 from cluster.pipeline import main
-from tests.cluster.conftest import REPO
+from tests.cluster.conftest import REPO, recorded_checkpoint_step
 from tests.conftest import write_synth
 
 pytestmark = pytest.mark.slow
@@ -35,14 +35,6 @@ def _pipeline_yaml(tmp_path, ray_cluster, stage2_steps=6):
     path = tmp_path / "pipeline.yaml"
     path.write_text(yaml.safe_dump(tree))
     return path
-
-
-def _recorded_checkpoint_step(run_dir):
-    try:
-        snapshot = json.loads((run_dir / "checkpoint_manager_snapshot.json").read_text())
-        return int(snapshot["latest_checkpoint_result"]["metrics"]["step"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return -1
 
 
 def _versions(tmp_path, name):
@@ -76,7 +68,7 @@ def test_killed_driver_restarts_without_redoing_steps(tmp_path, ray_cluster):
     stage2_run = tmp_path / "work" / "runs" / "debug-stage2"
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and driver.poll() is None:
-        if _recorded_checkpoint_step(stage2_run) >= 10:  # Ray Train has recorded a stage II checkpoint
+        if recorded_checkpoint_step(stage2_run) >= 10:  # Ray Train has recorded a stage II checkpoint
             break
         time.sleep(0.2)
     assert driver.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
