@@ -80,3 +80,24 @@ def _run_id(config):
     experiment = client.get_experiment_by_name(config.tracking.experiment)
     (run,) = client.search_runs([experiment.experiment_id])  # the resumed run continued the same MLflow run
     return run.info.run_id
+
+
+def _last_weights(run_dir):
+    from safetensors.torch import load_file
+
+    last = sorted(p for p in Path(run_dir).glob("checkpoint_*") if p.is_dir())[-1]
+    return load_file(str(last / "model.safetensors"))
+
+
+@pytest.mark.parametrize("strategy", ["deepspeed"])
+def test_resumed_run_equals_a_straight_run(strategy, cluster_config):
+    """Stop at step 2 and resume to 4 == 4 steps straight: model, ZeRO-2 optimizer shards, RNGs restored."""
+    common = [f"cluster.strategy={strategy}", "cluster.deepspeed_config=configs/deepspeed/zero2.json",
+              "train.checkpoint_every=2", "tracking.register=false", "train.val_every=100"]
+    straight = train(cluster_config("sr", *common, "train.max_steps=4", "run.name=straight"))
+    train(cluster_config("sr", *common, "train.max_steps=2", "run.name=resumed"))
+    resumed = train(cluster_config("sr", *common, "train.max_steps=4", "run.name=resumed"), resume=True)
+    a, b = _last_weights(straight.run_dir), _last_weights(resumed.run_dir)
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)

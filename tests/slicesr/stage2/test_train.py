@@ -104,3 +104,16 @@ def test_cli_train_sr(sr_config, synthetic_store, tmp_path, capsys):
     assert (tmp_path / "cli" / "debug-stage2" / "best" / "model.safetensors").is_file()
     assert main(["train-sr", "--config", "configs/debug/stage1.yaml"]) == 2
     assert "stage: sr" in capsys.readouterr().err
+
+
+def test_workers_train_on_disjoint_shards_of_the_training_scans(sr_config, synthetic_store):
+    shards = [Stage2Trainer(sr_config("sr.patch_size=[5,6,6]"), shard=(rank, 2)) for rank in range(2)]
+    first, second = (set(t.shard_ids) for t in shards)
+    assert first and second and not first & second
+    assert first | second == set(shards[0].train_ids)
+    assert not (first | second) & set(shards[0].val_ids)
+    for trainer in shards:  # each samples only its own scans
+        assert set(trainer.sampler.scan_ids) <= set(trainer.shard_ids)
+    # rank 0 of a sharded run draws its batches with the in-process run's generator
+    assert torch.equal(shards[0].data_rng.get_state(), Stage2Trainer(sr_config()).data_rng.get_state())
+    assert not torch.equal(shards[0].data_rng.get_state(), shards[1].data_rng.get_state())
