@@ -87,14 +87,22 @@ class RankZeroReporter:
         if self.rank == 0:
             self.log.report(step, metrics)
             if self.tracker is not None:
-                self.tracker.log_metrics(self.run_id, step, metrics)
+                self._tracked(self.tracker.log_metrics, self.run_id, step, metrics)
 
     def images(self, step: int, render: Callable[[], dict[str, np.ndarray]], final: bool) -> None:
         if self.tracker is None:
             return
         if final or (self.image_every and step % self.image_every == 0):
             for name, image in render().items():
-                self.tracker.log_image(self.run_id, f"{name}_step{step:07d}", image)
+                self._tracked(self.tracker.log_image, self.run_id, f"{name}_step{step:07d}", image)
+
+    @staticmethod
+    def _tracked(call: Callable[..., None], *args: Any) -> None:
+        # a tracking server outage loses some metrics, not the training run
+        try:
+            call(*args)
+        except Exception as exc:  # noqa: BLE001
+            log.warning("MLflow logging failed (training goes on): %s", exc)
 
 
 def train_worker(payload: dict[str, Any]) -> None:

@@ -286,9 +286,9 @@ class TrainingLoop:
                 metrics["samples_per_s"] = (self.step - started_step) * self.samples_per_step() / max(elapsed, 1e-9)
                 metrics["lr"] = cfg.lr
                 self.reporter.report(self.step, metrics)
-                if images is not None:
-                    images(self.step, self.preview_images, self.step == cfg.max_steps)
                 started, started_step = time.perf_counter(), self.step
+            if images is not None:  # the reporter decides when it wants previews; rendering only then
+                images(self.step, self.preview_images, self.step == cfg.max_steps)
             if self.step % cfg.val_every == 0 or self.step == cfg.max_steps:
                 val = self.validate()
                 self.reporter.report(self.step, {self.val_metric: val})
