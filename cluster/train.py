@@ -135,6 +135,18 @@ def connect_ray(address: str | None) -> None:
                          f"to Ray ({exc})") from None
 
 
+def worker_error(error: BaseException | None) -> str:
+    """The most telling line of a Ray Train failure: the workers' last `XxxError: message`."""
+    import re
+
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(error or ""))
+    found = re.findall(r"^\s*(?:\w+\.)*\w*(?:Error|Exception): .+$", text, re.M)
+    if found:
+        return found[-1].strip()
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
+
+
 def check_resumable(run_dir: str, config: Config) -> None:
     """Refuse, before any worker starts, to resume a local run with another number of workers."""
     import json
@@ -206,8 +218,7 @@ def train(config: Config, resume: bool = False, register: bool | None = None) ->
     finally:
         tracker.end_run(run_id, ok)
     if not ok:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise TrainingFailed(f"training {run_dir} failed: {first_line} (worker logs: Ray dashboard or "
+        raise TrainingFailed(f"training {run_dir} failed: {worker_error(error)} (worker logs: Ray dashboard or "
                              f"/tmp/ray/session_latest/logs)")
 
     metrics = dict(result.metrics or {})

@@ -81,3 +81,12 @@ def test_relative_paths_are_refused_inside_a_ray_job(args, tmp_path, capsys, mon
     assert "run.storage_path: relative paths inside a Ray job" in capsys.readouterr().err
     assert main([*args("vae"), "--set", "tracking.uri=sqlite:///mlflow.db"]) == 2
     assert "tracking.uri" in capsys.readouterr().err
+
+
+def test_training_failures_name_the_workers_error():
+    from cluster.train import worker_error
+
+    text = ("Training failed due to worker errors:\n[Rank 0,1 Error Snippet]:\nTraceback (most recent call last):\n"
+            "  raise ValueError(\n\x1b[36mValueError: /runs/x was trained with other settings (train.lr)\x1b[0m\n")
+    assert worker_error(RuntimeError(text)) == "ValueError: /runs/x was trained with other settings (train.lr)"
+    assert worker_error(RuntimeError("worker died")) == "worker died"
