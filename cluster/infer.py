@@ -33,7 +33,6 @@ import hashlib
 import json
 import logging
 import os
-import socket
 import sys
 import tempfile
 import threading
@@ -58,10 +57,8 @@ from slicesr.nifti import Volume, is_nifti_name
 from slicesr.store import SliceStore, describe_storage_error, is_remote
 
 log = logging.getLogger("cluster.infer")
-REPO = Path(__file__).resolve().parents[1]
 FAILURES = "failures.jsonl"
 OUTPUT_SUFFIX = ".nii.gz"
-_PROBE_TIMEOUT_S = 5.0
 
 
 # --------------------------------------------------------------------------- reports and jobs
@@ -493,35 +490,18 @@ def write_failures(output: str, failures: list[dict[str, Any]], storage_options:
         raise
 
 
-def _probe(address: str) -> None:
-    """Fail in seconds (not minutes of ray.init retries) when nothing listens at a Ray address."""
-    target = address.split("://", 1)[1] if "://" in address else address
-    host, _, port = target.rstrip("/").rpartition(":")
-    if not host or not port.isdigit():
-        raise UsageError(f"--address {address}: expected HOST:PORT or ray://HOST:PORT")
-    try:
-        with socket.create_connection((host, int(port)), timeout=_PROBE_TIMEOUT_S):
-            pass
-    except OSError as exc:
-        raise UsageError(f"--address {address}: cannot reach Ray ({exc})") from None
-
-
 def connect_ray(address: str | None) -> None:
-    """Join the Ray cluster at `address` (or RAY_ADDRESS, or start a local one) unless already connected;
-    workers get PYTHONPATH = this repository so that they import slicesr and cluster."""
-    import ray
+    """Join the Ray cluster at `address` (or RAY_ADDRESS, or start a local one) unless already connected,
+    as cluster.train does; an address where nothing answers is refused in seconds."""
+    from cluster.train import check_ray_address
+    from cluster.train import connect_ray as join
 
-    if ray.is_initialized():
-        return
-    target = address or os.environ.get("RAY_ADDRESS")
-    if target and target not in ("auto", "local"):
-        _probe(target)
-    pythonpath = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
     try:
-        ray.init(address=address, runtime_env={"env_vars": {"PYTHONPATH": pythonpath}},
-                 logging_level=logging.WARNING, log_to_driver=True)
-    except (ConnectionError, RuntimeError, ValueError) as exc:
-        raise UsageError(f"--address {target or '(local)'}: cannot connect to Ray ({exc})") from None
+        check_ray_address(address)
+        join(address)
+    except ValueError as exc:
+        raise UsageError(str(exc).replace("cluster.address", "--address").replace("no Ray cluster answers there",
+                                                                                  "cannot reach Ray")) from None
 
 
 def _dispatch(todo: list[Job], spec: ModelSpec, settings: dict[str, Any], cpus_per_task: float):

@@ -10,7 +10,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import boto3
@@ -30,6 +29,7 @@ from slicesr.models.generators import build_generator
 from slicesr.nifti import load_volume, save_nifti_atomic
 from slicesr.stage2.train import generator_size
 from tests.conftest import write_nifti, write_synth
+from tests.preprocessing.test_s3 import _start_moto
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
@@ -251,23 +251,6 @@ def test_slice_store_and_list_inputs(ray_cluster, scans, tmp_path):
     assert kinds == {"uint8", "float32", "int16-scaled"}
     uint8 = [s for s in sources if nib.load(s).get_data_dtype() == np.uint8]
     _check(out / Path(uint8[0]).name, uint8[0], "linear", 3, tmp_path / "expected")  # integers: bit for bit
-
-
-def _start_moto() -> tuple[subprocess.Popen, str]:
-    port = _free_port()
-    executable = shutil.which("moto_server") or str(Path(sys.executable).with_name("moto_server"))
-    proc = subprocess.Popen([executable, "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 30
-    while time.time() < deadline:
-        try:
-            urllib.request.urlopen(url + "/moto-api/", timeout=1)
-            return proc, url
-        except OSError:
-            time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError("moto_server did not start")
 
 
 def test_s3_inputs_and_outputs(ray_cluster, scans, tmp_path, capsys):
