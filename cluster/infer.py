@@ -47,10 +47,9 @@ from preprocessing.sources import expand_sources, make_scan_id
 from slicesr.cli_common import (
     EXIT_OK,
     EXIT_SOME_FAILED,
-    EXIT_USAGE,
     UsageError,
     parse_storage_options,
-    setup_logging,
+    run_command,
 )
 from slicesr.errors import InputError, StoreError
 from slicesr.nifti import Volume, is_nifti_name
@@ -642,32 +641,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:
-        return EXIT_OK if exc.code == 0 else EXIT_USAGE
-    setup_logging(args.verbose)
-    try:
-        report = infer_many(
-            args.inputs, args.output, args.model, args.k, slice_axis=args.slice_axis,
-            keep_acquired=not args.no_keep_acquired, address=args.address, cpus_per_task=args.cpus_per_task,
-            storage_options=parse_storage_options(args.storage_option), tracking_uri=args.tracking_uri,
-            overwrite=args.overwrite, progress=not args.no_progress,
-        )
-    except (UsageError, StoreError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except Exception as exc:  # credentials, endpoints, missing fsspec backends, unreadable lists, ...
-        log.debug("environment error", exc_info=True)
-        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+def _infer_many(args: argparse.Namespace) -> int:
+    report = infer_many(
+        args.inputs, args.output, args.model, args.k, slice_axis=args.slice_axis,
+        keep_acquired=not args.no_keep_acquired, address=args.address, cpus_per_task=args.cpus_per_task,
+        storage_options=parse_storage_options(args.storage_option), tracking_uri=args.tracking_uri,
+        overwrite=args.overwrite, progress=not args.no_progress,
+    )
     print(f"super-resolved {len(report.written)} scans with {report.method} (K={report.k}), already done "
           f"{len(report.skipped)}, failed {len(report.failures)} -> {args.output} ({report.seconds:.1f} s)")
     for failure in report.failures:
         print(f"  failed: {failure['source']}: {failure['error']}", file=sys.stderr)
     return report.exit_code
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_command(build_parser(), argv, _infer_many)
 
 
 if __name__ == "__main__":

@@ -27,12 +27,11 @@ from preprocessing.sources import SourceScan, expand_sources, strip_hash_suffix
 from slicesr.cli_common import (
     EXIT_OK,
     EXIT_SOME_FAILED,
-    EXIT_USAGE,
     UsageError,
     parse_storage_options,
-    setup_logging,
+    run_command,
 )
-from slicesr.errors import InputError, StoreError
+from slicesr.errors import InputError
 from slicesr.geometry import resolve_slice_axis, to_slice_first, voxel_spacing
 from slicesr.intensity import normalize, robust_intensity_params
 from slicesr.nifti import image_from_bytes, volume_from_image
@@ -306,26 +305,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:
-        return EXIT_OK if exc.code == 0 else EXIT_USAGE
-    setup_logging(args.verbose)
-    try:
-        report = convert(
-            args.input, args.output, slice_axis=args.slice_axis, workers=args.workers,
-            scheduler=args.scheduler, storage_options=parse_storage_options(args.storage_option),
-            overwrite=args.overwrite, progress=not args.no_progress,
-        )
-    except (UsageError, StoreError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except Exception as exc:  # credentials, endpoints, missing fsspec backends, unreadable lists, ...
-        log.debug("environment error", exc_info=True)
-        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+def _convert(args: argparse.Namespace) -> int:
+    report = convert(
+        args.input, args.output, slice_axis=args.slice_axis, workers=args.workers,
+        scheduler=args.scheduler, storage_options=parse_storage_options(args.storage_option),
+        overwrite=args.overwrite, progress=not args.no_progress,
+    )
     print(
         f"stored {len(report.stored)}, already stored {len(report.skipped)}, failed {len(report.failures)} "
         f"-> {args.output} ({report.seconds:.1f} s)"
@@ -333,6 +318,10 @@ def main(argv: list[str] | None = None) -> int:
     for failure in report.failures:
         print(f"  failed: {failure['source']}: {failure['error']}", file=sys.stderr)
     return report.exit_code
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_command(build_parser(), argv, _convert)
 
 
 if __name__ == "__main__":

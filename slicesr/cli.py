@@ -15,19 +15,16 @@ Exit codes: 0 all done, 1 some inputs failed (the rest done), 2 usage or environ
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
 from slicesr.cli_common import (
     EXIT_OK,
     EXIT_SOME_FAILED,
-    EXIT_USAGE,
     UsageError,
     parse_storage_options,
-    setup_logging,
+    run_command,
 )
 from slicesr.config import dump_config, load_config
-from slicesr.errors import InputError, StoreError
 from slicesr.store import SliceStore, summarize
 
 
@@ -209,21 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:
-        return EXIT_OK if exc.code == 0 else EXIT_USAGE
-    setup_logging()
-    try:
-        return args.handler(args)
-    except (UsageError, StoreError, ValueError, InputError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except Exception as exc:  # corrupt weights, unreachable storage, ...: one line, not a traceback
-        logging.getLogger("slicesr").debug("error", exc_info=True)
-        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+    return run_command(build_parser(), argv, lambda args: args.handler(args))
 
 
 if __name__ == "__main__":

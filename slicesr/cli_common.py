@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
+import sys
+from collections.abc import Callable
 from typing import Any
 
 import yaml
+
+from slicesr.errors import StoreError
 
 EXIT_OK = 0  # all done
 EXIT_SOME_FAILED = 1  # some inputs failed, the rest done
@@ -57,3 +62,25 @@ def parse_storage_options(pairs: list[str]) -> dict[str, Any]:
                 raise UsageError(f"--storage-option {key!r} conflicts with an earlier option")
         target[leaf] = parse_scalar(value)
     return options
+
+
+def run_command(parser: argparse.ArgumentParser, argv: list[str] | None,
+                command: Callable[[argparse.Namespace], int]) -> int:
+    """Parse `argv`, set up logging and run `command`: the exit-code convention of every CLI.
+
+    Usage and environment errors become one `error: ...` line and exit 2, never a traceback (it is
+    logged at DEBUG: `-v` shows it where the command has that flag)."""
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        return EXIT_OK if exc.code == 0 else EXIT_USAGE
+    setup_logging(bool(getattr(args, "verbose", False)))
+    try:
+        return command(args)
+    except (ValueError, StoreError) as exc:  # UsageError and InputError included: their text says it all
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except Exception as exc:  # noqa: BLE001 - credentials, endpoints, corrupt weights, missing backends, ...
+        logging.getLogger("slicesr").debug("environment error", exc_info=True)
+        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
