@@ -60,6 +60,7 @@ class DeepSpeedEngine(Engine):
 
         model.to(device)
         self.model, self.networks, self.device = model, networks, device
+        self.optimizer_layout = optimizer_layout("deepspeed", ds_config)
         self.optimizers = {}
         self.engines = {}
         for name, net in networks.items():
@@ -108,6 +109,17 @@ class DeepSpeedEngine(Engine):
     def close(self) -> None:
         for engine in self.engines.values():
             engine.destroy()
+
+
+def optimizer_layout(strategy: str, ds_config: dict[str, Any] | None) -> str:
+    """How a strategy saves optimizer state (the Engine's `optimizer_layout`): in-process and DDP share
+    torch's; DeepSpeed's depends on the ZeRO stage and bf16."""
+    if strategy != "deepspeed":
+        return "torch"
+    ds_config = ds_config or {}
+    stage = int(ds_config.get("zero_optimization", {}).get("stage", 0))
+    bf16 = bool(ds_config.get("bf16", {}).get("enabled", False))
+    return f"deepspeed-zero{stage}" + ("-bf16" if bf16 else "")
 
 
 def load_deepspeed_config(path: str) -> dict[str, Any]:

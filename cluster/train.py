@@ -81,23 +81,20 @@ def preflight(config: Config) -> dict[str, Any] | None:
     """Everything that can be checked before a worker starts; returns the DeepSpeed config (or None)."""
     from cluster.engines import resolved_deepspeed_config
     from cluster.tracking import check_tracking
-    from slicesr.stage1.data import split_scans
+    from slicesr.stage1.data import TRIPLET_SLICES
     from slicesr.store import SliceStore
+    from slicesr.training import plan_shards
 
     config.validate()
     ds_config = resolved_deepspeed_config(config.cluster) if config.cluster.strategy == "deepspeed" else None
     store = SliceStore.open(config.data.store, config.data.storage_options)
-    ids = store.completed_ids()
-    if not ids:
-        raise ValueError(f"data.store {config.data.store} holds no stored scans (convert some with preprocessing.to_zarr)")
-    train_ids, _ = split_scans(ids, config.train.val_fraction, config.train.seed)
-    if len(train_ids) < config.cluster.num_workers:
-        raise ValueError(f"data.store {config.data.store} has {len(train_ids)} training scans for "
-                         f"{config.cluster.num_workers} workers (cluster.num_workers): each worker needs its own scans")
+    # the workers' own plan: every worker gets scans it can sample from
+    min_slices = TRIPLET_SLICES if config.stage == "vae" else config.sr.patch_size[0]
+    plan = plan_shards(store, config, config.cluster.num_workers, min_slices)
     if config.stage == "sr":
         from slicesr.stage2.train import check_store_matches
 
-        check_store_matches(store, ids, config.sr.supervision, config.sr.k)
+        check_store_matches(store, plan.all_ids, config.sr.supervision, config.sr.k)
     check_tracking(config.tracking.uri)
     check_ray_address(config.cluster.address)
     return ds_config
@@ -147,11 +144,14 @@ def worker_error(error: BaseException | None) -> str:
     return lines[0] if lines else type(error).__name__
 
 
-def check_resumable(run_dir: str, config: Config) -> None:
-    """Refuse, before any worker starts, to resume a local run with another number of workers."""
+def check_resumable(run_dir: str, config: Config, ds_config: dict[str, Any] | None = None) -> None:
+    """Refuse, before any worker starts, to resume a local run with another number of workers or another
+    optimizer layout (strategy, ZeRO stage, bf16)."""
     import json
 
     import torch
+
+    from cluster.engines import optimizer_layout
 
     snapshot = Path(run_dir) / "checkpoint_manager_snapshot.json"
     if _is_uri(run_dir) or not snapshot.is_file():
@@ -164,6 +164,11 @@ def check_resumable(run_dir: str, config: Config) -> None:
     if int(state.get("world_size", 1)) != config.cluster.num_workers:
         raise UsageError(f"{run_dir} was trained by {state.get('world_size')} workers; resume it with "
                          f"cluster.num_workers={state.get('world_size')} (or choose another run.name)")
+    saved, wanted = state.get("optimizer_layout", "torch"), optimizer_layout(config.cluster.strategy, ds_config)
+    if saved != wanted:
+        raise UsageError(f"{run_dir} holds {saved} optimizer state and this config asks for {wanted}: resume it with "
+                         "the same cluster.strategy, ZeRO stage (cluster.deepspeed_config) and cluster.bf16 (or choose "
+                         "another run.name)")
 
 
 def has_checkpoints(run_dir: str) -> bool:
@@ -190,7 +195,7 @@ def train(config: Config, resume: bool = False, register: bool | None = None) ->
     if has_checkpoints(run_dir) and not resume:
         raise UsageError(f"{run_dir} already holds checkpoints of a run: pass --resume to continue it, or choose "
                          "another run.name")
-    check_resumable(run_dir, config)
+    check_resumable(run_dir, config, ds_config)
     connect_ray(config.cluster.address)
     tracker = Tracker(config.tracking.uri, config.tracking.experiment)
     run_id = tracker.start_run(run_key=run_dir, run_name=config.run.name)

@@ -81,7 +81,10 @@ class RankZeroReporter:
         if rank == 0 and tracking_uri and run_id:
             from cluster.tracking import Tracker
 
-            self.tracker = Tracker(tracking_uri, experiment)
+            try:
+                self.tracker = Tracker(tracking_uri, experiment)
+            except Exception as exc:  # noqa: BLE001 - e.g. the server is down when Ray restarts a worker
+                log.warning("MLflow unreachable at %s (training goes on without tracking): %s", tracking_uri, exc)
 
     def report(self, step: int, metrics: dict[str, float]) -> None:
         if self.rank == 0:

@@ -170,6 +170,9 @@ class ClusterConfig:
         _require(self.checkpoints_to_keep >= 1, f"cluster.checkpoints_to_keep must be >= 1, got {self.checkpoints_to_keep}")
         _require(not self.bf16 or (self.strategy == "deepspeed" and self.use_gpu),
                  "cluster.bf16 needs cluster.strategy=deepspeed and cluster.use_gpu=true (bf16 training is a GPU path)")
+        _require(not self.use_gpu or self.num_workers == 1 or self.gpus_per_worker >= 1,
+                 f"cluster.gpus_per_worker {self.gpus_per_worker} would put several workers on one GPU, which NCCL "
+                 "refuses: give each worker a whole GPU (1 or more)")
 
 
 @dataclass
@@ -227,6 +230,11 @@ class Config:
         else:
             _require(self.model.name in generators,
                      f"stage sr trains a generator: model.name must be one of {', '.join(generators)}, got {self.model.name}")
+        # the supervised upper bound must never become a version (let alone the champion) of the proposed method
+        _require(not (self.stage == "sr" and self.sr.supervision == "real"
+                      and self.tracking.registered_model in ("slicesr-sr", "slicesr-vae")),
+                 f"tracking.registered_model {self.tracking.registered_model}: a model trained on real HR "
+                 "(sr.supervision=real) registers as slicesr-sr-supervised or a name of its own")
 
 
 def _require(condition: bool, message: str) -> None:

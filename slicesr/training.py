@@ -11,6 +11,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -31,6 +32,35 @@ log = logging.getLogger(__name__)
 TRAINING_STATE = "training_state.pt"
 
 
+@dataclass
+class ShardPlan:
+    all_ids: list[str]
+    train_ids: list[str]  # the seeded split (what a run's identity records)
+    val_ids: list[str]
+    shards: list[list[str]]  # per rank: every world_size-th usable training scan from the rank on
+    usable_val_ids: list[str]  # validation scans with enough slices to sample from
+
+
+def plan_shards(store: Any, config: Config, world_size: int, min_slices: int) -> ShardPlan:
+    """The split and the workers' disjoint shards, from the stores' markers alone (one batched read):
+    the driver checks it before any worker starts, each worker takes its own shard from it."""
+    from slicesr.stage1.data import split_scans
+
+    ids = store.completed_ids()
+    if not ids:
+        raise ValueError(f"data.store {store.url} holds no stored scans (convert some with preprocessing.to_zarr)")
+    train_ids, val_ids = split_scans(ids, config.train.val_fraction, config.train.seed)
+    records = store.records(train_ids + val_ids)
+    long_enough = [scan_id for scan_id in ids if scan_id in records and records[scan_id].shape[0] >= min_slices]
+    usable = [scan_id for scan_id in train_ids if scan_id in long_enough]
+    if len(usable) < world_size:
+        short = f" with at least {min_slices} slices (of {len(train_ids)})" if len(usable) < len(train_ids) else ""
+        raise ValueError(f"data.store {store.url} has {len(usable)} training scans{short} for {world_size} workers "
+                         "(cluster.num_workers): each worker needs its own scans")
+    return ShardPlan(ids, train_ids, val_ids, [usable[rank::world_size] for rank in range(world_size)],
+                     [scan_id for scan_id in val_ids if scan_id in long_enough])
+
+
 class Engine:
     """Owns forward, backward, step, zero_grad and optimizer state of each named network (one Adam each).
 
@@ -40,6 +70,8 @@ class Engine:
     """
 
     device = torch.device("cpu")
+    # What the saved optimizer state looks like: a checkpoint resumes only under the same layout
+    optimizer_layout = "torch"
 
     def __init__(self, model: nn.Module, networks: dict[str, nn.Module], lr: float,
                  betas: tuple[float, float] = (0.9, 0.999)):
@@ -155,27 +187,23 @@ class TrainingLoop:
         self.train_ids: list[str] = []
         self.val_ids: list[str] = []
         self.shard_ids: list[str] = []
+        self.val_sample_ids: list[str] = []
 
     def seed_for(self, offset: int) -> int:
         """A per-rank seed; rank 0 draws what an in-process run draws."""
         return self.config.train.seed + offset + 7919 * self.rank
 
-    def open_store_and_split(self) -> list[str]:
-        """Open `data.store`, refuse an empty one, make the seeded train/validation split and this rank's shard."""
-        from slicesr.stage1.data import split_scans
+    def open_store_and_split(self, min_slices: int) -> list[str]:
+        """Open `data.store`, make the seeded train/validation split and this rank's shard of the training
+        scans that have `min_slices` slices or more (shorter ones give no sample); returns every scan id."""
         from slicesr.store import SliceStore
 
         data = self.config.data
         self.store = SliceStore.open(data.store, data.storage_options)
-        ids = self.store.completed_ids()
-        if not ids:
-            raise ValueError(f"data.store {data.store} holds no stored scans")
-        self.train_ids, self.val_ids = split_scans(ids, self.config.train.val_fraction, self.config.train.seed)
-        self.shard_ids = self.train_ids[self.rank::self.world_size]
-        if not self.shard_ids:
-            raise ValueError(f"data.store {data.store} has {len(self.train_ids)} training scans, fewer than the "
-                             f"{self.world_size} workers (cluster.num_workers): each worker needs its own scans")
-        return ids
+        plan = plan_shards(self.store, self.config, self.world_size, min_slices)
+        self.train_ids, self.val_ids = plan.train_ids, plan.val_ids
+        self.shard_ids, self.val_sample_ids = plan.shards[self.rank], plan.usable_val_ids
+        return plan.all_ids
 
     # ------------------------------------------------------------------ to implement
     def train_step(self) -> dict[str, float]:
@@ -226,6 +254,7 @@ class TrainingLoop:
             training_state = {
                 "identity": json.dumps(self.identity(), sort_keys=True), "world_size": self.world_size,
                 "step": self.step, "best_val": self.best_val, "optimizers": self.engine.state_dict(),
+                "optimizer_layout": self.engine.optimizer_layout,
                 **self._rank_state(),
             }
             write_model_files(directory, self.model.state_dict(), self.config, self.metadata(),
@@ -249,6 +278,11 @@ class TrainingLoop:
         if saved_world != self.world_size:
             raise ValueError(f"{directory} was written by {saved_world} workers, this run has {self.world_size}; "
                              "resume with the same cluster.num_workers")
+        saved_layout = state.get("optimizer_layout", "torch")
+        if saved_layout != self.engine.optimizer_layout:
+            raise ValueError(f"{directory} holds {saved_layout} optimizer state, this run uses "
+                             f"{self.engine.optimizer_layout}: resume with the same cluster.strategy, ZeRO stage and "
+                             "cluster.bf16, or choose another run.name")
         weights, _, _ = read_model_dir(directory)
         self.model.load_state_dict(weights)
         self.engine.load_state_dict(state["optimizers"])

@@ -137,5 +137,8 @@ class VaeGan(nn.Module):
 
     @staticmethod
     def sample(mu: torch.Tensor, logvar: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        noise = torch.randn(mu.shape, generator=generator, dtype=mu.dtype, device=mu.device)
+        # Drawn where the generator lives (the CPU for the loops' seeded generators: CUDA refuses a CPU
+        # generator), then moved: the same noise on every device, so a GPU run resumes exactly too.
+        device = generator.device if generator is not None else mu.device
+        noise = torch.randn(mu.shape, generator=generator, dtype=mu.dtype, device=device).to(mu.device)
         return mu + torch.exp(0.5 * logvar) * noise

@@ -10,6 +10,8 @@ import torch
 
 from slicesr.store import SliceStore
 
+TRIPLET_SLICES = 3  # a scan gives triplets (x_{n-1}, x_n, x_{n+1}) only with this many slices
+
 
 def split_scans(scan_ids: list[str], val_fraction: float, seed: int) -> tuple[list[str], list[str]]:
     """Seeded split by scan id (stable when scans are added): returns (train_ids, val_ids)."""
@@ -29,10 +31,10 @@ class TripletSampler:
         self.scan_ids = []
         for scan_id in scan_ids:
             record = store.record(scan_id)
-            if record is not None and record.shape[0] >= 3:
+            if record is not None and record.shape[0] >= TRIPLET_SLICES:
                 self.scan_ids.append(scan_id)
         if not self.scan_ids:
-            raise ValueError(f"no scan with at least 3 slices among {len(scan_ids)} scans of {store.url}")
+            raise ValueError(f"no scan with at least {TRIPLET_SLICES} slices among {len(scan_ids)} scans of {store.url}")
         shapes = [store.record(s).shape for s in self.scan_ids]
         self.shapes = dict(zip(self.scan_ids, shapes))
         centers = np.array([shape[0] - 2 for shape in shapes], dtype=np.float64)

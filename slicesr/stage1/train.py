@@ -21,7 +21,7 @@ import torch
 from slicesr.config import Config
 from slicesr.modeldir import read_model_dir
 from slicesr.models.vae_gan import VaeGan, VaeGanSize
-from slicesr.stage1.data import TripletSampler
+from slicesr.stage1.data import TRIPLET_SLICES, TripletSampler
 from slicesr.stage1.losses import (
     LossWeights,
     adversarial_loss,
@@ -122,9 +122,10 @@ class Stage1Trainer(TrainingLoop):
         # The engine may wrap the networks (DDP, DeepSpeed); the loop only touches them through it.
         self.engine = engine_factory(VaeGan(size_from_config(config)), config.train.lr)
         self.model = self.engine.model
-        self.open_store_and_split()
+        self.open_store_and_split(TRIPLET_SLICES)
         self.sampler = TripletSampler(self.store, self.shard_ids, config.model.image_size)
-        self.val_sampler = TripletSampler(self.store, self.val_ids, config.model.image_size) if self.val_ids else None
+        self.val_sampler = (TripletSampler(self.store, self.val_sample_ids, config.model.image_size)
+                            if self.val_sample_ids else None)
         self.data_rng = torch.Generator().manual_seed(self.seed_for(0))
         self.noise_rng = torch.Generator().manual_seed(self.seed_for(1))
         self.generators = {"data": self.data_rng, "noise": self.noise_rng}

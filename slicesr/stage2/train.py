@@ -66,14 +66,14 @@ class Stage2Trainer(TrainingLoop):
         torch.manual_seed(config.train.seed)  # initial weights
         self.engine = engine_factory(build_generator(generator_size(config)), config.train.lr)
         self.model = self.engine.model
-        ids = self.open_store_and_split()
+        ids = self.open_store_and_split(config.sr.patch_size[0])
         sr = config.sr
         check_store_matches(self.store, ids, sr.supervision, sr.k)
         aligned = sr.supervision == "synthetic"
         self.sampler = PatchSampler(self.store, self.shard_ids, tuple(sr.patch_size), sr.k, aligned,
                                     sr.min_foreground)
-        self.val_sampler = (PatchSampler(self.store, self.val_ids, tuple(sr.patch_size), sr.k, aligned,
-                                         sr.min_foreground) if self.val_ids else None)
+        self.val_sampler = (PatchSampler(self.store, self.val_sample_ids, tuple(sr.patch_size), sr.k, aligned,
+                                         sr.min_foreground) if self.val_sample_ids else None)
         self.data_rng = torch.Generator().manual_seed(self.seed_for(0))
         self.generators = {"data": self.data_rng}
 

@@ -62,6 +62,9 @@ def test_file_and_overrides(tmp_path):
         ("train:\n  val_fraction: 1.5\n", "train.val_fraction"),
         ("- a\n- b\n", "must hold a mapping"),
         ("train: [1\n", "not valid YAML"),
+        ("cluster:\n  use_gpu: true\n  num_workers: 2\n  gpus_per_worker: 0.5\n", "NCCL refuses"),
+        ("stage: sr\nsr:\n  supervision: real\ntracking:\n  registered_model: slicesr-sr\n",
+         "registers as slicesr-sr-supervised"),
     ],
 )
 def test_bad_configs_name_file_and_key(tmp_path, text, message):

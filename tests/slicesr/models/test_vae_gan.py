@@ -45,3 +45,20 @@ def test_building_blocks_follow_the_paper():
 def test_bad_size_is_refused():
     with pytest.raises(ValueError, match="divisible"):
         VaeGan(VaeGanSize(image_size=20, num_blocks=3))
+
+
+def test_sampling_noise_comes_from_the_generators_device(monkeypatch):
+    """CUDA refuses a CPU generator for a CUDA tensor: the noise is drawn where the generator lives and
+    then moved, so a GPU run (the loops seed CPU generators) samples what a CPU run samples."""
+    real_randn = torch.randn
+
+    def strict_randn(*args, generator=None, device=None, **kwargs):
+        if generator is not None and torch.device(device or "cpu") != generator.device:
+            raise RuntimeError(f"Expected a '{torch.device(device).type}' device type for generator")
+        return real_randn(*args, generator=generator, device=device, **kwargs)
+
+    monkeypatch.setattr(torch, "randn", strict_randn)
+    mu, logvar = torch.zeros(2, 5, device="meta"), torch.zeros(2, 5, device="meta")  # stands for a GPU tensor
+    assert VaeGan.sample(mu, logvar, torch.Generator().manual_seed(0)).device.type == "meta"
+    cpu = VaeGan.sample(torch.zeros(2, 5), torch.zeros(2, 5), torch.Generator().manual_seed(0))
+    torch.testing.assert_close(cpu, real_randn(2, 5, generator=torch.Generator().manual_seed(0)))

@@ -1,0 +1,43 @@
+"""The shared loop's shard plan: split, disjoint shards of usable scans, clear refusals."""
+
+import pytest
+
+from preprocessing.to_zarr import convert
+from slicesr.config import load_config
+from slicesr.store import SliceStore
+from slicesr.training import plan_shards
+from tests.conftest import write_synth
+
+
+@pytest.fixture
+def mixed_store(tmp_path):
+    """Five scans of 6 slices and three of 2 slices (too short for a stage I triplet)."""
+    write_synth(tmp_path / "in", 5, shape=(20, 18, 6), seed=1, prefix="long")
+    write_synth(tmp_path / "in", 3, shape=(20, 18, 2), seed=2, prefix="short")
+    report = convert([str(tmp_path / "in")], str(tmp_path / "s.zarr"), workers=0, progress=False)
+    assert len(report.stored) == 8, report.failures
+    return SliceStore.open(str(tmp_path / "s.zarr"))
+
+
+def test_shards_hold_only_usable_scans_and_are_disjoint(mixed_store):
+    config = load_config("configs/debug/stage1.yaml", ["train.val_fraction=0.25"])
+    plan = plan_shards(mixed_store, config, 2, min_slices=3)
+    assert len(plan.train_ids) == 6 and len(plan.val_ids) == 2  # the split is over every scan
+    shards = [set(shard) for shard in plan.shards]
+    assert shards[0] and shards[1] and not shards[0] & shards[1]
+    assert all(scan.startswith("long") for shard in shards for scan in shard)
+    assert shards[0] | shards[1] == {s for s in plan.train_ids if s.startswith("long")}
+    assert set(plan.usable_val_ids) == {s for s in plan.val_ids if s.startswith("long")}
+    # one worker takes every usable training scan, in the split's order (what an in-process run samples)
+    assert plan_shards(mixed_store, config, 1, min_slices=3).shards == [
+        [s for s in plan.train_ids if s.startswith("long")]]
+
+
+def test_too_few_usable_scans_for_the_workers(mixed_store, tmp_path):
+    config = load_config("configs/debug/stage1.yaml", ["train.val_fraction=0.25"])
+    usable = len([s for s in plan_shards(mixed_store, config, 1, 3).shards[0]])
+    with pytest.raises(ValueError, match=f"has {usable} training scans with at least 3 slices \\(of 6\\) for "
+                                         f"{usable + 1} workers"):
+        plan_shards(mixed_store, config, usable + 1, min_slices=3)
+    with pytest.raises(ValueError, match="holds no stored scans"):
+        plan_shards(SliceStore.create(str(tmp_path / "empty.zarr")), config, 1, min_slices=3)
