@@ -10,9 +10,12 @@
 
 Every step records its outputs in WORKDIR/pipeline_state.json when it is complete and is skipped when
 started again; a step cut short resumes (the converter and synthesis skip finished scans, training
-resumes from its last Ray checkpoint, registering the same weights again reuses their version).
-Exit 0 done, 1 some inputs failed (the rest done) or a training failed (run it again to resume),
-2 usage or environment error.
+resumes from its last Ray checkpoint, registering the same weights again reuses their version). A step
+that finished with failed inputs (preprocess, synthesis, evaluation) is recorded with them and runs
+again next time, for those inputs only (steps after it that are complete are not redone); a step
+where every input failed is not recorded and stops the pipeline.
+Exit 0 done, 1 some inputs failed (the rest done), a step had no input left or a training failed (run
+it again to resume), 2 usage or environment error (found before any step runs where possible).
 
 Every step runs on the driver's machine or as Ray jobs that read and write under `workdir`: on a
 cluster of several machines `workdir` must be a shared filesystem (NFS, a mounted bucket) that
@@ -39,6 +42,12 @@ from slicesr.errors import StoreError
 
 log = logging.getLogger("cluster.pipeline")
 STEPS = ("preprocess", "stage1", "synthesis", "stage2", "registration", "evaluation")
+BASELINES = ("linear", "cubic")
+OWNED_KEYS = ("data.store", "run.storage_path")  # the pipeline places these under workdir
+
+
+class StepFailed(RuntimeError):
+    """Every input of a step failed: nothing to go on with (exit 1; the step is not recorded)."""
 
 
 @dataclass
@@ -84,9 +93,28 @@ def load_pipeline_config(path: str, overrides: list[str] | None = None) -> Pipel
     config = build_dataclass(PipelineConfig, tree, "")
     if not config.preprocess.inputs:
         raise ValueError(f"{path}: preprocess.inputs names no LR scans")
-    if config.preprocess.slice_axis not in ("auto", "0", "1", "2"):
-        raise ValueError(f"preprocess.slice_axis must be auto, 0, 1 or 2, got {config.preprocess.slice_axis}")
+    for key, axis in (("preprocess", config.preprocess.slice_axis), ("evaluation", config.evaluation.slice_axis)):
+        if axis not in ("auto", "0", "1", "2"):
+            raise ValueError(f"{key}.slice_axis must be auto, 0, 1 or 2, got {axis}")
+    if not config.evaluation.hr:
+        raise ValueError(f"{path}: evaluation.hr names no held-out HR volumes")
+    unknown = [name for name in config.evaluation.baselines if name not in BASELINES]
+    if unknown:
+        raise ValueError(f"evaluation.baselines: unknown {', '.join(unknown)} (known: {', '.join(BASELINES)})")
+    for where, assignments in (("set", config.set), ("stage1.set", config.stage1.set), ("stage2.set", config.stage2.set)):
+        owned = [a.partition("=")[0] for a in assignments if a.partition("=")[0].strip() in OWNED_KEYS]
+        if owned:
+            raise ValueError(f"{where}: {', '.join(owned)} is set by the pipeline (under workdir); change workdir instead")
     return config
+
+
+def evaluation_key(hr_files: list[str], k: int, slice_axis: str) -> str:
+    """Names one evaluation (the held-out volumes, by name and size, K and the slice axis): scores are
+    compared only within one."""
+    import hashlib
+
+    parts = sorted(f"{Path(f).name}:{os.path.getsize(f)}" for f in hr_files)
+    return hashlib.sha256(json.dumps([parts, k, slice_axis]).encode()).hexdigest()[:16]
 
 
 class Pipeline:
@@ -101,6 +129,19 @@ class Pipeline:
             raise ValueError(f"stage2 sr.k ({self.stage2.sr.k}) differs from stage1 synthesis.k ({self.k})")
         if config.preprocess.degrade_k not in (None, self.k):
             raise ValueError(f"preprocess.degrade_k ({config.preprocess.degrade_k}) differs from synthesis.k ({self.k})")
+        if self.stage1.run.name == self.stage2.run.name:
+            raise ValueError(f"stage1 and stage2 both train run.name {self.stage1.run.name}: give each its own")
+        from cluster.tracking import registered_name
+
+        if registered_name(self.stage1) == registered_name(self.stage2):
+            raise ValueError(f"stage1 and stage2 both register as {registered_name(self.stage1)} "
+                             "(tracking.registered_model): give each its own")
+        from slicesr.inference import expand_inputs
+
+        self.hr_files = expand_inputs(config.evaluation.hr)  # a missing or empty folder fails now, not at the end
+        missing = [f for f in self.hr_files if not os.path.isfile(f)]
+        if missing:
+            raise ValueError(f"evaluation.hr: no such file {missing[0]}")
         self.state = json.loads(self.state_path.read_text()) if self.state_path.is_file() else {}
 
     def _stage_config(self, step: TrainStep, stage: str, store: Path) -> Config:
@@ -117,7 +158,7 @@ class Pipeline:
 
     # ------------------------------------------------------------------ state
     def done(self, step: str) -> bool:
-        return step in self.state
+        return step in self.state and not self.state[step].get("failures")
 
     def record(self, step: str, outputs: dict[str, Any]) -> None:
         self.state[step] = outputs
@@ -140,8 +181,11 @@ class Pipeline:
         report = convert(inputs, str(self.workdir / "lr.zarr"), slice_axis=p.slice_axis, workers=p.workers,
                          progress=False)
         failures += report.failures
-        return {"store": str(self.workdir / "lr.zarr"), "stored": len(report.stored) + len(report.skipped),
-                "failures": failures}
+        stored = len(report.stored) + len(report.skipped)
+        if not stored:
+            raise StepFailed(f"preprocess: no scan could be converted ({len(failures)} failed; first: "
+                             f"{failures[0] if failures else 'no inputs'})")
+        return {"store": str(self.workdir / "lr.zarr"), "stored": stored, "failures": failures}
 
     def train(self, config: Config) -> dict[str, Any]:
         from cluster.train import train
@@ -163,7 +207,11 @@ class Pipeline:
                                   batch_size=config.synthesis.batch_size, overlap=config.synthesis.tile_overlap,
                                   keep_acquired=config.synthesis.keep_acquired, model_id=model_fingerprint(best),
                                   progress=False)
-        return {"store": output.url, "written": len(report.written) + len(report.skipped), "failures": report.failures}
+        written = len(report.written) + len(report.skipped)
+        if not written:
+            raise StepFailed(f"synthesis: no synthetic HR volume could be written (first failure: "
+                             f"{report.failures[0] if report.failures else 'none'})")
+        return {"store": output.url, "written": written, "failures": report.failures}
 
     def registration(self) -> dict[str, Any]:
         from cluster.tracking import Tracker, registered_name
@@ -179,22 +227,52 @@ class Pipeline:
                                 "run_id": run_id}
         return registered
 
+    def _champions_to_rescore(self, eval_key: str) -> dict[str, tuple[str, str]]:
+        """Registered name -> (row label, local model directory) of each current champion whose score
+        is not on this evaluation: it is scored again beside the candidate, so that the comparison is fair."""
+        from cluster.tracking import CHAMPION, EVAL_TAG, Tracker
+        from slicesr.modeldir import METADATA
+        from slicesr.registry import resolve_model_uri
+
+        rescore = {}
+        for step, entry in self.state.get("registration", {}).items():
+            if entry["name"] == "slicesr-sr-supervised":
+                continue
+            config = self.stage1 if step == "stage1" else self.stage2
+            tracker = Tracker(config.tracking.uri, config.tracking.experiment)
+            current = tracker.alias_version(entry["name"], CHAMPION)
+            if current in (None, str(entry["version"])) or tracker.version_tags(entry["name"], current).get(EVAL_TAG) == eval_key:
+                continue
+            local = resolve_model_uri(f"models:/{entry['name']}/{current}", config.tracking.uri,
+                                      self.workdir / "champions" / f"{entry['name']}-v{current}")
+            k = json.loads((local / METADATA).read_text()).get("k")
+            if step == "stage2" and k != self.k:
+                log.warning("%s version %s (the champion) is a K=%s model and this evaluation has K=%s: it cannot "
+                            "be compared, and stays the champion", entry["name"], current, k, self.k)
+                continue
+            rescore[entry["name"]] = (f"{entry['name']} v{current} (champion)", str(local))
+        return rescore
+
     def evaluation(self) -> dict[str, Any]:
         from cluster.tracking import Tracker
         from slicesr.evaluate import evaluate
 
         e = self.config.evaluation
+        eval_key = evaluation_key(self.hr_files, self.k, e.slice_axis)
+        rescore = self._champions_to_rescore(eval_key)
         models = {"stage1": self.state["stage1"]["best"], "stage2": self.state["stage2"]["best"]}
-        result = evaluate(e.hr, self.k, [*e.baselines, models["stage1"], models["stage2"]],
+        result = evaluate(self.hr_files, self.k,
+                          [*e.baselines, models["stage1"], models["stage2"],
+                           *(f"{label}={path}" for label, path in rescore.values())],
                           str(self.workdir / "eval"), e.slice_axis, figures=e.figures, progress=False)
         if not result.rows:
-            raise ValueError(f"evaluation.hr: no volume could be scored ({result.failures[:1]})")
+            raise StepFailed(f"evaluation: no held-out volume could be scored (first failure: {result.failures[:1]})")
         means = {}
         for method in result.methods:
             values = [r["psnr_missing"] for r in result.rows if r["method"] == method]
             means[method] = sum(values) / len(values)
         table = result.summary_table()
-        outputs: dict[str, Any] = {"table": table, "psnr_missing": means, "champions": {},
+        outputs: dict[str, Any] = {"table": table, "psnr_missing": means, "champions": {}, "eval_key": eval_key,
                                    "failures": result.failures}
         labels = dict(zip(("stage1", "stage2"), result.methods[len(e.baselines):]))
         for step, entry in self.state.get("registration", {}).items():
@@ -203,7 +281,9 @@ class Pipeline:
             tracker.log_artifacts(entry["run_id"], self.workdir / "eval", "evaluation")
             if entry["name"] == "slicesr-sr-supervised":
                 continue  # the supervised upper bound is scored, never a champion of slicesr-sr
-            promoted = tracker.promote(entry["name"], entry["version"], means[labels[step]])
+            champion_label = rescore.get(entry["name"], (None,))[0]
+            promoted = tracker.promote(entry["name"], entry["version"], means[labels[step]], eval_key,
+                                       champion_score=means.get(champion_label))
             outputs["champions"][entry["name"]] = tracker.alias_version(entry["name"], "champion")
             log.info("%s version %s: PSNR missing %.2f dB, champion %s", entry["name"], entry["version"],
                      means[labels[step]], "(moved)" if promoted else "(kept)")
@@ -220,6 +300,8 @@ class Pipeline:
             if self.done(step):
                 log.info("%s: done already, skipped", step)
                 continue
+            if step in self.state:
+                log.info("%s: %d inputs failed last time: running it again", step, len(self.state[step]["failures"]))
             if step in ("stage1", "stage2"):
                 config = resolve_paths(self.stage1 if step == "stage1" else self.stage2)
                 preflight(config)
@@ -250,6 +332,9 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     except TrainingFailed as exc:
         print(f"error: {exc} (run the pipeline again to resume)", file=sys.stderr)
+        return EXIT_SOME_FAILED
+    except StepFailed as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return EXIT_SOME_FAILED
     evaluation = state["evaluation"]
     print(evaluation["table"])

@@ -4,7 +4,8 @@ Registered models: slicesr-vae (stage I), slicesr-sr (stage II on synthetic HR, 
 slicesr-sr-supervised (the "DeepResolve only" upper bound, trained on real HR; never a champion of
 slicesr-sr). A training run's model becomes a version with alias `candidate`; the pipeline moves
 `champion` to it when it beats the current champion (higher mean PSNR on the missing slices of the
-pipeline's validation volumes, `evaluation.hr`: held-out HR volumes never used for training). Versions are tagged with the weights' SHA-256, so registering the same model twice
+pipeline's validation volumes, `evaluation.hr`: held-out HR volumes never used for training), on the
+same evaluation (EVAL_TAG): a champion scored on other volumes or another K is scored again first. Versions are tagged with the weights' SHA-256, so registering the same model twice
 returns the existing version instead of a duplicate.
 """
 
@@ -30,6 +31,7 @@ LIBRARY = Path(__file__).resolve().parents[1] / "slicesr"
 RUN_KEY_TAG = "slicesr.run_key"
 FINGERPRINT_TAG = "slicesr.weights_sha256"
 SCORE_TAG = "slicesr.val_psnr"
+EVAL_TAG = "slicesr.eval_key"  # which held-out volumes and K the score is on
 CANDIDATE, CHAMPION = "candidate", "champion"
 
 
@@ -110,12 +112,15 @@ class Tracker:
                                        order_by=["attributes.start_time DESC"], max_results=1)
         return runs[0].info.run_id if runs else None
 
-    def start_run(self, run_key: str, run_name: str) -> str:
-        """The run logged under `run_key` (a resumed training continues its MLflow run), or a new one."""
+    def start_run(self, run_key: str, run_name: str, continuing: bool = True) -> str:
+        """The run logged under `run_key` when the training continues from its checkpoints (a resumed
+        training continues its MLflow run), else a new one."""
         existing = self.find_run(run_key)
-        if existing:
+        if existing and continuing:
             self.client.update_run(existing, status="RUNNING")
             return existing
+        if existing and self.client.get_run(existing).info.status == "RUNNING":
+            self.client.set_terminated(existing, status="KILLED")  # an earlier attempt that left no checkpoint
         run = self.client.create_run(self.experiment_id, run_name=run_name, tags={RUN_KEY_TAG: run_key})
         return run.info.run_id
 
@@ -203,14 +208,31 @@ class Tracker:
         except Exception:  # noqa: BLE001 - no such alias (or model) yet
             return None
 
-    def promote(self, name: str, version: str, score: float) -> bool:
-        """Record the version's score; move `champion` to it when it beats the current champion's."""
+    def version_tags(self, name: str, version: str) -> dict[str, str]:
+        return dict(self.client.get_model_version(name, version).tags)
+
+    def promote(self, name: str, version: str, score: float, eval_key: str,
+                champion_score: float | None = None) -> bool:
+        """Record the version's score on the evaluation `eval_key`; move `champion` to it when it beats the
+        current champion's score on the same evaluation: the champion's recorded one, or `champion_score`
+        when the champion was scored on another evaluation and has just been scored again on this one."""
         self.client.set_model_version_tag(name, version, SCORE_TAG, repr(float(score)))
+        self.client.set_model_version_tag(name, version, EVAL_TAG, eval_key)
         current = self.alias_version(name, CHAMPION)
         if current == str(version):
             return True
         if current is not None:
-            best = float(self.client.get_model_version(name, current).tags.get(SCORE_TAG, "-inf"))
+            tags = self.version_tags(name, current)
+            if champion_score is not None:
+                self.client.set_model_version_tag(name, current, SCORE_TAG, repr(float(champion_score)))
+                self.client.set_model_version_tag(name, current, EVAL_TAG, eval_key)
+                best = float(champion_score)
+            elif tags.get(EVAL_TAG) == eval_key:
+                best = float(tags.get(SCORE_TAG, "-inf"))
+            else:
+                log.warning("%s: the champion (version %s) was scored on another evaluation and could not be scored "
+                            "on this one; it stays the champion", name, current)
+                return False
             if not score > best:
                 return False
         self.client.set_registered_model_alias(name, CHAMPION, version)

@@ -192,13 +192,14 @@ def train(config: Config, resume: bool = False, register: bool | None = None) ->
     config = resolve_paths(config)
     ds_config = preflight(config)
     run_dir = f"{config.run.storage_path.rstrip('/')}/{config.run.name}"
-    if has_checkpoints(run_dir) and not resume:
+    continuing = has_checkpoints(run_dir)
+    if continuing and not resume:
         raise UsageError(f"{run_dir} already holds checkpoints of a run: pass --resume to continue it, or choose "
                          "another run.name")
     check_resumable(run_dir, config, ds_config)
     connect_ray(config.cluster.address)
     tracker = Tracker(config.tracking.uri, config.tracking.experiment)
-    run_id = tracker.start_run(run_key=run_dir, run_name=config.run.name)
+    run_id = tracker.start_run(run_key=run_dir, run_name=config.run.name, continuing=continuing)
     tracker.log_config(run_id, config)
 
     cluster = config.cluster

@@ -3,6 +3,7 @@ killed half-way (during stage II training) and started again."""
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -44,18 +45,68 @@ def _versions(tmp_path, name):
 
 def test_pipeline_runs_every_step_and_skips_them_when_run_again(tmp_path, ray_cluster, capsys):
     config = _pipeline_yaml(tmp_path, ray_cluster)
-    assert main(["--config", str(config)]) == 0
-    out = capsys.readouterr().out
+    (tmp_path / "lr" / "broken.nii.gz").write_bytes(b"not a NIfTI file")
+    assert main(["--config", str(config)]) == 1  # one input failed, every step done with the others
+    captured = capsys.readouterr()
+    out = captured.out
     assert "| linear |" in out and "| Proposed with DeepResolve |" in out and "| VAE-based up-sample |" in out
+    assert "broken.nii.gz" in captured.err
     state = json.loads((tmp_path / "work" / "pipeline_state.json").read_text())
     assert list(state) == ["preprocess", "stage1", "synthesis", "stage2", "registration", "evaluation"]
-    assert state["preprocess"]["stored"] == 5 and state["synthesis"]["written"] == 5
+    assert state["preprocess"]["stored"] == 5 and len(state["preprocess"]["failures"]) == 1
+    assert state["synthesis"]["written"] == 5
     assert state["stage1"]["step"] == 6 and state["stage2"]["step"] == 6
     assert state["evaluation"]["champions"] == {"slicesr-vae": "1", "slicesr-sr": "1"}
     assert (tmp_path / "work" / "eval" / "metrics.csv").is_file()
 
-    assert main(["--config", str(config)]) == 0  # everything done: skipped, nothing registered again
+    # the input fixed (here: removed), the step that had failures runs again; the complete ones are skipped
+    (tmp_path / "lr" / "broken.nii.gz").unlink()
+    assert main(["--config", str(config)]) == 0
+    err = capsys.readouterr().err
+    assert "preprocess: 1 inputs failed last time: running it again" in err
+    for step in ("stage1", "synthesis", "stage2", "registration", "evaluation"):
+        assert f"{step}: done already, skipped" in err
+    state = json.loads((tmp_path / "work" / "pipeline_state.json").read_text())
+    assert state["preprocess"]["failures"] == [] and state["preprocess"]["stored"] == 5
     assert _versions(tmp_path, "slicesr-vae") == [1] and _versions(tmp_path, "slicesr-sr") == [1]
+
+    # A champion scored on another evaluation is scored again on this one before any comparison
+    _worse_champion(tmp_path, state["stage2"]["best"], recorded_psnr=99.0)
+    del state["evaluation"]
+    (tmp_path / "work" / "pipeline_state.json").write_text(json.dumps(state))
+    assert main(["--config", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert "| slicesr-sr v2 (champion) |" in out
+    state = json.loads((tmp_path / "work" / "pipeline_state.json").read_text())
+    psnr = state["evaluation"]["psnr_missing"]
+    assert psnr["slicesr-sr v2 (champion)"] < psnr["Proposed with DeepResolve"]
+    assert state["evaluation"]["champions"]["slicesr-sr"] == "1"  # not kept by its score on other volumes
+    client = MlflowClient(f"sqlite:///{tmp_path / 'work' / 'mlflow.db'}")
+    tags = client.get_model_version("slicesr-sr", "2").tags
+    assert tags["slicesr.eval_key"] == state["evaluation"]["eval_key"]
+    assert float(tags["slicesr.val_psnr"]) == pytest.approx(psnr["slicesr-sr v2 (champion)"])
+
+
+def _worse_champion(tmp_path, best_dir, recorded_psnr):
+    """Version 2 of slicesr-sr: the stage II model with noisy weights, made champion with a score
+    recorded on some other evaluation."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from cluster.tracking import Tracker
+
+    noisy = tmp_path / "noisy"
+    shutil.copytree(best_dir, noisy)
+    weights = load_file(str(noisy / "model.safetensors"))
+    generator = torch.Generator().manual_seed(0)
+    save_file({k: v + 0.3 * torch.randn(v.shape, generator=generator) for k, v in weights.items()},
+              str(noisy / "model.safetensors"))
+    tracker = Tracker(f"sqlite:///{tmp_path / 'work' / 'mlflow.db'}", "slicesr")
+    version = tracker.register(tracker.start_run("noisy", "noisy"), noisy, "slicesr-sr")
+    assert version == "2"
+    tracker.client.set_model_version_tag("slicesr-sr", version, "slicesr.val_psnr", repr(recorded_psnr))
+    tracker.client.set_model_version_tag("slicesr-sr", version, "slicesr.eval_key", "another-evaluation")
+    tracker.client.set_registered_model_alias("slicesr-sr", "champion", version)
 
 
 def test_killed_driver_restarts_without_redoing_steps(tmp_path, ray_cluster):

@@ -38,14 +38,21 @@ def test_register_alias_champion_and_infer_by_uri(tmp_path, monkeypatch):
     assert tracker.register(run_id, first, "slicesr-sr") == "1"
     assert tracker.register(run_id, first, "slicesr-sr") == "1"  # same weights: no duplicate version
     assert tracker.alias_version("slicesr-sr", CANDIDATE) == "1"
-    assert tracker.promote("slicesr-sr", "1", 30.0) and tracker.alias_version("slicesr-sr", CHAMPION) == "1"
+    assert tracker.promote("slicesr-sr", "1", 30.0, "eval-a") and tracker.alias_version("slicesr-sr", CHAMPION) == "1"
 
     second = _model_dir(tmp_path / "b", seed=2)
     assert tracker.register(tracker.start_run("run-b", "b"), second, "slicesr-sr") == "2"
     assert tracker.alias_version("slicesr-sr", CANDIDATE) == "2"
-    assert not tracker.promote("slicesr-sr", "2", 29.5)  # worse: the champion stays
+    assert not tracker.promote("slicesr-sr", "2", 29.5, "eval-a")  # worse: the champion stays
     assert tracker.alias_version("slicesr-sr", CHAMPION) == "1"
-    assert tracker.promote("slicesr-sr", "2", 31.0) and tracker.alias_version("slicesr-sr", CHAMPION) == "2"
+    # a score on another evaluation is not comparable: without the champion's score on it, the champion stays
+    assert not tracker.promote("slicesr-sr", "2", 40.0, "eval-b")
+    assert tracker.alias_version("slicesr-sr", CHAMPION) == "1"
+    # with the champion scored again on that evaluation, the better one wins, and the champion's tags follow
+    assert not tracker.promote("slicesr-sr", "2", 40.0, "eval-b", champion_score=41.0)
+    assert tracker.version_tags("slicesr-sr", "1")["slicesr.eval_key"] == "eval-b"
+    assert tracker.promote("slicesr-sr", "2", 31.0, "eval-a", champion_score=30.0)
+    assert tracker.alias_version("slicesr-sr", CHAMPION) == "2"
 
     # the registered files are the model directory itself (safetensors + config + metadata, no pickle)
     local = resolve_model_uri("models:/slicesr-sr@champion", uri, tmp_path / "download")
@@ -71,6 +78,15 @@ def test_register_alias_champion_and_infer_by_uri(tmp_path, monkeypatch):
     pyfunc = mlflow.pyfunc.load_model("models:/slicesr-sr@candidate")
     slices = np.random.default_rng(1).random((3, 20, 18), dtype=np.float32)
     np.testing.assert_allclose(pyfunc.predict(slices), load_method(str(second)).upsample(slices, 4), atol=1e-6)
+
+
+def test_a_training_continues_its_mlflow_run_only_from_checkpoints(tmp_path):
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "runs-test")
+    first = tracker.start_run("/runs/a", "a")
+    assert tracker.start_run("/runs/a", "a", continuing=True) == first
+    fresh = tracker.start_run("/runs/a", "a", continuing=False)  # e.g. the run folder was deleted
+    assert fresh != first and tracker.find_run("/runs/a") == fresh
+    assert tracker.client.get_run(first).info.status == "KILLED"
 
 
 def test_unknown_uri_and_registered_names(tmp_path):

@@ -67,6 +67,8 @@ def test_existing_run_needs_resume_and_continues(cluster_config, capsys):
     two_workers = [a.replace("cluster.num_workers=1", "cluster.num_workers=2") for a in args]
     assert main([*two_workers, "--resume"]) == 2  # refused before any worker starts
     assert "resume it with cluster.num_workers=1" in capsys.readouterr().err
+    assert main([*args, "--resume", "--set", "cluster.strategy=deepspeed"]) == 2  # another optimizer layout
+    assert "holds torch optimizer state and this config asks for deepspeed-zero1" in capsys.readouterr().err
     assert main([*args, "--resume"]) == 0
     client, run = _mlflow_run(Path(first.tracking.uri.removeprefix("sqlite:///")).parent, _run_id(first))
     assert run.data.metrics["resumed_at_step"] == 2

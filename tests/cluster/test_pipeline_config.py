@@ -1,0 +1,46 @@
+"""cluster.pipeline refuses configs that would only fail after the trainings: exit 2 before any step."""
+
+import pytest
+import yaml
+
+from cluster.pipeline import main
+from tests.conftest import write_synth
+
+
+@pytest.fixture
+def pipeline_yaml(tmp_path):
+    write_synth(tmp_path / "lr", 1, seed=1)
+    write_synth(tmp_path / "hr", 1, seed=2)
+
+    def make(**changes):
+        tree = {"workdir": str(tmp_path / "work"), "preprocess": {"inputs": [str(tmp_path / "lr")], "workers": 0},
+                "stage1": {"config": "configs/debug/stage1.yaml"}, "stage2": {"config": "configs/debug/stage2.yaml"},
+                "evaluation": {"hr": [str(tmp_path / "hr")]}}
+        for key, value in changes.items():
+            section, _, leaf = key.partition("__")
+            if leaf:
+                tree[section][leaf] = value
+            else:
+                tree[section] = value
+        path = tmp_path / "pipeline.yaml"
+        path.write_text(yaml.safe_dump(tree))
+        return str(path)
+
+    return make
+
+
+@pytest.mark.parametrize("changes,message", [
+    ({"evaluation__hr": []}, "evaluation.hr names no held-out HR volumes"),
+    ({"evaluation__baselines": ["linear", "lanczos"]}, "evaluation.baselines: unknown lanczos"),
+    ({"evaluation__slice_axis": "z"}, "evaluation.slice_axis must be auto, 0, 1 or 2"),
+    ({"set": ["run.storage_path=/elsewhere"]}, "set: run.storage_path is set by the pipeline"),
+    ({"stage2__set": ["data.store=/x.zarr"]}, "stage2.set: data.store is set by the pipeline"),
+    ({"set": ["run.name=same"]}, "stage1 and stage2 both train run.name same"),
+    ({"set": ["tracking.registered_model=mine"]}, "stage1 and stage2 both register as mine"),
+    ({"evaluation__hr": ["/nonexistent/hr.nii.gz"]}, "evaluation.hr: no such file /nonexistent/hr.nii.gz"),
+    ({"stage2__config": "configs/debug/stage1.yaml"}, "the pipeline's stage2 needs stage: sr"),
+])
+def test_bad_pipeline_configs_stop_before_any_step(pipeline_yaml, tmp_path, capsys, changes, message):
+    assert main(["--config", pipeline_yaml(**changes)]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "work").exists()
