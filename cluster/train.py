@@ -90,11 +90,11 @@ def preflight(config: Config) -> dict[str, Any] | None:
     store = SliceStore.open(config.data.store, config.data.storage_options)
     # the workers' own plan: every worker gets scans it can sample from
     min_slices = TRIPLET_SLICES if config.stage == "vae" else config.sr.patch_size[0]
-    plan = plan_shards(store, config, config.cluster.num_workers, min_slices)
-    if config.stage == "sr":
+    if config.stage == "sr" and (ids := store.completed_ids()):
         from slicesr.stage2.train import check_store_matches
 
-        check_store_matches(store, plan.all_ids, config.sr.supervision, config.sr.k)
+        check_store_matches(store, ids, config.sr.supervision, config.sr.k)  # the wrong store says so first
+    plan_shards(store, config, config.cluster.num_workers, min_slices)
     check_tracking(config.tracking.uri)
     check_ray_address(config.cluster.address)
     return ds_config

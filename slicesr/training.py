@@ -55,7 +55,7 @@ def plan_shards(store: Any, config: Config, world_size: int, min_slices: int) ->
     usable = [scan_id for scan_id in train_ids if scan_id in long_enough]
     if len(usable) < world_size:
         short = f" with at least {min_slices} slices (of {len(train_ids)})" if len(usable) < len(train_ids) else ""
-        raise ValueError(f"data.store {store.url} has {len(usable)} training scans{short} for {world_size} workers "
+        raise ValueError(f"data.store {store.url} has {len(usable)} training scans{short} for {world_size} worker{'s' if world_size > 1 else ''} "
                          "(cluster.num_workers): each worker needs its own scans")
     return ShardPlan(ids, train_ids, val_ids, [usable[rank::world_size] for rank in range(world_size)],
                      [scan_id for scan_id in val_ids if scan_id in long_enough])

@@ -27,5 +27,6 @@ def test_ray_job_submit_trains_and_registers(ray_cluster, cluster_stores, tmp_pa
     assert "succeeded" in done.stdout
     assert "registered slicesr-sr version 1 (alias candidate)" in done.stdout
     assert (tmp_path / "runs" / "debug-stage2" / "best" / "model.safetensors").is_file()
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri, registry_uri=uri)  # explicit: MLflow keeps a process-wide registry URI
     assert str(client.get_model_version_by_alias("slicesr-sr", "candidate").version) == "1"

@@ -2,6 +2,7 @@
 killed half-way (during stage II training) and started again."""
 
 import json
+import logging
 import os
 import shutil
 import signal
@@ -38,12 +39,18 @@ def _pipeline_yaml(tmp_path, ray_cluster, stage2_steps=6):
     return path
 
 
+def _client(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'work' / 'mlflow.db'}"
+    return MlflowClient(uri, registry_uri=uri)  # explicit: MLflow keeps a process-wide registry URI
+
+
 def _versions(tmp_path, name):
-    client = MlflowClient(f"sqlite:///{tmp_path / 'work' / 'mlflow.db'}")
+    client = _client(tmp_path)
     return sorted(int(v.version) for v in client.search_model_versions(f"name = '{name}'"))
 
 
-def test_pipeline_runs_every_step_and_skips_them_when_run_again(tmp_path, ray_cluster, capsys):
+def test_pipeline_runs_every_step_and_skips_them_when_run_again(tmp_path, ray_cluster, capsys, caplog):
+    caplog.set_level(logging.INFO, logger="cluster.pipeline")
     config = _pipeline_yaml(tmp_path, ray_cluster)
     (tmp_path / "lr" / "broken.nii.gz").write_bytes(b"not a NIfTI file")
     assert main(["--config", str(config)]) == 1  # one input failed, every step done with the others
@@ -61,11 +68,11 @@ def test_pipeline_runs_every_step_and_skips_them_when_run_again(tmp_path, ray_cl
 
     # the input fixed (here: removed), the step that had failures runs again; the complete ones are skipped
     (tmp_path / "lr" / "broken.nii.gz").unlink()
+    caplog.clear()
     assert main(["--config", str(config)]) == 0
-    err = capsys.readouterr().err
-    assert "preprocess: 1 inputs failed last time: running it again" in err
+    assert "preprocess: 1 inputs failed last time: running it again" in caplog.text
     for step in ("stage1", "synthesis", "stage2", "registration", "evaluation"):
-        assert f"{step}: done already, skipped" in err
+        assert f"{step}: done already, skipped" in caplog.text
     state = json.loads((tmp_path / "work" / "pipeline_state.json").read_text())
     assert state["preprocess"]["failures"] == [] and state["preprocess"]["stored"] == 5
     assert _versions(tmp_path, "slicesr-vae") == [1] and _versions(tmp_path, "slicesr-sr") == [1]
@@ -81,7 +88,7 @@ def test_pipeline_runs_every_step_and_skips_them_when_run_again(tmp_path, ray_cl
     psnr = state["evaluation"]["psnr_missing"]
     assert psnr["slicesr-sr v2 (champion)"] < psnr["Proposed with DeepResolve"]
     assert state["evaluation"]["champions"]["slicesr-sr"] == "1"  # not kept by its score on other volumes
-    client = MlflowClient(f"sqlite:///{tmp_path / 'work' / 'mlflow.db'}")
+    client = _client(tmp_path)
     tags = client.get_model_version("slicesr-sr", "2").tags
     assert tags["slicesr.eval_key"] == state["evaluation"]["eval_key"]
     assert float(tags["slicesr.val_psnr"]) == pytest.approx(psnr["slicesr-sr v2 (champion)"])
@@ -137,6 +144,6 @@ def test_killed_driver_restarts_without_redoing_steps(tmp_path, ray_cluster):
     state = json.loads((tmp_path / "work" / "pipeline_state.json").read_text())
     assert state["stage2"]["step"] == 60
     assert _versions(tmp_path, "slicesr-vae") == [1] and _versions(tmp_path, "slicesr-sr") == [1]
-    client = MlflowClient(f"sqlite:///{tmp_path / 'work' / 'mlflow.db'}")
+    client = _client(tmp_path)
     resumed = client.get_metric_history(state["stage2"]["run_id"], "resumed_at_step")
     assert resumed and 0 < resumed[-1].value < 60  # stage II continued from its checkpoint
