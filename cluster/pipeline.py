@@ -129,6 +129,10 @@ class Pipeline:
             raise ValueError(f"stage2 sr.k ({self.stage2.sr.k}) differs from stage1 synthesis.k ({self.k})")
         if config.preprocess.degrade_k not in (None, self.k):
             raise ValueError(f"preprocess.degrade_k ({config.preprocess.degrade_k}) differs from synthesis.k ({self.k})")
+        if self.stage2.sr.supervision != "synthetic":
+            raise ValueError(f"{config.stage2.config}: the pipeline trains stage II on its synthetic HR volumes "
+                             "(sr.supervision: synthetic); train the supervised upper bound on real HR with "
+                             "python -m cluster.train")
         if self.stage1.run.name == self.stage2.run.name:
             raise ValueError(f"stage1 and stage2 both train run.name {self.stage1.run.name}: give each its own")
         from cluster.tracking import registered_name
@@ -236,13 +240,13 @@ class Pipeline:
 
         rescore = {}
         for step, entry in self.state.get("registration", {}).items():
-            if entry["name"] == "slicesr-sr-supervised":
-                continue
             config = self.stage1 if step == "stage1" else self.stage2
             tracker = Tracker(config.tracking.uri, config.tracking.experiment)
             current = tracker.alias_version(entry["name"], CHAMPION)
-            if current in (None, str(entry["version"])) or tracker.version_tags(entry["name"], current).get(EVAL_TAG) == eval_key:
+            if current in (None, str(entry["version"])):
                 continue
+            if tracker.version_tags(entry["name"], current).get(EVAL_TAG) == eval_key:
+                continue  # its score is on this evaluation already
             local = resolve_model_uri(f"models:/{entry['name']}/{current}", config.tracking.uri,
                                       self.workdir / "champions" / f"{entry['name']}-v{current}")
             k = json.loads((local / METADATA).read_text()).get("k")
@@ -279,8 +283,6 @@ class Pipeline:
             config = self.stage1 if step == "stage1" else self.stage2
             tracker = Tracker(config.tracking.uri, config.tracking.experiment)
             tracker.log_artifacts(entry["run_id"], self.workdir / "eval", "evaluation")
-            if entry["name"] == "slicesr-sr-supervised":
-                continue  # the supervised upper bound is scored, never a champion of slicesr-sr
             champion_label = rescore.get(entry["name"], (None,))[0]
             promoted = tracker.promote(entry["name"], entry["version"], means[labels[step]], eval_key,
                                        champion_score=means.get(champion_label))

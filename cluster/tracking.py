@@ -5,8 +5,9 @@ slicesr-sr-supervised (the "DeepResolve only" upper bound, trained on real HR; n
 slicesr-sr). A training run's model becomes a version with alias `candidate`; the pipeline moves
 `champion` to it when it beats the current champion (higher mean PSNR on the missing slices of the
 pipeline's validation volumes, `evaluation.hr`: held-out HR volumes never used for training), on the
-same evaluation (EVAL_TAG): a champion scored on other volumes or another K is scored again first. Versions are tagged with the weights' SHA-256, so registering the same model twice
-returns the existing version instead of a duplicate.
+same evaluation (EVAL_TAG): a champion scored on other volumes or another K is scored again first.
+Versions are tagged with the weights' SHA-256, so registering the same model twice returns the
+existing version instead of a duplicate.
 """
 
 from __future__ import annotations
@@ -222,12 +223,11 @@ class Tracker:
         if current == str(version):
             return True
         if current is not None:
-            tags = self.version_tags(name, current)
             if champion_score is not None:
                 self.client.set_model_version_tag(name, current, SCORE_TAG, repr(float(champion_score)))
                 self.client.set_model_version_tag(name, current, EVAL_TAG, eval_key)
                 best = float(champion_score)
-            elif tags.get(EVAL_TAG) == eval_key:
+            elif (tags := self.version_tags(name, current)).get(EVAL_TAG) == eval_key:
                 best = float(tags.get(SCORE_TAG, "-inf"))
             else:
                 log.warning("%s: the champion (version %s) was scored on another evaluation and could not be scored "

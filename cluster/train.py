@@ -81,20 +81,19 @@ def preflight(config: Config) -> dict[str, Any] | None:
     """Everything that can be checked before a worker starts; returns the DeepSpeed config (or None)."""
     from cluster.engines import resolved_deepspeed_config
     from cluster.tracking import check_tracking
-    from slicesr.stage1.data import TRIPLET_SLICES
+    from cluster.worker import trainer_for
     from slicesr.store import SliceStore
     from slicesr.training import plan_shards
 
     config.validate()
     ds_config = resolved_deepspeed_config(config.cluster) if config.cluster.strategy == "deepspeed" else None
     store = SliceStore.open(config.data.store, config.data.storage_options)
-    # the workers' own plan: every worker gets scans it can sample from
-    min_slices = TRIPLET_SLICES if config.stage == "vae" else config.sr.patch_size[0]
     if config.stage == "sr" and (ids := store.completed_ids()):
         from slicesr.stage2.train import check_store_matches
 
         check_store_matches(store, ids, config.sr.supervision, config.sr.k)  # the wrong store says so first
-    plan_shards(store, config, config.cluster.num_workers, min_slices)
+    # the workers' own plan: every worker gets scans it can sample from
+    plan_shards(store, config, config.cluster.num_workers, trainer_for(config.stage).min_slices(config))
     check_tracking(config.tracking.uri)
     check_ray_address(config.cluster.address)
     return ds_config

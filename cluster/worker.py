@@ -108,6 +108,14 @@ class RankZeroReporter:
             log.warning("MLflow logging failed (training goes on): %s", exc)
 
 
+def trainer_for(stage: str) -> type[TrainingLoop]:
+    """The library's loop that trains a stage (`stage: vae` or `stage: sr`)."""
+    from slicesr.stage1.train import Stage1Trainer
+    from slicesr.stage2.train import Stage2Trainer
+
+    return Stage1Trainer if stage == "vae" else Stage2Trainer
+
+
 def train_worker(payload: dict[str, Any]) -> None:
     """Ray Train's train_loop_per_worker. payload: the resolved config (YAML), the MLflow run id,
     the DeepSpeed config (dict) and the torch thread count."""
@@ -115,9 +123,6 @@ def train_worker(payload: dict[str, Any]) -> None:
     import ray.train.torch
 
     from cluster.engines import engine_factory
-    from slicesr.stage1.train import Stage1Trainer
-    from slicesr.stage2.train import Stage2Trainer
-
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = config_from_dict(yaml.safe_load(payload["config"]), "payload config")
     context = ray.train.get_context()
@@ -132,7 +137,7 @@ def train_worker(payload: dict[str, Any]) -> None:
         deepspeed.init_distributed(dist_backend="nccl" if config.cluster.use_gpu else "gloo")  # reuses Ray's group
     reporter = RankZeroReporter(rank, payload.get("tracking_uri"), config.tracking.experiment, payload.get("run_id"),
                                 config.tracking.image_every)
-    trainer_class = Stage1Trainer if config.stage == "vae" else Stage2Trainer
+    trainer_class = trainer_for(config.stage)
     started = time.perf_counter()
     trainer = trainer_class(config, reporter, engine_factory(config, device, payload.get("deepspeed")),
                             shard=(rank, world_size), checkpointer=RayCheckpointer())

@@ -193,19 +193,24 @@ class TrainingLoop:
         """A per-rank seed; rank 0 draws what an in-process run draws."""
         return self.config.train.seed + offset + 7919 * self.rank
 
-    def open_store_and_split(self, min_slices: int) -> list[str]:
+    def open_store_and_split(self) -> list[str]:
         """Open `data.store`, make the seeded train/validation split and this rank's shard of the training
-        scans that have `min_slices` slices or more (shorter ones give no sample); returns every scan id."""
+        scans with `min_slices(config)` slices or more (shorter ones give no sample); returns every scan id."""
         from slicesr.store import SliceStore
 
         data = self.config.data
         self.store = SliceStore.open(data.store, data.storage_options)
-        plan = plan_shards(self.store, self.config, self.world_size, min_slices)
+        plan = plan_shards(self.store, self.config, self.world_size, self.min_slices(self.config))
         self.train_ids, self.val_ids = plan.train_ids, plan.val_ids
         self.shard_ids, self.val_sample_ids = plan.shards[self.rank], plan.usable_val_ids
         return plan.all_ids
 
     # ------------------------------------------------------------------ to implement
+    @staticmethod
+    def min_slices(config: Config) -> int:
+        """Slices a scan needs to give one training sample (the driver checks shards with it too)."""
+        raise NotImplementedError
+
     def train_step(self) -> dict[str, float]:
         raise NotImplementedError
 

@@ -122,7 +122,7 @@ class Stage1Trainer(TrainingLoop):
         # The engine may wrap the networks (DDP, DeepSpeed); the loop only touches them through it.
         self.engine = engine_factory(VaeGan(size_from_config(config)), config.train.lr)
         self.model = self.engine.model
-        self.open_store_and_split(TRIPLET_SLICES)
+        self.open_store_and_split()
         self.sampler = TripletSampler(self.store, self.shard_ids, config.model.image_size)
         self.val_sampler = (TripletSampler(self.store, self.val_sample_ids, config.model.image_size)
                             if self.val_sample_ids else None)
@@ -132,6 +132,10 @@ class Stage1Trainer(TrainingLoop):
         s = config.schedule
         self.phases = tuple(LossWeights(*w) for w in (s.warmup, s.adversarial, s.full))
         self.phase_steps = effective_phase_steps(tuple(s.phase_steps), config.train.max_steps)
+
+    @staticmethod
+    def min_slices(config: Config) -> int:
+        return TRIPLET_SLICES
 
     def metadata(self) -> dict[str, Any]:
         return {"stage": "vae", "k": self.config.synthesis.k, "step": self.step,

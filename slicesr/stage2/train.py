@@ -66,7 +66,7 @@ class Stage2Trainer(TrainingLoop):
         torch.manual_seed(config.train.seed)  # initial weights
         self.engine = engine_factory(build_generator(generator_size(config)), config.train.lr)
         self.model = self.engine.model
-        ids = self.open_store_and_split(config.sr.patch_size[0])
+        ids = self.open_store_and_split()
         sr = config.sr
         check_store_matches(self.store, ids, sr.supervision, sr.k)
         aligned = sr.supervision == "synthetic"
@@ -76,6 +76,10 @@ class Stage2Trainer(TrainingLoop):
                                          sr.min_foreground) if self.val_sample_ids else None)
         self.data_rng = torch.Generator().manual_seed(self.seed_for(0))
         self.generators = {"data": self.data_rng}
+
+    @staticmethod
+    def min_slices(config: Config) -> int:
+        return config.sr.patch_size[0]
 
     def metadata(self) -> dict[str, Any]:
         sr = self.config.sr

@@ -39,6 +39,7 @@ def pipeline_yaml(tmp_path):
     ({"set": ["tracking.registered_model=mine"]}, "stage1 and stage2 both register as mine"),
     ({"evaluation__hr": ["/nonexistent/hr.nii.gz"]}, "evaluation.hr: no such file /nonexistent/hr.nii.gz"),
     ({"stage2__config": "configs/debug/stage1.yaml"}, "the pipeline's stage2 needs stage: sr"),
+    ({"stage2__set": ["sr.supervision=real"]}, "the pipeline trains stage II on its synthetic HR volumes"),
 ])
 def test_bad_pipeline_configs_stop_before_any_step(pipeline_yaml, tmp_path, capsys, changes, message):
     assert main(["--config", pipeline_yaml(**changes)]) == 2
