@@ -12,6 +12,9 @@ import numpy as np
 # A value held by at least this fraction of voxels is a constant background (skull-stripped,
 # masked or z-scored scans); below it the background is noise and a mean threshold finds tissue.
 _CONSTANT_BACKGROUND_FRACTION = 0.05
+# Robust normalisation puts the background near 0 and the foreground's 99.5th percentile at 1: a
+# normalised value above this level is taken for tissue (training samplers skip background-only patches).
+FOREGROUND_LEVEL = 0.05
 # Percentiles are taken on at most this many voxels (an even stride), which keeps the cost flat.
 _MAX_SAMPLES = 250_000
 
@@ -88,3 +91,8 @@ def denormalize(data: np.ndarray, params: IntensityParams) -> np.ndarray:
     out = np.asarray(data, dtype=np.float32) * np.float32(params.scale)
     out += np.float32(params.offset)
     return out
+
+
+def foreground_fraction(normalised: np.ndarray) -> float:
+    """Fraction of voxels of a normalised array above FOREGROUND_LEVEL (the object, not the background)."""
+    return float(np.mean(np.asarray(normalised) > FOREGROUND_LEVEL))

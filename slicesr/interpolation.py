@@ -13,31 +13,36 @@ def hr_num_slices(num_slices: int, k: int) -> int:
     return k * (num_slices - 1) + 1
 
 
-def _linear_weights(k: int) -> np.ndarray:
-    return np.arange(k, dtype=np.float64) / k
+def interpolation_weights(k: int, dtype: torch.dtype = torch.float32, device=None) -> torch.Tensor:
+    """xi = 0, 1/K, ..., (K-1)/K: the positions of the K HR slices from one acquired slice to the next."""
+    return torch.arange(k, dtype=dtype, device=device) / k
+
+
+def lerp(a, b, xi):
+    """(1 - xi) a + xi b: the one linear interpolation formula (slices, latent codes, arrays or tensors)."""
+    return (1 - xi) * a + xi * b
+
+
+def upsample_linear(x: torch.Tensor, k: int, dim: int = -3) -> torch.Tensor:
+    """Linear interpolation along `dim` onto the HR grid (K*(n-1)+1 entries, entry i*K = input entry i).
+
+    On (..., slices, rows, cols) tensors (the default `dim`) it is the generators' input; on stage I's
+    (slices, tiles, Z) codes with dim=0 it is the latent interpolation of HR synthesis."""
+    moved = x.movedim(dim, 0)
+    n = moved.shape[0]
+    if n < 2:
+        raise ValueError(f"need at least 2 slices to interpolate, got {n}")
+    xi = interpolation_weights(k, x.dtype, x.device).view(1, k, *([1] * (moved.dim() - 1)))
+    between = lerp(moved[:-1].unsqueeze(1), moved[1:].unsqueeze(1), xi)  # (n-1, K, ...)
+    out = torch.cat([between.reshape((n - 1) * k, *moved.shape[1:]), moved[-1:]])
+    return out.movedim(0, dim)
 
 
 def linear_slices(slices: np.ndarray, k: int) -> np.ndarray:
-    """Linear interpolation between neighbouring slices: xi = 0, 1/K, ..., (K-1)/K, and the last."""
-    slices = np.asarray(slices, dtype=np.float32)
-    if slices.shape[0] < 2:
-        raise ValueError(f"need at least 2 slices to interpolate, got {slices.shape[0]}")
-    xi = _linear_weights(k).astype(np.float32)[None, :, None, None]
-    between = (1 - xi) * slices[:-1, None] + xi * slices[1:, None]
-    return np.concatenate([between.reshape(-1, *slices.shape[1:]), slices[-1:]]).astype(np.float32)
-
-
-def upsample_linear(x: torch.Tensor, k: int) -> torch.Tensor:
-    """Torch version on (..., slices, rows, cols) tensors: the generators' input on the HR grid."""
-    n = x.shape[-3]
-    if n < 2:
-        raise ValueError(f"need at least 2 slices to interpolate, got {n}")
-    xi = torch.arange(k, dtype=x.dtype, device=x.device) / k
-    xi = xi.view(k, 1, 1)
-    a, b = x[..., :-1, :, :].unsqueeze(-3), x[..., 1:, :, :].unsqueeze(-3)  # (..., n-1, 1, rows, cols)
-    between = (1 - xi) * a + xi * b  # (..., n-1, K, rows, cols)
-    between = between.reshape(*x.shape[:-3], (n - 1) * k, *x.shape[-2:])
-    return torch.cat([between, x[..., -1:, :, :]], dim=-3)
+    """Linear interpolation between neighbouring slices (n, rows, cols) -> (K*(n-1)+1, rows, cols), float32."""
+    slices = np.ascontiguousarray(slices, dtype=np.float32)
+    tensor = torch.from_numpy(slices if slices.flags.writeable else slices.copy())
+    return upsample_linear(tensor, k, dim=0).numpy()
 
 
 def cubic_slices(slices: np.ndarray, k: int) -> np.ndarray:

@@ -91,3 +91,16 @@ def read_model_dir(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], Co
         raise ValueError(f"{folder}: model format_version {metadata.get('format_version')} is newer than this slicesr")
     config = config_from_dict(yaml.safe_load((folder / CONFIG).read_text()), str(folder / CONFIG))
     return load_file(str(folder / WEIGHTS)), config, metadata
+
+
+def load_model_dir(path: str | os.PathLike, stage: str, build) -> tuple[torch.nn.Module, Config, dict[str, Any]]:
+    """Rebuild a trained module from a model directory of `stage` ("vae", "sr"): `build(config)` makes
+    the empty module from this package's classes, the saved weights are loaded into it (eval mode)."""
+    weights, config, metadata = read_model_dir(path)
+    if metadata.get("stage") != stage:
+        names = {"vae": "stage I (vae)", "sr": "stage II (sr)"}
+        raise ValueError(f"{path} holds a stage {metadata.get('stage')!r} model, not a {names.get(stage, stage)} model")
+    model = build(config)
+    model.load_state_dict(weights)
+    model.eval()
+    return model, config, metadata

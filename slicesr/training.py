@@ -44,7 +44,7 @@ class ShardPlan:
 def plan_shards(store: Any, config: Config, world_size: int, min_slices: int) -> ShardPlan:
     """The split and the workers' disjoint shards, from the stores' markers alone (one batched read):
     the driver checks it before any worker starts, each worker takes its own shard from it."""
-    from slicesr.stage1.data import split_scans
+    from slicesr.sampling import split_scans
 
     ids = store.completed_ids()
     if not ids:
@@ -224,6 +224,12 @@ class TrainingLoop:
     def metadata(self) -> dict[str, Any]:
         raise NotImplementedError
 
+    def may_become_best(self) -> bool:
+        """Whether the weights at this step may become `best/` when their validation score is the lowest
+        so far. Every step by default; a stage whose early steps optimise another objective (a warm-up
+        phase, a schedule) narrows it."""
+        return True
+
     def preview_images(self) -> dict[str, np.ndarray]:
         """Named 2D images (rows of slices) showing what the model does now; none by default."""
         return {}
@@ -331,7 +337,7 @@ class TrainingLoop:
             if self.step % cfg.val_every == 0 or self.step == cfg.max_steps:
                 val = self.validate()
                 self.reporter.report(self.step, {self.val_metric: val})
-                if val < self.best_val:
+                if val < self.best_val and self.may_become_best():
                     self.best_val = val
                     self.save_best()
             if self.step % cfg.checkpoint_every == 0 or self.step == cfg.max_steps:

@@ -1,6 +1,8 @@
 """Overlapping windows and seam-free blending, in any number of dimensions (pure functions).
 
-Stage I tiles 2D slices with them; stage II runs 3D generators over whole volumes with them.
+Stage I tiles 2D slices with fixed-size windows (`covering_corners`, zero padding where an image is
+smaller than a tile); stage II runs 3D generators over whole volumes with windows shrunk to fit evenly
+(`fitted_windows`). Both blend overlapping results with the same ramp weights (`Blender`).
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from collections.abc import Callable
 
 import numpy as np
 from tqdm import tqdm
+
+Corner = tuple[int, ...]
 
 
 def window_starts(length: int, window: int, overlap: float) -> list[int]:
@@ -37,6 +41,33 @@ def fit_windows(length: int, window: int, overlap: float) -> tuple[int, list[int
     return size, starts
 
 
+def covering_corners(shape: tuple[int, ...], window: tuple[int, ...], overlap: float) -> list[Corner]:
+    """Corners of fixed-size windows covering an array of `shape` (padded to at least `window`)."""
+    return list(itertools.product(*(window_starts(n, w, overlap) for n, w in zip(shape, window))))
+
+
+def fitted_windows(shape: tuple[int, ...], window: tuple[int, ...], overlap: float) -> tuple[tuple[int, ...], list[Corner]]:
+    """The window size shrunk to fit `shape` evenly (`fit_windows` per axis) and the windows' corners."""
+    fitted = [fit_windows(n, w, overlap) for n, w in zip(shape, window)]
+    return tuple(size for size, _ in fitted), list(itertools.product(*(starts for _, starts in fitted)))
+
+
+def pad_to(array: np.ndarray, window: tuple[int, ...]) -> np.ndarray:
+    """float32 copy of `array`, zero-padded at the far end of each axis shorter than the window."""
+    padded = np.zeros(tuple(max(n, w) for n, w in zip(array.shape, window)), dtype=np.float32)
+    padded[tuple(slice(0, n) for n in array.shape)] = array
+    return padded
+
+
+def _index(corner: Corner, window: tuple[int, ...]) -> tuple[slice, ...]:
+    return tuple(slice(c, c + w) for c, w in zip(corner, window))
+
+
+def extract_windows(array: np.ndarray, window: tuple[int, ...], corners: list[Corner]) -> np.ndarray:
+    """(len(corners), *window): the windows of `array` at `corners`."""
+    return np.stack([array[_index(corner, window)] for corner in corners])
+
+
 def ramp(window: int, overlap: float) -> np.ndarray:
     """Positive 1D weights that fall towards both ends (all > 0, so any cover normalises)."""
     ramp_len = max(1, int(round(window * overlap / 2)))
@@ -51,25 +82,37 @@ def blend_weights(shape: tuple[int, ...], overlap: float) -> np.ndarray:
     return weights.astype(np.float32)
 
 
+class Blender:
+    """Weighted average of overlapping window results: `add` each, then `result`. Memory: two float32
+    arrays of the output's size."""
+
+    def __init__(self, shape: tuple[int, ...], window: tuple[int, ...], overlap: float):
+        self.window = tuple(window)
+        self.weights = blend_weights(self.window, overlap)
+        self.total = np.zeros(shape, dtype=np.float32)
+        self.weight_sum = np.zeros(shape, dtype=np.float32)
+
+    def add(self, corner: Corner, values: np.ndarray) -> None:
+        index = _index(corner, self.window)
+        self.total[index] += values * self.weights
+        self.weight_sum[index] += self.weights
+
+    def result(self) -> np.ndarray:
+        return self.total / self.weight_sum
+
+
 def sliding_window_apply(fn: Callable[[np.ndarray], np.ndarray], volume: np.ndarray, window: tuple[int, ...],
                          overlap: float, progress: bool = False, desc: str = "windows") -> np.ndarray:
     """Apply a shape-preserving `fn` to overlapping windows of `volume` and blend the results.
 
-    Windows shrink to fit the volume evenly (`fit_windows`). Memory: the volume, two float32
+    Windows shrink to fit the volume evenly (`fitted_windows`). Memory: the volume, two float32
     accumulators of its size and one window's worth of work in `fn`.
     """
-    fitted = [fit_windows(n, w, overlap) for n, w in zip(volume.shape, window)]
-    window = tuple(size for size, _ in fitted)
-    starts = [axis_starts for _, axis_starts in fitted]
-    weights = blend_weights(window, overlap)
-    total = np.zeros(volume.shape, dtype=np.float32)
-    weight_sum = np.zeros(volume.shape, dtype=np.float32)
-    corners = list(itertools.product(*starts))
+    window, corners = fitted_windows(volume.shape, window, overlap)
+    blender = Blender(volume.shape, window, overlap)
     for corner in tqdm(corners, desc=desc, unit="window", disable=not progress, file=sys.stderr, leave=False):
-        index = tuple(slice(c, c + w) for c, w in zip(corner, window))
-        result = np.asarray(fn(volume[index]), dtype=np.float32)
+        result = np.asarray(fn(volume[_index(corner, window)]), dtype=np.float32)
         if result.shape != window:
             raise ValueError(f"window function changed the shape {window} to {result.shape}")
-        total[index] += result * weights
-        weight_sum[index] += weights
-    return total / weight_sum
+        blender.add(corner, result)
+    return blender.result()

@@ -11,9 +11,10 @@ import torch
 from tqdm import tqdm
 
 from slicesr.geometry import scale_axis, voxel_spacing
+from slicesr.interpolation import lerp, upsample_linear
 from slicesr.models.vae_gan import VaeGan
-from slicesr.stage1.tiles import extract_tiles, merge_tiles
 from slicesr.store import SliceStore
+from slicesr.windows import Blender, covering_corners, extract_windows, pad_to
 
 log = logging.getLogger(__name__)
 
@@ -22,15 +23,20 @@ def _batched(model_fn, inputs: torch.Tensor, batch_size: int) -> torch.Tensor:
     return torch.cat([model_fn(inputs[i : i + batch_size]) for i in range(0, inputs.shape[0], batch_size)])
 
 
+def _tile(model: VaeGan) -> tuple[int, int]:
+    return (model.size.image_size, model.size.image_size)
+
+
 @torch.no_grad()
 def encode_slices(model: VaeGan, slices: np.ndarray, overlap: float, batch_size: int):
-    """mu of every tile of every slice: (num_slices, num_tiles, Z), and the tile offsets."""
-    size = model.size.image_size
-    tiles, offsets = zip(*(extract_tiles(s, size, overlap) for s in slices))
-    stacked = torch.from_numpy(np.stack(tiles)).float()  # (n, T, S, S)
+    """mu of every tile of every slice: (num_slices, num_tiles, Z), and the tiles' (top, left) corners
+    (fixed-size tiles covering each slice, zero-padded where a slice is smaller than a tile)."""
+    tile = _tile(model)
+    corners = covering_corners(slices.shape[1:], tile, overlap)
+    stacked = torch.from_numpy(np.stack([extract_windows(pad_to(s, tile), tile, corners) for s in slices])).float()
     n, t = stacked.shape[:2]
-    mu = _batched(lambda x: model.encoder(x)[0], stacked.reshape(n * t, 1, size, size), batch_size)
-    return mu.reshape(n, t, -1), offsets[0]
+    mu = _batched(lambda x: model.encoder(x)[0], stacked.reshape(n * t, 1, *tile), batch_size)
+    return mu.reshape(n, t, -1), corners
 
 
 @torch.no_grad()
@@ -39,14 +45,18 @@ def synthesize_slices(model: VaeGan, slices: np.ndarray, k: int, batch_size: int
     """(K*(n-1)+1, rows, cols): z_{n+xi} = (1-xi) mu_n + xi mu_{n+1}, xi = 0, 1/K, ..., (K-1)/K, and the last."""
     model.eval()
     n, rows, cols = slices.shape
-    mu, offsets = encode_slices(model, slices, overlap, batch_size)
-    xi = torch.arange(k, dtype=mu.dtype) / k
-    between = (1 - xi)[None, :, None, None] * mu[:-1, None] + xi[None, :, None, None] * mu[1:, None]
-    codes = torch.cat([between.reshape(-1, *mu.shape[1:]), mu[-1:]])  # (K*(n-1)+1, T, Z)
-    size = model.size.image_size
+    mu, corners = encode_slices(model, slices, overlap, batch_size)
+    codes = upsample_linear(mu, k, dim=0)  # (K*(n-1)+1, T, Z)
+    tile = _tile(model)
     decoded = _batched(model.decoder, codes.reshape(-1, mu.shape[-1]), batch_size)
-    decoded = decoded.reshape(codes.shape[0], codes.shape[1], size, size).numpy()
-    out = np.stack([merge_tiles(tiles, offsets, (rows, cols), overlap) for tiles in decoded]).astype(np.float32)
+    decoded = decoded.reshape(codes.shape[0], codes.shape[1], *tile).numpy()
+    padded_shape = (max(rows, tile[0]), max(cols, tile[1]))
+    out = np.empty((codes.shape[0], rows, cols), dtype=np.float32)
+    for index, tiles in enumerate(decoded):
+        blender = Blender(padded_shape, tile, overlap)
+        for corner, values in zip(corners, tiles):
+            blender.add(corner, values)
+        out[index] = blender.result()[:rows, :cols]
     if keep_acquired:
         out[::k] = slices
     return out
@@ -121,7 +131,7 @@ def latent_distances(model: VaeGan, slices: np.ndarray, k: int = 4, batch_size: 
         d3.append(float(torch.linalg.vector_norm(a - b)))
         for j in range(1, k):
             xi = j / k
-            distance = float(torch.linalg.vector_norm((1 - xi) * a + xi * b - mu[start + j]))
+            distance = float(torch.linalg.vector_norm(lerp(a, b, xi) - mu[start + j]))
             (d2 if 2 * j == k else d1).append(distance)
     mean = lambda values: float(np.mean(values)) if values else float("nan")  # noqa: E731
     return {"d1": mean(d1), "d2": mean(d2), "d3": mean(d3)}

@@ -12,14 +12,15 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
 from slicesr.config import Config
-from slicesr.modeldir import read_model_dir
+from slicesr.interpolation import lerp
+from slicesr.modeldir import load_model_dir
 from slicesr.models.vae_gan import VaeGan, VaeGanSize
 from slicesr.stage1.data import TRIPLET_SLICES, TripletSampler
 from slicesr.stage1.losses import (
@@ -51,12 +52,28 @@ class Engine(BaseEngine):
         super().__init__(model, {name: getattr(model, name) for name in NETWORKS}, lr, betas)
 
 
-def compute_losses(engine: Engine, batch: torch.Tensor, noise: torch.Generator, with_critic: bool) -> dict[str, torch.Tensor]:
-    """All loss terms for a triplet batch (B, 3, S, S); the critic terms only when beta > 0.
+@dataclass
+class Stage1Losses:
+    """What one forward pass of the three networks gives: the loss terms, the images they compare, and
+    `logs()` for reporting. `center_encoder` is L_center through a frozen D (its graph reaches E only);
+    `center` and `adv` are computed on D(z.detach()) with a frozen H (they reach D only); both centres
+    have one value. `adv` is None when the critic is not used (beta = 0)."""
 
-    `center_encoder` is L_center through a frozen D (its graph reaches E only); `center` and `adv`
-    are computed on D(z.detach()) with a frozen H (they reach D only). Both centers have one value.
-    """
+    center: torch.Tensor
+    center_encoder: torch.Tensor
+    prior: torch.Tensor
+    comp: torch.Tensor
+    x: torch.Tensor  # the centre slices x_n, (B, 1, S, S)
+    x_hat: torch.Tensor  # their reconstructions D(z)
+    adv: torch.Tensor | None = None
+
+    def logs(self) -> dict[str, float]:
+        terms = {"center": self.center, "prior": self.prior, "comp": self.comp, "adv": self.adv}
+        return {name: float(value.detach()) for name, value in terms.items() if value is not None}
+
+
+def compute_losses(engine: Engine, batch: torch.Tensor, noise: torch.Generator, with_critic: bool) -> Stage1Losses:
+    """All loss terms for a triplet batch (B, 3, S, S); the critic term only when `with_critic`."""
     b = batch.shape[0]
     slices = torch.cat([batch[:, 0], batch[:, 1], batch[:, 2]]).unsqueeze(1)
     mu, logvar = engine.forward("encoder", slices)
@@ -64,35 +81,33 @@ def compute_losses(engine: Engine, batch: torch.Tensor, noise: torch.Generator, 
     x = batch[:, 1:2]
     z = VaeGan.sample(*center, generator=noise)
     x_hat = engine.forward("decoder", z.detach())
-    losses = {
-        "center": center_loss(x, x_hat).mean(),
-        "center_encoder": center_loss(x, engine.frozen("decoder", z)).mean(),
-        "prior": kl_to_standard_normal(*center).mean(),
-        "comp": compactness_loss(center, prev, nxt).mean(),
-        "x": x, "x_hat": x_hat,
-    }
-    if with_critic:
-        losses["adv"] = adversarial_loss(engine.frozen("critic", x), engine.frozen("critic", x_hat))
-    return losses
+    return Stage1Losses(
+        center=center_loss(x, x_hat).mean(),
+        center_encoder=center_loss(x, engine.frozen("decoder", z)).mean(),
+        prior=kl_to_standard_normal(*center).mean(),
+        comp=compactness_loss(center, prev, nxt).mean(),
+        x=x, x_hat=x_hat,
+        adv=adversarial_loss(engine.frozen("critic", x), engine.frozen("critic", x_hat)) if with_critic else None,
+    )
 
 
-def backward_losses(engine: Engine, losses: dict[str, torch.Tensor], w: LossWeights) -> None:
+def backward_losses(engine: Engine, losses: Stage1Losses, w: LossWeights) -> None:
     """Eq. 10 into E, eq. 11 into D (and H below); zeroes the three networks' gradients first."""
     for name in NETWORKS:
         engine.zero_grad(name)
-    encoder_loss = w.alpha * losses["center_encoder"] + w.gamma * losses["prior"] + w.eta * losses["comp"]
-    decoder_loss = w.alpha * losses["center"]
-    if "adv" in losses:
-        decoder_loss = decoder_loss + w.beta * losses["adv"]
+    encoder_loss = w.alpha * losses.center_encoder + w.gamma * losses.prior + w.eta * losses.comp
+    decoder_loss = w.alpha * losses.center
+    if losses.adv is not None:
+        decoder_loss = decoder_loss + w.beta * losses.adv
     engine.backward("encoder", encoder_loss)
     engine.backward("decoder", decoder_loss)
 
 
-def critic_backward(engine: Engine, losses: dict[str, torch.Tensor], w: LossWeights) -> torch.Tensor:
+def critic_backward(engine: Engine, losses: Stage1Losses, w: LossWeights) -> torch.Tensor:
     """H maximises beta * L_adv with x_hat detached (no gradient reaches D or E); one forward of H."""
-    x = losses["x"]
+    x = losses.x
     engine.zero_grad("critic")
-    scores = engine.forward("critic", torch.cat([x, losses["x_hat"].detach()]))
+    scores = engine.forward("critic", torch.cat([x, losses.x_hat.detach()]))
     critic_loss = -w.beta * adversarial_loss(scores[: x.shape[0]], scores[x.shape[0]:])
     engine.backward("critic", critic_loss)
     return critic_loss
@@ -175,7 +190,7 @@ class Stage1Trainer(TrainingLoop):
             recon = self.model.decoder(self.model.encoder(x)[0])
             mu_prev, _ = self.model.encoder(batch[:1, 0:1])
             mu_next, _ = self.model.encoder(batch[:1, 2:3])
-            steps = [self.model.decoder((1 - xi) * mu_prev + xi * mu_next) for xi in (0.0, 0.25, 0.5, 0.75, 1.0)]
+            steps = [self.model.decoder(lerp(mu_prev, mu_next, xi)) for xi in (0.0, 0.25, 0.5, 0.75, 1.0)]
         self.model.train()
         row = lambda tensors: np.concatenate([t.detach().float().cpu().numpy()[0, 0] for t in tensors], axis=1)  # noqa: E731
         return {"reconstruction": np.concatenate([row(x.split(1)), row(recon.split(1))], axis=0),
@@ -196,9 +211,8 @@ def training_step(engine: Engine, batch: torch.Tensor, noise: torch.Generator, w
     backward_losses(engine, losses, w)
     engine.step("encoder")
     engine.step("decoder")
-    metrics = {key: float(losses[key].detach()) for key in ("center", "prior", "comp")}
-    if w.beta > 0:
-        metrics["adv"] = float(losses["adv"].detach())
+    metrics = losses.logs()
+    if losses.adv is not None:
         metrics["critic"] = float(critic_backward(engine, losses, w).detach())
         engine.step("critic")
     return metrics
@@ -206,13 +220,7 @@ def training_step(engine: Engine, batch: torch.Tensor, noise: torch.Generator, w
 
 def load_vae(path: str | os.PathLike) -> tuple[VaeGan, Config, dict[str, Any]]:
     """Rebuild a trained VAE-GAN from a model directory (safetensors; no unpickling)."""
-    weights, config, metadata = read_model_dir(path)
-    if metadata.get("stage") != "vae":
-        raise ValueError(f"{path} holds a stage {metadata.get('stage')!r} model, not a stage I (vae) model")
-    model = VaeGan(size_from_config(config))
-    model.load_state_dict(weights)
-    model.eval()
-    return model, config, metadata
+    return load_model_dir(path, "vae", lambda config: VaeGan(size_from_config(config)))
 
 
 __all__ = ["Engine", "LogReporter", "Reporter", "Stage1Trainer", "load_vae"]

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from slicesr.config import Config
-from slicesr.modeldir import read_model_dir
+from slicesr.modeldir import load_model_dir
 from slicesr.models.generators import GeneratorSize, build_generator, display_name
 from slicesr.stage2.data import PatchSampler
 from slicesr.store import SliceStore
@@ -136,10 +136,4 @@ class Stage2Trainer(TrainingLoop):
 
 def load_generator(path: str | os.PathLike) -> tuple[nn.Module, Config, dict[str, Any]]:
     """Rebuild a trained stage II generator from a model directory (safetensors; no unpickling)."""
-    weights, config, metadata = read_model_dir(path)
-    if metadata.get("stage") != "sr":
-        raise ValueError(f"{path} holds a stage {metadata.get('stage')!r} model, not a stage II (sr) model")
-    model = build_generator(generator_size(config))
-    model.load_state_dict(weights)
-    model.eval()
-    return model, config, metadata
+    return load_model_dir(path, "sr", lambda config: build_generator(generator_size(config)))

@@ -19,7 +19,7 @@ def test_patches_are_degraded_hr_on_the_hr_grid(sr_config):
 def test_synthetic_patches_start_on_acquired_slices(sr_config):
     trainer = Stage2Trainer(sr_config())
     starts = []
-    original = trainer.sampler._array
+    original = trainer.sampler.array
 
     class Spy:
         def __init__(self, array):
@@ -29,7 +29,7 @@ def test_synthetic_patches_start_on_acquired_slices(sr_config):
             starts.append(index[0].start)
             return self.array[index]
 
-    trainer.sampler._array = lambda scan_id: Spy(original(scan_id))
+    trainer.sampler.array = lambda scan_id: Spy(original(scan_id))
     trainer.sampler.sample(16, torch.Generator().manual_seed(1))
     assert starts and all(s % 4 == 0 for s in starts) and len(set(starts)) > 1
 
