@@ -39,27 +39,23 @@ def _config(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _train_vae(args: argparse.Namespace) -> int:
-    from slicesr.stage1.train import Stage1Trainer
-
+def _train(args: argparse.Namespace, stage: str) -> int:
+    """train-vae / train-sr: the stage's trainer in this process, resumed from its checkpoint."""
     config = load_config(args.config, args.set)
-    if config.stage != "vae":
-        raise UsageError(f"{args.config}: train-vae needs stage: vae, got {config.stage}")
-    result = Stage1Trainer(config).fit(resume=not args.no_resume)
-    print(f"trained to step {result['step']}; best model: {result['run_dir']}/best "
-          f"(val L_center {result['best_val_center']:.4f})")
-    return EXIT_OK
+    if config.stage != stage:
+        raise UsageError(f"{args.config}: {args.command} needs stage: {stage}, got {config.stage}")
+    if stage == "vae":
+        from slicesr.stage1.train import Stage1Trainer
 
+        result = Stage1Trainer(config).fit(resume=not args.no_resume)
+        print(f"trained to step {result['step']}; best model: {result['run_dir']}/best "
+              f"(val L_center {result['best_val_center']:.4f})")
+    else:
+        from slicesr.stage2.train import Stage2Trainer, method_label
 
-def _train_sr(args: argparse.Namespace) -> int:
-    from slicesr.stage2.train import Stage2Trainer, method_label
-
-    config = load_config(args.config, args.set)
-    if config.stage != "sr":
-        raise UsageError(f"{args.config}: train-sr needs stage: sr, got {config.stage}")
-    result = Stage2Trainer(config).fit(resume=not args.no_resume)
-    print(f"{method_label(config.model.name, config.sr.supervision)}: trained to step {result['step']}; "
-          f"best model: {result['run_dir']}/best (val L1 {result['best_val_l1']:.4f})")
+        result = Stage2Trainer(config).fit(resume=not args.no_resume)
+        print(f"{method_label(config.model.name, config.sr.supervision)}: trained to step {result['step']}; "
+              f"best model: {result['run_dir']}/best (val L1 {result['best_val_l1']:.4f})")
     return EXIT_OK
 
 
@@ -158,12 +154,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--config", required=True)
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     train.add_argument("--no-resume", action="store_true", help="start again even if a checkpoint exists")
-    train.set_defaults(handler=_train_vae)
+    train.set_defaults(handler=lambda args: _train(args, "vae"))
     train_sr = sub.add_parser("train-sr", help="train a stage II generator (DeepResolve, DCSRN) in this process")
     train_sr.add_argument("--config", required=True)
     train_sr.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     train_sr.add_argument("--no-resume", action="store_true", help="start again even if a checkpoint exists")
-    train_sr.set_defaults(handler=_train_sr)
+    train_sr.set_defaults(handler=lambda args: _train(args, "sr"))
     synth = sub.add_parser("synthesize", help="synthetic HR slice store from an LR store (stage I)")
     synth.add_argument("--model", required=True, help="stage I model directory (e.g. runs/stage1/best) or a "
                        "registered model (models:/slicesr-vae@champion; MLflow at MLFLOW_TRACKING_URI, default "

@@ -14,7 +14,7 @@ import csv
 import logging
 import math
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +23,7 @@ from tqdm import tqdm
 from slicesr.degradation import keep_every_kth, num_kept_slices
 from slicesr.geometry import resolve_slice_axis, to_slice_first, voxel_spacing
 from slicesr.inference import Method, check_k, expand_inputs, infer_volume, load_method
-from slicesr.nifti import Volume, load_volume, strip_nifti_suffix
+from slicesr.nifti import load_volume, strip_nifti_suffix
 
 log = logging.getLogger(__name__)
 METRICS = ("psnr_missing", "ssim_missing", "psnr_all", "ssim_all")
@@ -98,6 +98,18 @@ class EvaluationResult:
         return "\n".join(lines)
 
 
+def _save(fig, path: Path) -> None:
+    """Image panels without ticks, laid out tightly, written and closed."""
+    import matplotlib.pyplot as plt
+
+    for ax in fig.axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
 def _figures(name: str, hr: np.ndarray, outputs: dict[str, np.ndarray], k: int, spacing: np.ndarray,
              folder: Path) -> None:
     """Fig. 4 (K+1 consecutive slices of each method, with error maps of the missing ones) and
@@ -125,12 +137,7 @@ def _figures(name: str, hr: np.ndarray, outputs: dict[str, np.ndarray], k: int, 
             if r == 0:
                 axes[r, k + j].set_title(f"|error| slice {start + j}", fontsize=7)
         axes[r, 0].set_ylabel(label, fontsize=7)
-    for ax in axes.ravel():
-        ax.set_xticks([])
-        ax.set_yticks([])
-    fig.tight_layout()
-    fig.savefig(folder / f"{name}_slices.png", dpi=80)
-    plt.close(fig)
+    _save(fig, folder / f"{name}_slices.png")
 
     # through-plane: index (slice, row) at the central column and (slice, col) at the central row
     views = [("row", lambda v: v[:n, :, v.shape[2] // 2], spacing[0] / spacing[1]),
@@ -144,12 +151,7 @@ def _figures(name: str, hr: np.ndarray, outputs: dict[str, np.ndarray], k: int, 
         axes[r, 0].set_ylabel(label, fontsize=7)
     for c, title in enumerate(("through-plane A", "|error| A", "through-plane B", "|error| B")):
         axes[0, c].set_title(title, fontsize=8)
-    for ax in axes.ravel():
-        ax.set_xticks([])
-        ax.set_yticks([])
-    fig.tight_layout()
-    fig.savefig(folder / f"{name}_through_plane.png", dpi=80)
-    plt.close(fig)
+    _save(fig, folder / f"{name}_through_plane.png")
 
 
 def evaluate(hr_inputs: list[str], k: int, methods: str | list[str], output: str, slice_axis: int | str = "auto",
@@ -177,7 +179,7 @@ def evaluate(hr_inputs: list[str], k: int, methods: str | list[str], output: str
             if hr.shape[0] < k + 1:
                 raise ValueError(f"{hr.shape[0]} slices along axis {axis}: need at least K+1 = {k + 1}")
             lr_data, lr_affine = keep_every_kth(volume.data, volume.affine, k, axis)
-            lr = Volume(np.ascontiguousarray(lr_data), lr_affine, path, volume.source_dtype, volume.header)
+            lr = replace(volume, data=np.ascontiguousarray(lr_data), affine=lr_affine)
             outputs = {}
             for label, method in loaded.items():
                 image = infer_volume(lr, method, k, axis, keep_acquired=True)
