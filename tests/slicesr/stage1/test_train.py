@@ -146,3 +146,22 @@ def test_trainer_uses_the_shrunk_schedule(debug_config):
     assert trainer.phase_steps == (2, 4)
     phases = [trainer.train_step()["phase"] for _ in range(9)]
     assert phases == [0, 0, 1, 1, 1, 1, 2, 2, 2]
+
+
+def test_the_loop_asks_the_stage_which_steps_may_become_best(debug_config):
+    """TrainingLoop.may_become_best: steps it refuses never write best/, even with the lowest validation."""
+    offered = []
+
+    class LateBest(Stage1Trainer):
+        def may_become_best(self) -> bool:
+            offered.append(self.step)
+            return self.step >= 6
+
+        def validate(self) -> float:
+            return 1.0 / (1 + self.step) if self.step < 6 else 5.0  # the early steps score best
+
+    trainer = LateBest(debug_config("train.max_steps=9", "train.val_every=3"))
+    trainer.fit()
+    assert offered == [3, 6]  # asked only when the score beats the best so far (step 9 ties step 6)
+    assert trainer.best_val == 5.0
+    assert load_vae(trainer.best_dir)[2]["step"] == 6
