@@ -116,9 +116,12 @@ def _expand_local(src: str) -> list[tuple[str, str, dict]]:
     raise FileNotFoundError(src)
 
 
-def _list_file_entries(src: str, storage_options: dict[str, Any]) -> list[str]:
+def read_list_file(src: str, storage_options: dict[str, Any] | None = None) -> list[str]:
+    """The entries of a list file (a local path or a URI): one input per line, blank lines and `#` comments
+    skipped, relative entries relative to the list's folder (or prefix). Reading errors propagate as they
+    are (FileNotFoundError and other OSErrors, UnicodeDecodeError): each caller words them."""
     if is_remote(src):
-        with fsspec.open(src, "rt", **storage_options) as handle:
+        with fsspec.open(src, "rt", **(storage_options or {})) as handle:
             text = handle.read()
         base = src.rsplit("/", 1)[0]
     else:
@@ -131,7 +134,7 @@ def _list_file_entries(src: str, storage_options: dict[str, Any]) -> list[str]:
         if not line or line.startswith("#"):
             continue
         if not is_remote(line) and not os.path.isabs(line):
-            line = os.path.join(base, line) if not is_remote(base) else f"{base}/{line}"
+            line = f"{base.rstrip('/')}/{line}" if is_remote(base) else os.path.join(base, line)
         entries.append(line)
     return entries
 
@@ -146,7 +149,7 @@ def expand_sources(srcs: list[str], storage_options: dict[str, Any] | None = Non
         src = pending.pop(0)
         try:
             if src.lower().endswith(".txt"):
-                pending = _list_file_entries(src, storage_options) + pending
+                pending = read_list_file(src, storage_options) + pending
                 continue
             matches = _expand_remote(src, storage_options) if is_remote(src) else _expand_local(src)
         except FileNotFoundError:

@@ -145,14 +145,11 @@ def super_resolve(volume: Volume, method: Method, k: int, slice_axis: int | str 
 
 
 def output_image(volume: Volume, data: np.ndarray, affine: np.ndarray) -> nib.Nifti1Image | nib.Nifti2Image:
-    """A NIfTI in the input's format and data type (float stays float; integers rounded and clipped)."""
+    """A NIfTI in the input's format and data type: float stays float; integers are rounded and clipped,
+    unless the input was scaled (`volume.scaled`): then nibabel picks a slope for the new values."""
     dtype = np.dtype(volume.source_dtype)
     header = volume.header.copy() if volume.header is not None else None
-    scaled = False
-    if header is not None:
-        slope, inter = header.get_slope_inter()
-        scaled = (slope not in (None, 1.0)) or (inter not in (None, 0.0))
-    if dtype.kind in "iu" and not scaled:
+    if dtype.kind in "iu" and not volume.scaled:
         info = np.iinfo(dtype)
         data = np.clip(np.rint(data), info.min, info.max).astype(dtype)
     elif dtype.kind == "f":

@@ -31,13 +31,21 @@ def strip_nifti_suffix(name: str) -> str:
 
 @dataclass
 class Volume:
-    """A 3D scan: voxel data (float32, scl_slope/inter applied), its affine and where it came from."""
+    """A 3D scan: voxel data (float32, scl_slope/inter applied), its affine and where it came from.
+
+    `scaled`: the source stored scaled values (scl_slope/inter other than 1/0, set by volume_from_image
+    from the file and by slicesr.store_nifti for a scaled integer source). Writers then keep an integer
+    output type with a new slope chosen by nibabel for the new values, instead of rounding to whole
+    numbers (slicesr.inference.output_image). A field, not the header's scl_slope: nibabel resets a
+    header's slope/inter when an image is built from an array.
+    """
 
     data: np.ndarray
     affine: np.ndarray
     source: str
     source_dtype: str
     header: nib.Nifti1Header | nib.Nifti2Header | None = None
+    scaled: bool = False
 
 
 def _decompress(raw: bytes) -> bytes:
@@ -95,10 +103,11 @@ def volume_from_image(image: nib.Nifti1Image | nib.Nifti2Image, source: str) -> 
     if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
         raise InputError(f"unusable affine (singular or not finite): {affine.tolist()}")
     header = image.header.copy()
-    # nibabel moves scl_slope/scl_inter out of a loaded header into the data proxy; put them back so
-    # that writers see a scaled integer input as scaled (not as plain integers to round)
+    # nibabel moves scl_slope/scl_inter out of a loaded header into the data proxy: read them there (and
+    # put them back in the header, which then describes the file)
     slope, inter = getattr(image.dataobj, "slope", 1.0), getattr(image.dataobj, "inter", 0.0)
-    if (slope, inter) != (1.0, 0.0):
+    scaled = (slope, inter) != (1.0, 0.0)
+    if scaled:
         header.set_slope_inter(slope, inter)
     return Volume(
         data=data,
@@ -106,6 +115,7 @@ def volume_from_image(image: nib.Nifti1Image | nib.Nifti2Image, source: str) -> 
         source=source,
         source_dtype=str(image.get_data_dtype()),
         header=header,
+        scaled=scaled,
     )
 
 

@@ -65,10 +65,10 @@ def _check(got_path, source: str, method: str, k: int, folder: Path, atol: float
     """The output equals what `slicesr infer` writes for the same file (saved and loaded back the same
     way): bit for bit with atol=0, else within atol times the value range.
 
-    A scaled integer input (int16 + scl_slope) is the exception: slicesr.inference.output_image writes it
-    as plain rounded integers (nibabel keeps the slope out of the header it reads), cluster.infer keeps
-    the scaling (see cluster.infer._keep_scaling); there the output must hold the float result of
-    super_resolve to within half a step of its new slope.
+    A scaled integer input (int16 + scl_slope) is the exception: its output is int16 with a new slope
+    chosen by nibabel (slicesr.nifti.Volume.scaled), which for a scan rebuilt from a slice store need not
+    be the file's; there the output must hold the float result of super_resolve to within half a step of
+    its new slope.
     """
     got = nib.load(got_path)
     path = folder / Path(source).name
