@@ -30,7 +30,7 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     # stage I: vae_gan; stage II: a generator. Unset: vae_gan for stage vae, deepresolve for stage sr.
-    name: Literal["vae_gan", "deepresolve", "dcsrn"] | None = None
+    name: Literal["vae_gan", "deepresolve", "dcsrn", "throughplane2d"] | None = None
     # Stage I (VAE-GAN) size; the paper: image_size 256, num_blocks 6, latent_dim 512.
     image_size: int = 64
     channels: int = 16
@@ -40,8 +40,8 @@ class ModelConfig:
     disc_channels: int = 32
     spectral_norm: bool = True
     # Stage II generators; the references: DeepResolve 20 layers x 64 filters, DCSRN 4 units, growth 24.
-    num_layers: int = 20  # DeepResolve: 3x3x3 conv layers, ReLU between them
-    num_filters: int = 64  # DeepResolve: filters per layer
+    num_layers: int = 20  # DeepResolve (3x3x3) and throughplane2d (3x3): conv layers, ReLU between them
+    num_filters: int = 64  # DeepResolve and throughplane2d: filters per layer
     dense_units: int = 4  # DCSRN: BN-ELU-conv units in the dense block
     growth_rate: int = 24  # DCSRN: filters each unit adds (its first conv has 2 x growth_rate)
 
@@ -224,7 +224,7 @@ class Config:
             value = getattr(self, section.name)
             if dataclasses.is_dataclass(value):
                 value.validate()
-        generators = ("deepresolve", "dcsrn")
+        generators = ("deepresolve", "dcsrn", "throughplane2d")
         if self.stage == "vae":
             _require(self.model.name == "vae_gan", f"stage vae trains model.name vae_gan, got {self.model.name}")
         else:

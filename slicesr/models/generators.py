@@ -1,6 +1,6 @@
 """Stage II 3D super-resolution generators (paper section 2.3); pure modules, no I/O.
 
-Both take the LR volume already resampled to the HR grid along the slice axis (linear) as
+All take the LR volume already resampled to the HR grid along the slice axis (linear) as
 (B, 1, slices, rows, cols) and return a tensor of the same shape. Convolutions pad by replicating the
 border: a window cut from a larger volume then sees a continuation of the anatomy instead of a black
 frame, so overlapping windows blend without seams and a constant volume stays constant.
@@ -16,7 +16,7 @@ from torch import nn
 
 @dataclass(frozen=True)
 class GeneratorSize:
-    name: str = "deepresolve"  # deepresolve | dcsrn
+    name: str = "deepresolve"  # deepresolve | dcsrn | throughplane2d
     num_layers: int = 20
     num_filters: int = 64
     dense_units: int = 4
@@ -27,29 +27,61 @@ def conv3(in_channels: int, out_channels: int) -> nn.Conv3d:
     return nn.Conv3d(in_channels, out_channels, 3, padding=1, padding_mode="replicate")
 
 
+def conv2(in_channels: int, out_channels: int) -> nn.Conv2d:
+    return nn.Conv2d(in_channels, out_channels, 3, padding=1, padding_mode="replicate")
+
+
+def residual_stack(conv, num_layers: int, num_filters: int) -> nn.Sequential:
+    """`num_layers` convs (`conv(in, out)`) with ReLU between them, He-initialised, the last one zero."""
+    layers: list[nn.Module] = [conv(1, num_filters), nn.ReLU(inplace=True)]
+    for _ in range(num_layers - 2):
+        layers += [conv(num_filters, num_filters), nn.ReLU(inplace=True)]
+    layers.append(conv(num_filters, 1))
+    # He initialisation keeps the signal's scale through the ReLU stack (PyTorch's default init
+    # shrinks it about 6-fold per layer, which starves a deep plain stack of gradient).
+    for layer in layers[:-1]:
+        if isinstance(layer, nn.modules.conv._ConvNd):
+            nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
+            nn.init.zeros_(layer.bias)
+    # A zero last layer makes the untrained network exactly its interpolated input: training
+    # starts at the linear baseline instead of adding noise to it.
+    nn.init.zeros_(layers[-1].weight)
+    nn.init.zeros_(layers[-1].bias)
+    return nn.Sequential(*layers)
+
+
 class DeepResolve(nn.Module):
     """Chaudhari et al. 2018: `num_layers` 3x3x3 convs with ReLU between them and a global residual."""
 
     def __init__(self, num_layers: int = 20, num_filters: int = 64):
         super().__init__()
-        layers: list[nn.Module] = [conv3(1, num_filters), nn.ReLU(inplace=True)]
-        for _ in range(num_layers - 2):
-            layers += [conv3(num_filters, num_filters), nn.ReLU(inplace=True)]
-        layers.append(conv3(num_filters, 1))
-        # He initialisation keeps the signal's scale through the ReLU stack (PyTorch's default init
-        # shrinks it about 6-fold per layer, which starves a deep plain stack of gradient).
-        for layer in layers[:-1]:
-            if isinstance(layer, nn.Conv3d):
-                nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
-                nn.init.zeros_(layer.bias)
-        # A zero last layer makes the untrained network exactly its interpolated input: training
-        # starts at the linear baseline instead of adding noise to it.
-        nn.init.zeros_(layers[-1].weight)
-        nn.init.zeros_(layers[-1].bias)
-        self.body = nn.Sequential(*layers)
+        self.body = residual_stack(conv3, num_layers, num_filters)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.body(x)  # the network learns the residual to the interpolated input
+
+
+class ThroughPlane2D(nn.Module):
+    """A residual 2D CNN (`num_layers` 3x3 convs, ReLU) on the planes that contain the slice axis.
+
+    Every (slices, rows) plane and every (slices, cols) plane of the input goes through the same network;
+    the two orientations' residuals are averaged. Missing slices are a 1D gap along the slice axis, so a
+    2D network that sees that axis and one in-plane axis does the 3D network's work at a fraction of its
+    cost, and each 3D patch gives it rows + cols training planes.
+    """
+
+    def __init__(self, num_layers: int = 8, num_filters: int = 48):
+        super().__init__()
+        self.body = residual_stack(conv2, num_layers, num_filters)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, _, d, r, c = x.shape
+        # planes (slices, rows) at each column, and (slices, cols) at each row, as 2D batches
+        along_rows = self.body(x.permute(0, 4, 1, 2, 3).reshape(b * c, 1, d, r))
+        along_cols = self.body(x.permute(0, 3, 1, 2, 4).reshape(b * r, 1, d, c))
+        along_rows = along_rows.reshape(b, c, 1, d, r).permute(0, 2, 3, 4, 1)
+        along_cols = along_cols.reshape(b, r, 1, d, c).permute(0, 2, 3, 1, 4)
+        return x + 0.5 * (along_rows + along_cols)
 
 
 class DenseUnit(nn.Module):
@@ -86,8 +118,10 @@ def build_generator(size: GeneratorSize) -> nn.Module:
         return DeepResolve(size.num_layers, size.num_filters)
     if size.name == "dcsrn":
         return DCSRN(size.dense_units, size.growth_rate)
-    raise ValueError(f"unknown generator {size.name!r} (deepresolve or dcsrn)")
+    if size.name == "throughplane2d":
+        return ThroughPlane2D(size.num_layers, size.num_filters)
+    raise ValueError(f"unknown generator {size.name!r} (deepresolve, dcsrn or throughplane2d)")
 
 
 def display_name(name: str) -> str:
-    return {"deepresolve": "DeepResolve", "dcsrn": "DCSRN"}.get(name, name)
+    return {"deepresolve": "DeepResolve", "dcsrn": "DCSRN", "throughplane2d": "through-plane 2D"}.get(name, name)

@@ -36,3 +36,23 @@ def test_constant_in_constant_out_and_unknown_name():
         assert float(out.max() - out.min()) < 1e-5  # replicate padding: no border effect
     with pytest.raises(ValueError, match="unknown generator"):
         build_generator(GeneratorSize("unet"))
+
+
+def test_throughplane2d_runs_one_2d_network_on_both_through_plane_orientations():
+    model = build_generator(GeneratorSize("throughplane2d", num_layers=4, num_filters=6))
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert len(convs) == 4 and all(c.kernel_size == (3, 3) for c in convs)
+    x = torch.rand(2, 1, 9, 7, 5)
+    torch.testing.assert_close(model(x), x)  # zero last layer: linear interpolation until trained
+    torch.nn.init.normal_(convs[-1].weight)
+    y = model(x)
+    assert y.shape == x.shape and not torch.allclose(y, x)
+    # the planes contain the slice axis: swapping rows and cols swaps the two orientations, same output
+    torch.testing.assert_close(model(x.transpose(3, 4)), y.transpose(3, 4), rtol=1e-5, atol=1e-6)
+    # each output voxel depends only on its own (slices, row) and (slices, col) planes
+    x2 = x.clone()
+    x2[0, 0, :, 0, 0] += 1.0
+    changed = (model(x2) - y).abs()[0, 0].sum(dim=0) > 0  # (rows, cols) map of affected columns
+    assert changed[0, 0] and changed[0, 1] and changed[1, 0] and not changed[1:, 1:].any()
+    out = model.eval()(torch.full((1, 1, 5, 9, 9), 0.3)).detach()
+    assert float(out.max() - out.min()) < 1e-5  # replicate padding: no border effect

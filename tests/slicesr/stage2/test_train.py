@@ -1,5 +1,6 @@
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -117,3 +118,23 @@ def test_workers_train_on_disjoint_shards_of_the_training_scans(sr_config, synth
     # rank 0 of a sharded run draws its batches with the in-process run's generator
     assert torch.equal(shards[0].data_rng.get_state(), Stage2Trainer(sr_config()).data_rng.get_state())
     assert not torch.equal(shards[0].data_rng.get_state(), shards[1].data_rng.get_state())
+
+
+def test_throughplane2d_trains_resumes_and_super_resolves_a_scan(sr_config, tmp_path):
+    from slicesr.inference import infer_volume, load_method
+    from slicesr.nifti import Volume
+
+    overrides = ("model.name=throughplane2d", "model.num_layers=3", "model.num_filters=4")
+    straight = Stage2Trainer(sr_config(*overrides, "run.name=tp_straight"))
+    straight.fit()
+    Stage2Trainer(sr_config(*overrides, "run.name=tp_resumed", "train.max_steps=3")).fit()
+    resumed = Stage2Trainer(sr_config(*overrides, "run.name=tp_resumed"))
+    resumed.fit()
+    for key, value in straight.model.state_dict().items():
+        torch.testing.assert_close(value, resumed.model.state_dict()[key], rtol=0, atol=0, msg=key)
+    method = load_method(str(straight.best_dir))
+    assert method.label == "Proposed with through-plane 2D" and method.trained_k == 4
+    data = np.random.default_rng(0).random((20, 18, 5)).astype(np.float32)
+    image = infer_volume(Volume(data, np.diag([1.0, 1.0, 4.0, 1.0]), "x", "float32"), method, 4, 2)
+    assert image.shape == (20, 18, 17)
+    np.testing.assert_array_equal(np.asarray(image.dataobj)[..., ::4], data)  # acquired slices kept
