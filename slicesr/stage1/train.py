@@ -147,10 +147,22 @@ class Stage1Trainer(TrainingLoop):
         s = config.schedule
         self.phases = tuple(LossWeights(*w) for w in (s.warmup, s.adversarial, s.full))
         self.phase_steps = effective_phase_steps(tuple(s.phase_steps), config.train.max_steps)
+        full_from = sum(self.phase_steps)
+        if self.phase_steps != tuple(s.phase_steps):
+            log.warning("train.max_steps %d is not longer than schedule.phase_steps %s: phases shrunk to %s",
+                        config.train.max_steps, list(s.phase_steps), list(self.phase_steps))
+        log.info("stage I schedule: warm-up steps 0-%d, adversarial %d-%d, all losses %d-%d (%.0f%% of the run); "
+                 "best/ only from the all-losses phase", self.phase_steps[0], self.phase_steps[0], full_from,
+                 full_from, config.train.max_steps, 100 * (config.train.max_steps - full_from) / config.train.max_steps)
 
     @staticmethod
     def min_slices(config: Config) -> int:
         return TRIPLET_SLICES
+
+    def may_become_best(self) -> bool:
+        """Only weights trained in the last phase (all losses, L_comp included) may become `best/`: a
+        warm-up checkpoint can reconstruct better without the latent structure synthesis relies on."""
+        return self.step > sum(self.phase_steps)
 
     def metadata(self) -> dict[str, Any]:
         return {"stage": "vae", "k": self.config.synthesis.k, "step": self.step,

@@ -165,3 +165,15 @@ def test_the_loop_asks_the_stage_which_steps_may_become_best(debug_config):
     assert offered == [3, 6]  # asked only when the score beats the best so far (step 9 ties step 6)
     assert trainer.best_val == 5.0
     assert load_vae(trainer.best_dir)[2]["step"] == 6
+
+
+def test_best_comes_only_from_the_all_losses_phase(debug_config):
+    """Phases [2, 2]: steps 1-4 train without L_comp; validation at 3 may not become best/, at 6 it does."""
+    class EarlyLooksBest(Stage1Trainer):
+        def validate(self) -> float:
+            return 0.1 if self.step == 3 else 0.5
+
+    trainer = EarlyLooksBest(debug_config("train.max_steps=6", "train.val_every=3"))
+    assert trainer.phase_steps == (2, 2)
+    trainer.fit()
+    assert load_vae(trainer.best_dir)[2]["step"] == 6 and trainer.best_val == 0.5
