@@ -19,9 +19,21 @@ def kl_diagonal_gaussians(mu_p, logvar_p, mu_q, logvar_q) -> torch.Tensor:
     )
 
 
+# L_comp divides by the neighbours' variances: an encoder that drives a log-variance far below zero
+# makes the loss (and its gradient) explode. The neighbours' log-variances are floored here (sigma >=
+# about 0.018); the paper's loss is unchanged above the floor. `Stage1Losses.logvar_min` reports how
+# close training comes to it.
+COMPACTNESS_LOGVAR_FLOOR = -8.0
+
+
 def compactness_loss(center, previous, following) -> torch.Tensor:
-    """L_comp (eq. 8): KL(q_n || q_{n+1}) + KL(q_n || q_{n-1}); each argument is (mu, logvar)."""
-    return kl_diagonal_gaussians(*center, *following) + kl_diagonal_gaussians(*center, *previous)
+    """L_comp (eq. 8): KL(q_n || q_{n+1}) + KL(q_n || q_{n-1}); each argument is (mu, logvar), the
+    neighbours' log-variances floored at COMPACTNESS_LOGVAR_FLOOR."""
+    def floored(mu_logvar):
+        mu, logvar = mu_logvar
+        return mu, logvar.clamp(min=COMPACTNESS_LOGVAR_FLOOR)
+
+    return kl_diagonal_gaussians(*center, *floored(following)) + kl_diagonal_gaussians(*center, *floored(previous))
 
 
 def center_loss(x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:

@@ -24,6 +24,7 @@ from slicesr.modeldir import load_model_dir
 from slicesr.models.vae_gan import VaeGan, VaeGanSize
 from slicesr.stage1.data import TRIPLET_SLICES, TripletSampler
 from slicesr.stage1.losses import (
+    COMPACTNESS_LOGVAR_FLOOR,
     LossWeights,
     adversarial_loss,
     center_loss,
@@ -66,10 +67,13 @@ class Stage1Losses:
     x: torch.Tensor  # the centre slices x_n, (B, 1, S, S)
     x_hat: torch.Tensor  # their reconstructions D(z)
     adv: torch.Tensor | None = None
+    logvar_min: float = 0.0  # the lowest log-variance in the batch (L_comp floors it: see losses)
 
     def logs(self) -> dict[str, float]:
         terms = {"center": self.center, "prior": self.prior, "comp": self.comp, "adv": self.adv}
-        return {name: float(value.detach()) for name, value in terms.items() if value is not None}
+        logs = {name: float(value.detach()) for name, value in terms.items() if value is not None}
+        logs["logvar_min"] = self.logvar_min
+        return logs
 
 
 def compute_losses(engine: Engine, batch: torch.Tensor, noise: torch.Generator, with_critic: bool) -> Stage1Losses:
@@ -88,6 +92,7 @@ def compute_losses(engine: Engine, batch: torch.Tensor, noise: torch.Generator, 
         comp=compactness_loss(center, prev, nxt).mean(),
         x=x, x_hat=x_hat,
         adv=adversarial_loss(engine.frozen("critic", x), engine.frozen("critic", x_hat)) if with_critic else None,
+        logvar_min=float(logvar.detach().min()),
     )
 
 
@@ -224,6 +229,9 @@ def training_step(engine: Engine, batch: torch.Tensor, noise: torch.Generator, w
     engine.step("encoder")
     engine.step("decoder")
     metrics = losses.logs()
+    if losses.logvar_min < COMPACTNESS_LOGVAR_FLOOR:
+        log.warning("a log-variance of %.1f is below L_comp's floor %.0f: L_comp is bounded there (a spike "
+                    "without it)", losses.logvar_min, COMPACTNESS_LOGVAR_FLOOR)
     if losses.adv is not None:
         metrics["critic"] = float(critic_backward(engine, losses, w).detach())
         engine.step("critic")

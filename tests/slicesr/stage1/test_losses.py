@@ -36,3 +36,17 @@ def test_schedule_switches_phases_and_ablations():
     assert weights_at(10**6, (3, 5), phases)[1] == phases[2]
     assert weights_at(9, (3, 5), phases, no_adversarial=True)[1].beta == 0
     assert weights_at(9, (3, 5), phases, no_compactness=True)[1].eta == 0
+
+
+def test_compactness_floors_the_neighbours_log_variance():
+    from slicesr.stage1.losses import COMPACTNESS_LOGVAR_FLOOR
+
+    mu, lv = torch.zeros(2, 3), torch.full((2, 3), -1.0)
+    shifted = (mu + 0.1, torch.full((2, 3), -30.0))  # a collapsed neighbour: 0.01 / exp(-30) unbounded
+    bounded = compactness_loss((mu, lv), shifted, shifted)
+    assert torch.isfinite(bounded).all()
+    floored = (shifted[0], torch.full((2, 3), COMPACTNESS_LOGVAR_FLOOR))
+    torch.testing.assert_close(bounded, compactness_loss((mu, lv), floored, floored))
+    assert float(kl_diagonal_gaussians(mu, lv, *shifted).sum()) > 1e10  # what the floor prevents
+    above = (mu + 0.1, torch.full((2, 3), -2.0))  # above the floor: the paper's loss, unchanged
+    torch.testing.assert_close(compactness_loss((mu, lv), above, above), 2 * kl_diagonal_gaussians(mu, lv, *above))
