@@ -109,6 +109,10 @@ class SrConfig:
     # (normalised intensity > 0.05): scans with a large empty background otherwise teach mostly zeros.
     min_foreground: float = 0.0
     supervision: Literal["synthetic", "real"] = "synthetic"  # real = the supervised upper bound
+    # Which slices of a patch the L1 counts: all (the paper's eq. 12) or only the missing ones (slicesr
+    # recipe): at the acquired slices, 0, K, 2K, ..., the input equals the target and the loss there only
+    # teaches the identity.
+    loss_slices: Literal["all", "missing"] = "all"
 
     def validate(self) -> None:
         _require(self.k >= 2, f"sr.k must be >= 2, got {self.k}")

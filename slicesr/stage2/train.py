@@ -93,6 +93,8 @@ class Stage2Trainer(TrainingLoop):
         c = self.config
         sr = {"k": c.sr.k, "patch_size": c.sr.patch_size, "supervision": c.sr.supervision,
               "min_foreground": c.sr.min_foreground}  # not the inference settings
+        if c.sr.loss_slices != "all":  # older checkpoints (all slices) resume unchanged
+            sr["loss_slices"] = c.sr.loss_slices
         return {"data.store": c.data.store, "model": asdict(c.model), "sr": sr,
                 "train.seed": c.train.seed, "train.batch_size": c.train.batch_size, "train.lr": c.train.lr,
                 "train.val_fraction": c.train.val_fraction, "split": {"train": self.train_ids, "val": self.val_ids}}
@@ -107,7 +109,7 @@ class Stage2Trainer(TrainingLoop):
             for _ in range(self.config.train.val_batches):
                 inputs, target = self.val_sampler.sample(self.config.train.batch_size, rng)
                 output = self.model(self.model_input(inputs)).float()
-                total += float(torch.nn.functional.l1_loss(output, target.to(output.device)))
+                total += float(self.loss(output, target.to(output.device)))
         self.model.train()
         return total / self.config.train.val_batches
 
@@ -123,15 +125,22 @@ class Stage2Trainer(TrainingLoop):
         rows = [np.concatenate([t[i, 0, missing].numpy() for t in (inputs, output, target)], axis=1) for i in range(4)]
         return {"patches": np.concatenate(rows, axis=0)}
 
+    def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Eq. 12's L1 over the patch, or over its missing slices only (`sr.loss_slices: missing`)."""
+        if self.config.sr.loss_slices == "missing":
+            missing = torch.arange(output.shape[2], device=output.device) % self.config.sr.k != 0
+            output, target = output[:, :, missing], target[:, :, missing]
+        return torch.nn.functional.l1_loss(output, target)
+
     def train_step(self) -> dict[str, float]:
         inputs, target = (t.to(self.engine.device) for t in self.sampler.sample(self.config.train.batch_size, self.data_rng))
-        loss = torch.nn.functional.l1_loss(self.engine.forward("generator", inputs), target)
+        loss = self.loss(self.engine.forward("generator", inputs), target)
         self.engine.zero_grad("generator")
         self.engine.backward("generator", loss)
         self.engine.step("generator")
         self.step += 1
         # the interpolated input's own error: how far the generator has moved past linear
-        return {"l1": float(loss.detach()), "l1_linear": float(torch.nn.functional.l1_loss(inputs, target))}
+        return {"l1": float(loss.detach()), "l1_linear": float(self.loss(inputs, target))}
 
 
 def load_generator(path: str | os.PathLike) -> tuple[nn.Module, Config, dict[str, Any]]:

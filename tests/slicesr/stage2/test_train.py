@@ -138,3 +138,17 @@ def test_throughplane2d_trains_resumes_and_super_resolves_a_scan(sr_config, tmp_
     image = infer_volume(Volume(data, np.diag([1.0, 1.0, 4.0, 1.0]), "x", "float32"), method, 4, 2)
     assert image.shape == (20, 18, 17)
     np.testing.assert_array_equal(np.asarray(image.dataobj)[..., ::4], data)  # acquired slices kept
+
+
+def test_loss_on_missing_slices_only(sr_config):
+    trainer = Stage2Trainer(sr_config("sr.loss_slices=missing"))
+    inputs, target = trainer.sampler.sample(2, torch.Generator().manual_seed(0))
+    output = target.clone()
+    output[:, :, ::4] += 1.0  # wrong only at the acquired slices: the masked loss does not see it
+    assert float(trainer.loss(output, target)) == 0.0
+    output[:, :, 1] += 1.0
+    assert float(trainer.loss(output, target)) == pytest.approx(1.0 / 6)  # 1 of the 6 missing slices of 9
+    assert float(Stage2Trainer(sr_config()).loss(output, target)) == pytest.approx(4.0 / 9)  # the paper's: all 9
+    assert trainer.identity()["sr"]["loss_slices"] == "missing"
+    with pytest.raises(ValueError, match="loss_slices"):
+        sr_config("sr.loss_slices=acquired")
