@@ -72,9 +72,15 @@ class VaeUpsampling(Method):
 
 
 class GeneratorUpsampling(Method):
-    """Stage II: linear up-sampling to the HR grid, then the 3D generator in overlapping windows."""
+    """Stage II: linear up-sampling to the HR grid, then the 3D generator in overlapping windows.
+
+    Windows start on acquired slices (multiples of K along the slice axis), as training patches do, and
+    the outputs within the generator's receptive-field radius of an inner window edge are discarded, so
+    that no voxel's value depends on where a window was cut.
+    """
 
     def __init__(self, path: str, window: tuple[int, int, int] | None = None):
+        from slicesr.models.generators import receptive_radius
         from slicesr.stage2.train import load_generator
 
         self.model, self.config, self.metadata = load_generator(path)
@@ -82,6 +88,7 @@ class GeneratorUpsampling(Method):
         self.trained_k = int(self.metadata["k"])
         self.window = tuple(window or self.config.sr.window)
         self.overlap = self.config.sr.window_overlap
+        self.margin = (receptive_radius(self.model),) * 3
 
     @torch.inference_mode()
     def _run(self, window: np.ndarray) -> np.ndarray:
@@ -90,7 +97,7 @@ class GeneratorUpsampling(Method):
     def upsample(self, slices: np.ndarray, k: int, progress: bool = False) -> np.ndarray:
         grid = linear_slices(slices, k)
         return sliding_window_apply(self._run, grid, self.window, self.overlap, progress=progress,
-                                    desc="super-resolve")
+                                    desc="super-resolve", margin=self.margin, align=(k, 1, 1))
 
 
 def load_method(spec: str, window: tuple[int, int, int] | None = None, tracking_uri: str | None = None) -> Method:

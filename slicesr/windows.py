@@ -41,6 +41,24 @@ def fit_windows(length: int, window: int, overlap: float) -> tuple[int, list[int
     return size, starts
 
 
+def aligned_windows(length: int, window: int, overlap: float, margin: int, align: int) -> tuple[int, list[int]]:
+    """Window size and starts along one axis for windows whose `margin` voxels at an inner edge are discarded:
+    starts on multiples of `align`, size K*m + 1 when `align` = K (so a window starts and ends on an acquired
+    slice), and consecutive windows sharing at least 2 * margin + overlap * window voxels, so that every voxel
+    lies outside the margins of some window. A window too small for its margins is enlarged to the
+    smallest that leaves `align` voxels between them."""
+    window = max(window, 2 * margin + 2 * align)
+    if length <= window:
+        return length, [0]
+    size = ((window - 1) // align) * align + 1 if align > 1 else window
+    if (length - size) % align:
+        raise ValueError(f"an axis of {length} voxels cannot hold windows of {size} starting on multiples of {align}")
+    stride = max(align, (size - 2 * margin - int(round(window * overlap))) // align * align)
+    units = (length - size) // align
+    count = math.ceil(units * align / stride) + 1
+    return size, [(i * units // (count - 1)) * align for i in range(count)]
+
+
 def covering_corners(shape: tuple[int, ...], window: tuple[int, ...], overlap: float) -> list[Corner]:
     """Corners of fixed-size windows covering an array of `shape` (padded to at least `window`)."""
     return list(itertools.product(*(window_starts(n, w, overlap) for n, w in zip(shape, window))))
@@ -82,6 +100,20 @@ def blend_weights(shape: tuple[int, ...], overlap: float) -> np.ndarray:
     return weights.astype(np.float32)
 
 
+def margin_weights(corner: Corner, window: tuple[int, ...], shape: tuple[int, ...], overlap: float,
+                   margin: tuple[int, ...]) -> np.ndarray:
+    """Blend weights of one window that are zero within `margin` of its inner edges (those not on the
+    volume's border), where a network's output depends on the window's padding, and ramp inside them."""
+    weights = np.ones((), dtype=np.float32)
+    for start, size, length, cut in zip(corner, window, shape, margin):
+        low = cut if start > 0 else 0
+        high = cut if start + size < length else 0
+        axis = np.zeros(size, dtype=np.float32)
+        axis[low : size - high] = ramp(size - low - high, overlap)
+        weights = np.multiply.outer(weights, axis)
+    return weights.astype(np.float32)
+
+
 class Blender:
     """Weighted average of overlapping window results: `add` each, then `result`. Memory: two float32
     arrays of the output's size."""
@@ -92,27 +124,40 @@ class Blender:
         self.total = np.zeros(shape, dtype=np.float32)
         self.weight_sum = np.zeros(shape, dtype=np.float32)
 
-    def add(self, corner: Corner, values: np.ndarray) -> None:
+    def add(self, corner: Corner, values: np.ndarray, weights: np.ndarray | None = None) -> None:
+        """Add one window's values; `weights` replaces the shared ramp for this window."""
         index = _index(corner, self.window)
-        self.total[index] += values * self.weights
-        self.weight_sum[index] += self.weights
+        weights = self.weights if weights is None else weights
+        self.total[index] += values * weights
+        self.weight_sum[index] += weights
 
     def result(self) -> np.ndarray:
         return self.total / self.weight_sum
 
 
 def sliding_window_apply(fn: Callable[[np.ndarray], np.ndarray], volume: np.ndarray, window: tuple[int, ...],
-                         overlap: float, progress: bool = False, desc: str = "windows") -> np.ndarray:
+                         overlap: float, progress: bool = False, desc: str = "windows",
+                         margin: tuple[int, ...] | None = None, align: tuple[int, ...] | None = None) -> np.ndarray:
     """Apply a shape-preserving `fn` to overlapping windows of `volume` and blend the results.
 
-    Windows shrink to fit the volume evenly (`fitted_windows`). Memory: the volume, two float32
-    accumulators of its size and one window's worth of work in `fn`.
+    Without `margin`, windows shrink to fit the volume evenly (`fitted_windows`) and blend with ramps.
+    With `margin` (voxels per axis, e.g. a network's receptive-field radius) and `align` (start multiples
+    per axis, e.g. K along the slice axis), windows are planned by `aligned_windows` and the margin at each
+    inner window edge is discarded: the result away from the volume's border is what `fn` gives on the
+    whole volume. Memory: the volume, two float32 accumulators of its size and one window's worth of work.
     """
-    window, corners = fitted_windows(volume.shape, window, overlap)
+    if margin is None:
+        window, corners = fitted_windows(volume.shape, window, overlap)
+    else:
+        align = align or (1,) * volume.ndim
+        planned = [aligned_windows(n, w, overlap, m, a) for n, w, m, a in zip(volume.shape, window, margin, align)]
+        window = tuple(size for size, _ in planned)
+        corners = list(itertools.product(*(starts for _, starts in planned)))
     blender = Blender(volume.shape, window, overlap)
     for corner in tqdm(corners, desc=desc, unit="window", disable=not progress, file=sys.stderr, leave=False):
         result = np.asarray(fn(volume[_index(corner, window)]), dtype=np.float32)
         if result.shape != window:
             raise ValueError(f"window function changed the shape {window} to {result.shape}")
-        blender.add(corner, result)
+        weights = None if margin is None else margin_weights(corner, window, volume.shape, overlap, margin)
+        blender.add(corner, result, weights)
     return blender.result()

@@ -123,5 +123,11 @@ def build_generator(size: GeneratorSize) -> nn.Module:
     raise ValueError(f"unknown generator {size.name!r} (deepresolve, dcsrn or throughplane2d)")
 
 
+def receptive_radius(model: nn.Module) -> int:
+    """How far (voxels, along any axis) an output voxel sees: one voxel per 3x3(x3) convolution on the
+    longest path, which in these generators passes through every convolution once."""
+    return sum((m.kernel_size[0] - 1) // 2 for m in model.modules() if isinstance(m, nn.modules.conv._ConvNd))
+
+
 def display_name(name: str) -> str:
     return {"deepresolve": "DeepResolve", "dcsrn": "DCSRN", "throughplane2d": "through-plane 2D"}.get(name, name)
