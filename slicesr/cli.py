@@ -53,9 +53,10 @@ def _train(args: argparse.Namespace, stage: str) -> int:
     else:
         from slicesr.stage2.train import Stage2Trainer, method_label
 
-        result = Stage2Trainer(config).fit(resume=not args.no_resume)
+        trainer = Stage2Trainer(config)
+        result = trainer.fit(resume=not args.no_resume)
         print(f"{method_label(config.model.name, config.sr.supervision)}: trained to step {result['step']}; "
-              f"best model: {result['run_dir']}/best (val L1 {result['best_val_l1']:.4f})")
+              f"best model: {result['run_dir']}/best ({trainer.val_metric} {result['best_' + trainer.val_metric]:.4f})")
     return EXIT_OK
 
 

@@ -113,6 +113,12 @@ class SrConfig:
     # recipe): at the acquired slices, 0, K, 2K, ..., the input equals the target and the loss there only
     # teaches the identity.
     loss_slices: Literal["all", "missing"] = "all"
+    # What picks best/: L1 on fixed patches of the training store's validation scans (patches), or the
+    # LR hold-out (lr_holdout): every other slice of each validation scan's LR version dropped and
+    # restored by the model, scored on the dropped slices (no HR needed; slicesr.stage2.holdout), on the
+    # central `holdout_crop` (rows, cols) of each scan.
+    validation: Literal["patches", "lr_holdout"] = "patches"
+    holdout_crop: list[int] = field(default_factory=lambda: [96, 96])
 
     def validate(self) -> None:
         _require(self.k >= 2, f"sr.k must be >= 2, got {self.k}")
@@ -124,6 +130,8 @@ class SrConfig:
                  f"e.g. {2 * self.k + 1}: a patch starts and ends on an acquired slice")
         _require(0 <= self.window_overlap < 1, f"sr.window_overlap must be in [0, 1), got {self.window_overlap}")
         _require(0 <= self.min_foreground <= 1, f"sr.min_foreground must be in [0, 1], got {self.min_foreground}")
+        _require(len(self.holdout_crop) == 2 and min(self.holdout_crop) >= 1,
+                 f"sr.holdout_crop must be two sizes (rows, cols), got {self.holdout_crop}")
 
 
 @dataclass

@@ -80,7 +80,6 @@ class GeneratorUpsampling(Method):
     """
 
     def __init__(self, path: str, window: tuple[int, int, int] | None = None):
-        from slicesr.models.generators import receptive_radius
         from slicesr.stage2.train import load_generator
 
         self.model, self.config, self.metadata = load_generator(path)
@@ -88,16 +87,27 @@ class GeneratorUpsampling(Method):
         self.trained_k = int(self.metadata["k"])
         self.window = tuple(window or self.config.sr.window)
         self.overlap = self.config.sr.window_overlap
-        self.margin = (receptive_radius(self.model),) * 3
-
-    @torch.inference_mode()
-    def _run(self, window: np.ndarray) -> np.ndarray:
-        return self.model(torch.from_numpy(np.ascontiguousarray(window))[None, None])[0, 0].numpy()
 
     def upsample(self, slices: np.ndarray, k: int, progress: bool = False) -> np.ndarray:
-        grid = linear_slices(slices, k)
-        return sliding_window_apply(self._run, grid, self.window, self.overlap, progress=progress,
-                                    desc="super-resolve", margin=self.margin, align=(k, 1, 1))
+        return generator_upsample(self.model, slices, k, self.window, self.overlap, progress)
+
+
+@torch.inference_mode()
+def generator_upsample(model: torch.nn.Module, slices: np.ndarray, k: int, window: tuple[int, int, int],
+                       overlap: float, progress: bool = False) -> np.ndarray:
+    """A stage II generator on normalised slices (n, rows, cols) -> (K*(n-1)+1, rows, cols): linear
+    up-sampling, then the generator in K-aligned windows with its receptive-field margins discarded.
+    Runs on the model's device and parameter type (a model in training too)."""
+    from slicesr.models.generators import receptive_radius
+
+    parameter = next(model.parameters())
+
+    def run(part: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(np.ascontiguousarray(part))[None, None].to(parameter.device, parameter.dtype)
+        return model(x)[0, 0].float().cpu().numpy()
+
+    return sliding_window_apply(run, linear_slices(slices, k), window, overlap, progress=progress,
+                                desc="super-resolve", margin=(receptive_radius(model),) * 3, align=(k, 1, 1))
 
 
 def load_method(spec: str, window: tuple[int, int, int] | None = None, tracking_uri: str | None = None) -> Method:

@@ -76,6 +76,9 @@ class Stage2Trainer(TrainingLoop):
                                          sr.min_foreground) if self.val_sample_ids else None)
         self.data_rng = torch.Generator().manual_seed(self.seed_for(0))
         self.generators = {"data": self.data_rng}
+        self.holdout_scans: dict[str, np.ndarray] | None = None  # read at the first hold-out validation
+        if sr.validation == "lr_holdout":
+            self.val_metric = "val_holdout_l1"
 
     @staticmethod
     def min_slices(config: Config) -> int:
@@ -87,19 +90,53 @@ class Stage2Trainer(TrainingLoop):
                 "supervision": sr.supervision, "method": method_label(self.config.model.name, sr.supervision),
                 "normalisation": "slicesr.intensity.robust_intensity_params (per scan)",
                 "model_size": asdict(generator_size(self.config)), "training_store": self.store.url,
-                "train_scans": self.train_ids, "val_scans": self.val_ids, "best_val_l1": self.best_val}
+                "train_scans": self.train_ids, "val_scans": self.val_ids, f"best_{self.val_metric}": self.best_val}
 
     def identity(self) -> dict[str, Any]:
         c = self.config
         sr = {"k": c.sr.k, "patch_size": c.sr.patch_size, "supervision": c.sr.supervision,
               "min_foreground": c.sr.min_foreground}  # not the inference settings
-        if c.sr.loss_slices != "all":  # older checkpoints (all slices) resume unchanged
-            sr["loss_slices"] = c.sr.loss_slices
+        for key, default in (("loss_slices", "all"), ("validation", "patches")):
+            if getattr(c.sr, key) != default:  # older checkpoints (the defaults) resume unchanged
+                sr[key] = getattr(c.sr, key)
+        if c.sr.validation != "patches":
+            sr["holdout_crop"] = c.sr.holdout_crop
         return {"data.store": c.data.store, "model": asdict(c.model), "sr": sr,
                 "train.seed": c.train.seed, "train.batch_size": c.train.batch_size, "train.lr": c.train.lr,
                 "train.val_fraction": c.train.val_fraction, "split": {"train": self.train_ids, "val": self.val_ids}}
 
+    def lr_scan(self, scan_id: str) -> np.ndarray:
+        """The LR version of a training-store scan: the LR scan a synthetic volume was synthesised from
+        (its record names the store and scan), or a real HR volume's every K-th slice."""
+        values = self.store.record(scan_id).values
+        if "lr_store" in values:
+            lr_store = SliceStore.open(values["lr_store"], self.config.data.storage_options)
+            return np.asarray(lr_store.slices(values.get("lr_scan_id", scan_id))[...])
+        return np.asarray(self.store.slices(scan_id)[:: self.config.sr.k])
+
+    def validate_holdout(self) -> float:
+        """Mean L1 on the dropped slices of the LR hold-out (slicesr.stage2.holdout) over the validation
+        scans' central crops; their mean PSNR is reported as val_holdout_psnr."""
+        from slicesr.inference import generator_upsample
+        from slicesr.stage2.holdout import HOLDOUT_MIN_SLICES, center_crop, holdout_score
+
+        sr = self.config.sr
+        if self.holdout_scans is None:
+            scans = {scan_id: center_crop(self.lr_scan(scan_id), tuple(sr.holdout_crop)) for scan_id in self.val_ids}
+            self.holdout_scans = {s: lr for s, lr in scans.items() if lr.shape[0] >= HOLDOUT_MIN_SLICES}
+        if not self.holdout_scans:
+            return float("nan")
+        self.model.eval()
+        results = [holdout_score(lambda kept, k: generator_upsample(self.model, kept, k, tuple(sr.window),
+                                                                    sr.window_overlap), lr, sr.k)
+                   for lr in self.holdout_scans.values()]
+        self.model.train()
+        self.reporter.report(self.step, {"val_holdout_psnr": float(np.mean([r["psnr_missing"] for r in results]))})
+        return float(np.mean([r["l1_missing"] for r in results]))
+
     def validate(self) -> float:
+        if self.config.sr.validation == "lr_holdout":
+            return self.validate_holdout()
         if self.val_sampler is None:
             return float("nan")
         rng = torch.Generator().manual_seed(self.config.train.seed + 2)  # the same patches every time
