@@ -36,9 +36,8 @@ from typing import Any
 
 import yaml
 
-from slicesr.cli_common import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, UsageError, setup_logging
+from slicesr.cli_common import EXIT_OK, EXIT_SOME_FAILED, CommandFailed, UsageError, run_command
 from slicesr.config import Config, apply_override, build_dataclass, load_config
-from slicesr.errors import StoreError
 
 log = logging.getLogger("cluster.pipeline")
 STEPS = ("preprocess", "stage1", "synthesis", "stage2", "registration", "evaluation")
@@ -46,7 +45,7 @@ BASELINES = ("linear", "cubic")
 OWNED_KEYS = ("data.store", "run.storage_path")  # the pipeline places these under workdir
 
 
-class StepFailed(RuntimeError):
+class StepFailed(CommandFailed):
     """Every input of a step failed: nothing to go on with (exit 1; the step is not recorded)."""
 
 
@@ -192,9 +191,12 @@ class Pipeline:
         return {"store": str(self.workdir / "lr.zarr"), "stored": stored, "failures": failures}
 
     def train(self, config: Config) -> dict[str, Any]:
-        from cluster.train import train
+        from cluster.train import TrainingFailed, train
 
-        result = train(config, resume=True, register=False)
+        try:
+            result = train(config, resume=True, register=False)
+        except TrainingFailed as exc:
+            raise TrainingFailed(f"{exc} (run the pipeline again to resume)") from None
         return {"run_dir": result.run_dir, "best": result.best_dir, "run_id": result.run_id,
                 "step": result.metrics.get("step")}
 
@@ -321,23 +323,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    from cluster.train import TrainingFailed
-
-    setup_logging()
-    args = build_parser().parse_args(argv)
-    try:
-        pipeline = Pipeline(load_pipeline_config(args.config, args.set))
-        state = pipeline.run()
-    except (UsageError, ValueError, StoreError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except TrainingFailed as exc:
-        print(f"error: {exc} (run the pipeline again to resume)", file=sys.stderr)
-        return EXIT_SOME_FAILED
-    except StepFailed as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_SOME_FAILED
+def _run(args: argparse.Namespace) -> int:
+    pipeline = Pipeline(load_pipeline_config(args.config, args.set))
+    state = pipeline.run()
     evaluation = state["evaluation"]
     print(evaluation["table"])
     for name, version in evaluation["champions"].items():
@@ -347,6 +335,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  failed: {failure}", file=sys.stderr)
     print(f"-> {pipeline.workdir} (pipeline_state.json, eval/, runs/)")
     return EXIT_SOME_FAILED if failures else EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_command(build_parser(), argv, _run, usage_errors=(FileNotFoundError,), other_errors=False)
 
 
 if __name__ == "__main__":

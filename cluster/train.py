@@ -1,8 +1,9 @@
 """`python -m cluster.train --config CONFIG [--set key=value ...] [--resume]`: a Ray Train run of the
 stage the config names (`stage: vae` or `stage: sr`), DDP or DeepSpeed, tracked and registered in MLflow.
 
-The same command runs from a shell (a local Ray instance, or the cluster in RAY_ADDRESS /
-cluster.address) and under `ray job submit --working-dir . -- python -m cluster.train ...`. Under
+The same command runs from a shell (the cluster in cluster.address or RAY_ADDRESS, `auto` for the one
+running on this machine; with neither set, an own local Ray instance) and under
+`ray job submit --working-dir . -- python -m cluster.train ...`. Under
 job submit the driver runs in a copy of the working folder: relative paths in the config resolve
 there, so give data.store, run.storage_path and tracking.uri as absolute paths or URIs.
 
@@ -24,16 +25,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from slicesr.cli_common import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, UsageError
+from slicesr.cli_common import EXIT_OK, CommandFailed, UsageError, run_command
 from slicesr.config import Config, dump_config, load_config
-from slicesr.errors import StoreError
 from slicesr.modeldir import replace_dir_atomically
 
 log = logging.getLogger(__name__)
 JOB_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # set by Ray in the driver of a submitted job
 
 
-class TrainingFailed(RuntimeError):
+class TrainingFailed(CommandFailed):
     """The workers failed (more often than cluster.max_failures allows): exit 1."""
 
 
@@ -99,36 +99,87 @@ def preflight(config: Config) -> dict[str, Any] | None:
     return ds_config
 
 
-def check_ray_address(address: str | None, timeout_s: float = 5.0) -> None:
-    """A TCP probe of the Ray address (ray.init retries an unreachable one for minutes)."""
+def ray_address(address: str | None) -> str:
+    """The Ray address a run uses: cluster.address, else RAY_ADDRESS, else `local` (an own Ray instance).
+
+    Never Ray's own default (`ray.init()` with no address), which joins the cluster the last `ray start`
+    on this machine recorded in /tmp/ray/ray_current_cluster, and retries it for minutes when that one
+    died without `ray stop`. `auto` joins a running cluster on purpose."""
+    return address or os.environ.get("RAY_ADDRESS") or "local"
+
+
+def _probe(address: str, hostport: str, timeout_s: float, what: str = "no Ray cluster answers there",
+           hint: str = "") -> None:
     import socket
 
-    address = address or os.environ.get("RAY_ADDRESS")
-    if not address or address in ("auto", "local"):
-        return
-    hostport = address.split("://", 1)[-1].rstrip("/")
-    host, _, port = hostport.rpartition(":")
+    host, _, port = hostport.split("://", 1)[-1].rstrip("/").rpartition(":")
     if not host or not port.isdigit():
         raise ValueError(f"cluster.address {address}: expected HOST:PORT or ray://HOST:PORT")
     try:
-        with socket.create_connection((host, int(port)), timeout=timeout_s):
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
             pass
     except OSError as exc:
-        raise ValueError(f"cluster.address {address}: no Ray cluster answers there ({exc})") from None
+        raise ValueError(f"cluster.address {address}: {what} ({exc}){hint}") from None
+
+
+def _auto_address() -> tuple[str | None, str]:
+    """What `ray.init(address="auto")` joins, and where that comes from: the address the last `ray start`
+    on this machine recorded (Ray's ray_current_cluster file), else a Ray GCS process running here."""
+    try:  # Ray's own helpers; they are private, hence the fallback to the same file
+        from ray._common.utils import get_ray_address_file
+        from ray._private.services import find_gcs_addresses
+    except ImportError:
+        get_ray_address_file, find_gcs_addresses = None, tuple
+    recorded = get_ray_address_file(None) if get_ray_address_file else os.path.join(
+        os.environ.get("RAY_TMPDIR") or os.environ.get("TMPDIR") or "/tmp", "ray", "ray_current_cluster")
+    try:
+        found = Path(recorded).read_text().strip()
+    except OSError:
+        found = ""
+    if found:
+        return found, f"recorded in {recorded}"
+    running = sorted(find_gcs_addresses())
+    return (running[0] if running else None), "a Ray process on this machine"
+
+
+def check_ray_address(address: str | None, timeout_s: float = 5.0) -> None:
+    """A TCP probe of the Ray address (ray.init retries an unreachable one for minutes); for `auto`, of the
+    cluster Ray would join: none running, or a dead one still recorded, is an error in seconds."""
+    address = ray_address(address)
+    if address == "auto" and os.environ.get("RAY_ADDRESS", "auto") != "auto":
+        address = os.environ["RAY_ADDRESS"]  # ray.init's own order: RAY_ADDRESS before the recorded cluster
+    if address == "local":
+        return
+    if address != "auto":
+        _probe(address, address, timeout_s)
+        return
+    own = "or leave cluster.address and RAY_ADDRESS unset to start an own local Ray"
+    found, source = _auto_address()
+    if found is None:
+        raise ValueError(f"cluster.address auto: no Ray cluster runs on this machine (start one with `ray start "
+                         f"--head`, give a cluster's HOST:PORT, {own})")
+    _probe(address, found, timeout_s, f"the Ray cluster {found} {source} does not answer",
+           f": it ended without `ray stop`, or is unreachable; start it again, give another address, {own}")
 
 
 def connect_ray(address: str | None) -> None:
+    """Join the cluster at `address` (or RAY_ADDRESS), or start an own local Ray instance when neither is
+    set; an address where nothing answers is refused in seconds."""
     import ray
 
     if ray.is_initialized():
         return
+    check_ray_address(address)
     env = {"env_vars": {"PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]),
                                                                              os.environ.get("PYTHONPATH")]))}}
+    target = ray_address(address)
     try:
-        ray.init(address=address, runtime_env=env, logging_level=logging.WARNING, log_to_driver=True)
+        ray.init(address=target, runtime_env=env, logging_level=logging.WARNING, log_to_driver=True)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise ValueError(f"cluster.address {address or os.environ.get('RAY_ADDRESS') or '(local)'}: cannot connect "
                          f"to Ray ({exc})") from None
+    log.info("Ray: %s", {"local": "started an own local instance", "auto": "joined the cluster running on this "
+                         "machine (auto)"}.get(target, f"joined the cluster at {target}"))
 
 
 def worker_error(error: BaseException | None) -> str:
@@ -252,22 +303,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    args = build_parser().parse_args(argv)
-    try:
-        config = load_config(args.config, args.set)
-        result = train(config, resume=args.resume, register=False if args.no_register else None)
-    except (UsageError, ValueError, StoreError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except TrainingFailed as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_SOME_FAILED
+def _run(args: argparse.Namespace) -> int:
+    config = load_config(args.config, args.set)
+    result = train(config, resume=args.resume, register=False if args.no_register else None)
     best = result.best_dir or f"{result.run_dir} (checkpoint best/)"
     print(f"trained {config.stage} to step {result.metrics.get('step')}: best model {best}"
           + (f"; registered {result.registered_model} version {result.version} (alias candidate)" if result.version else ""))
     return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_command(build_parser(), argv, _run, usage_errors=(FileNotFoundError,), other_errors=False)
 
 
 if __name__ == "__main__":

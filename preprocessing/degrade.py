@@ -19,7 +19,7 @@ import nibabel as nib
 import numpy as np
 
 from preprocessing.sources import expand_sources
-from slicesr.cli_common import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, UsageError, setup_logging
+from slicesr.cli_common import EXIT_OK, EXIT_SOME_FAILED, UsageError, run_command
 from slicesr.degradation import keep_every_kth
 from slicesr.errors import InputError
 from slicesr.geometry import resolve_slice_axis
@@ -73,33 +73,30 @@ def degrade_files(inputs: list[str], output: str, k: int, slice_axis: int | str 
     return written, failures
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m preprocessing.degrade", description=__doc__.split("\n\n")[0])
     parser.add_argument("--input", "-i", nargs="+", required=True, metavar="HR")
     parser.add_argument("--output", "-o", required=True, metavar="DIR")
     parser.add_argument("--k", type=int, required=True, help="keep one slice of every K")
     parser.add_argument("--slice-axis", default="auto", choices=["auto", "0", "1", "2"])
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:
-        return EXIT_OK if exc.code == 0 else EXIT_USAGE
-    setup_logging()
+    return parser
+
+
+def _degrade(args: argparse.Namespace) -> int:
     if args.k < 2:
-        print(f"error: --k must be 2 or more, got {args.k}", file=sys.stderr)
-        return EXIT_USAGE
+        raise UsageError(f"--k must be 2 or more, got {args.k}")
     if os.path.exists(args.output) and not os.path.isdir(args.output):
-        print(f"error: output {args.output} is a file, not a folder", file=sys.stderr)
-        return EXIT_USAGE
+        raise UsageError(f"output {args.output} is a file, not a folder")
     axis = args.slice_axis if args.slice_axis == "auto" else int(args.slice_axis)
-    try:
-        written, failures = degrade_files(args.input, args.output, args.k, axis)
-    except UsageError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+    written, failures = degrade_files(args.input, args.output, args.k, axis)
     for failure in failures:
         print(f"  failed: {failure['source']}: {failure['error']}", file=sys.stderr)
     print(f"wrote {len(written)} LR scans (K={args.k}) to {args.output}, failed {len(failures)}")
     return EXIT_SOME_FAILED if failures else EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_command(build_parser(), argv, _degrade)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,10 @@ class UsageError(ValueError):
     """Bad arguments or environment: the command does nothing and exits 2."""
 
 
+class CommandFailed(RuntimeError):
+    """The command ran and did not get its work done (a training or every input of a step failed): exit 1."""
+
+
 def setup_logging(verbose: bool = False) -> None:
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
@@ -65,11 +69,15 @@ def parse_storage_options(pairs: list[str]) -> dict[str, Any]:
 
 
 def run_command(parser: argparse.ArgumentParser, argv: list[str] | None,
-                command: Callable[[argparse.Namespace], int]) -> int:
+                command: Callable[[argparse.Namespace], int], *,
+                usage_errors: tuple[type[Exception], ...] = (), other_errors: bool = True) -> int:
     """Parse `argv`, set up logging and run `command`: the exit-code convention of every CLI.
 
     Usage and environment errors become one `error: ...` line and exit 2, never a traceback (it is
-    logged at DEBUG: `-v` shows it where the command has that flag)."""
+    logged at DEBUG: `-v` shows it where the command has that flag); `CommandFailed` is one line and
+    exit 1. `usage_errors`: more exception types that print only their message (exit 2). With
+    `other_errors=False` any other exception is not caught (a traceback, exit 1): for commands that
+    run long after their checks, where it is no usage or environment error."""
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:
@@ -77,10 +85,15 @@ def run_command(parser: argparse.ArgumentParser, argv: list[str] | None,
     setup_logging(bool(getattr(args, "verbose", False)))
     try:
         return command(args)
-    except (ValueError, StoreError) as exc:  # UsageError and InputError included: their text says it all
+    except CommandFailed as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_SOME_FAILED
+    except (ValueError, StoreError, *usage_errors) as exc:  # UsageError and InputError included: their text says it all
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except Exception as exc:  # noqa: BLE001 - credentials, endpoints, corrupt weights, missing backends, ...
+        if not other_errors:
+            raise
         logging.getLogger("slicesr").debug("environment error", exc_info=True)
         print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_USAGE
