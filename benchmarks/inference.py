@@ -1,18 +1,18 @@
 """Inference benchmark: seconds and peak memory to super-resolve one knee LR scan with each method.
 
-    python benchmarks/inference.py [--hr ../shared/data/knee/pykneer_dess_echo1.nii.gz] [--k 4]
+    python benchmarks/inference.py [--hr ../shared/data/knee/pykneer_dess_echo1.nii.gz] [--k 4] [--quick]
 
 The LR scan is the DESS knee (512x512x80, PIR, int16) with every 4th slice of axis 2 kept: 512x512x20,
 up-sampled to 512x512x77. Each method runs as its own `slicesr infer` process (what a user runs: read,
 normalise, windows, blend, write the NIfTI); wall-clock seconds and the process's peak resident memory
 (ru_maxrss) are reported. Generators are timed with freshly initialised weights (speed does not
 depend on the weights), at the sizes of configs/cpu/stage2.yaml and configs/stage2.yaml.
-Writes the table into benchmarks/RESULTS.md (section "inference").
+Writes the table into benchmarks/RESULTS.md (section "inference"). `--quick`: a synthetic phantom and
+the debug-sized models; prints only.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import subprocess
 import sys
@@ -27,8 +27,9 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.results import write_section  # noqa: E402
-from slicesr.config import load_config  # noqa: E402
+from benchmarks import datasets  # noqa: E402
+from benchmarks.results import benchmark_parser, parse_arguments, publish  # noqa: E402
+from slicesr.config import Config, load_config  # noqa: E402
 from slicesr.degradation import keep_every_kth  # noqa: E402
 from slicesr.modeldir import write_model_dir  # noqa: E402
 from slicesr.models.generators import build_generator  # noqa: E402
@@ -36,9 +37,30 @@ from slicesr.models.vae_gan import VaeGan  # noqa: E402
 from slicesr.stage1.train import size_from_config  # noqa: E402
 from slicesr.stage2.train import generator_size, method_label  # noqa: E402
 
+CPU_STAGE1, CPU_STAGE2, REFERENCE_STAGE2 = "configs/cpu/stage1.yaml", "configs/cpu/stage2.yaml", "configs/stage2.yaml"
+# The rows: label, the config of the model (None: an interpolation baseline, the label is its name), overrides
+CASES = [("linear", None, []), ("cubic", None, []),
+         ("VAE-based up-sample (cpu stage I)", CPU_STAGE1, []),
+         ("DeepResolve (cpu)", CPU_STAGE2, []),
+         ("DCSRN (cpu)", CPU_STAGE2, ["model.name=dcsrn"])]
+REFERENCE_CASES = [("DCSRN (reference)", REFERENCE_STAGE2, ["model.name=dcsrn"]),
+                   ("DeepResolve (reference)", REFERENCE_STAGE2, [])]
+# --quick: the same rows with the debug models
+QUICK_CONFIGS = {CPU_STAGE1: datasets.DEBUG_STAGE1, CPU_STAGE2: datasets.DEBUG_STAGE2,
+                 REFERENCE_STAGE2: datasets.DEBUG_STAGE2}
 
-def make_model(config_path: str, overrides: list[str], folder: Path) -> str:
-    config = load_config(config_path, overrides)
+
+def model_size(config: Config) -> str:
+    m = config.model
+    if config.stage == "vae":
+        return f"{m.image_size}x{m.image_size} tiles, {m.num_blocks} blocks, Z={m.latent_dim}"
+    if m.name == "dcsrn":
+        return f"{m.dense_units} units, growth {m.growth_rate}"
+    return f"{m.num_layers} layers x {m.num_filters} filters"
+
+
+def make_model(config: Config, folder: Path) -> str:
+    """A model directory with freshly initialised weights."""
     torch.manual_seed(0)
     if config.stage == "vae":
         model, metadata = VaeGan(size_from_config(config)), {"stage": "vae", "k": config.synthesis.k}
@@ -62,13 +84,22 @@ def run_infer(lr_path: str, model: str, output: str, k: int) -> tuple[float, flo
     return seconds, usage.ru_maxrss / 1024  # KiB -> MiB
 
 
+def quick_settings(scratch: Path) -> dict:
+    return {"hr": lambda args: datasets.hr_volumes(scratch / "knee", 1)[0], "work": str(scratch / "bench-inference")}
+
+
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--hr", default="../shared/data/knee/pykneer_dess_echo1.nii.gz")
     parser.add_argument("--k", type=int, default=4)
     parser.add_argument("--work", default="runs/bench-inference")
     parser.add_argument("--skip-reference", action="store_true", help="leave out the reference-size generators")
-    args = parser.parse_args(argv)
+    with parse_arguments(parser, argv, quick_settings) as args:
+        run(args)
+    return 0
+
+
+def run(args) -> None:
     work = Path(args.work).resolve()
     work.mkdir(parents=True, exist_ok=True)
     image = nib.load(args.hr)
@@ -77,18 +108,15 @@ def main(argv=None) -> int:
     lr_image = nib.Nifti1Image(np.ascontiguousarray(lr_data), lr_affine, header=image.header)
     lr_path = str(work / "knee_lr.nii.gz")
     nib.save(lr_image, lr_path)
-    cases = [("linear", "linear", "-"), ("cubic", "cubic", "-"),
-             ("VAE-based up-sample (cpu stage I)", make_model("configs/cpu/stage1.yaml", [], work / "vae_cpu"),
-              "64x64 tiles, 3 blocks, Z=64"),
-             ("DeepResolve (cpu)", make_model("configs/cpu/stage2.yaml", [], work / "deepresolve_cpu"),
-              "8 layers x 32 filters"),
-             ("DCSRN (cpu)", make_model("configs/cpu/stage2.yaml", ["model.name=dcsrn"], work / "dcsrn_cpu"),
-              "4 units, growth 12")]
-    if not args.skip_reference:
-        cases += [("DCSRN (reference)", make_model("configs/stage2.yaml", ["model.name=dcsrn"], work / "dcsrn_ref"),
-                   "4 units, growth 24"),
-                  ("DeepResolve (reference)", make_model("configs/stage2.yaml", [], work / "deepresolve_ref"),
-                   "20 layers x 64 filters")]
+    configs = QUICK_CONFIGS if args.quick else {}
+    cases = []  # label, model, size
+    for index, (label, config_path, overrides) in enumerate(CASES + ([] if args.skip_reference else REFERENCE_CASES)):
+        if config_path is None:
+            cases.append((label, label, "-"))
+        else:
+            config = load_config(configs.get(config_path, config_path), overrides)
+            cases.append((label, make_model(config, work / f"model{index}"), model_size(config)))
+    sr = load_config(configs.get(CPU_STAGE2, CPU_STAGE2)).sr
     out_shape = list(lr_data.shape)
     out_shape[2] = args.k * (out_shape[2] - 1) + 1
     lines = [
@@ -96,7 +124,7 @@ def main(argv=None) -> int:
         f"Input: {Path(args.hr).name} with every {args.k}th slice of axis 2 kept: {'x'.join(map(str, lr_data.shape))} "
         f"{lr_data.dtype} -> {'x'.join(map(str, out_shape))}; one `slicesr infer` process per method, "
         f"{torch.get_num_threads()} torch threads on 2 CPU cores, no GPU. Windows and overlap from the model's "
-        "config (sr.window [81, 192, 192], overlap 0.125).",
+        f"config (sr.window [{', '.join(map(str, sr.window))}], overlap {sr.window_overlap:g}).",
         "",
         "| method | size | seconds | peak memory (MiB) |",
         "|---|---|---:|---:|",
@@ -105,10 +133,7 @@ def main(argv=None) -> int:
         seconds, peak = run_infer(lr_path, model, str(work / "out.nii.gz"), args.k)
         lines.append(f"| {label} | {size} | {seconds:.1f} | {peak:.0f} |")
         print(lines[-1], flush=True)
-    table = "\n".join(lines)
-    print(table)
-    write_section(HERE / "RESULTS.md", "inference", "Inference: one 512x512x20 knee scan, K = 4", table)
-    return 0
+    publish(args, "inference", "Inference: one 512x512x20 knee scan, K = 4", "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Benchmark: NIfTI -> Zarr slice-store conversion, Dask (1 and 2 workers) against single-process loops.
 
-    python benchmarks/preprocess.py [--count 1000] [--shape 256,256,32]
+    python benchmarks/preprocess.py [--count 1000] [--shape 256,256,32] [--quick]
 
 Generates `count` synthetic thick-slice scans (preprocessing.synth, cached under benchmarks/_work),
 then converts them, in the same run, with:
@@ -15,12 +15,12 @@ Peak memory is the largest sum of RSS over this process and all its children (Da
 in this process, its workers in children), sampled every 50 ms; "peak @25%" is the same up to the
 moment a quarter of the scans were done, so equal columns mean memory flat in the number of scans.
 "cores busy" is the machine's CPU seconds (user + system, all processes) over the wall time.
-Prints a Markdown table and writes it into benchmarks/RESULTS.md (section "preprocess").
+Prints a Markdown table and writes it into benchmarks/RESULTS.md (section "preprocess"). `--quick`:
+4 small scans in a temporary folder; prints only.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import platform
 import shutil
@@ -37,9 +37,21 @@ import psutil
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from benchmarks.results import write_section  # noqa: E402
+from benchmarks.results import benchmark_parser, parse_arguments, publish  # noqa: E402
 from preprocessing.synth import write_scans  # noqa: E402
 from preprocessing.to_zarr import convert  # noqa: E402
+
+NAIVE, PLAIN, PLAIN_1_THREAD, DASK_1, DASK_2 = (
+    "naive (nibabel load + np.save, 1 process)", "plain loop (same conversion, no Dask)",
+    "plain loop, single-threaded codecs (= one Dask worker's work)", "Dask LocalCluster, 1 worker",
+    "Dask LocalCluster, 2 workers")
+METHODS = {  # the table's rows: label -> (how, Dask workers)
+    NAIVE: ("naive", None),
+    PLAIN: ("convert", 0),
+    PLAIN_1_THREAD: ("subprocess", 0),
+    DASK_1: ("convert", 1),
+    DASK_2: ("convert", 2),
+}
 
 
 class MemorySampler:
@@ -106,16 +118,9 @@ def run(count: int, shape: tuple[int, int, int], workdir: Path) -> str:
     input_mb = sum(f.stat().st_size for f in files) / 1e6
     voxel_mb = count * int(np.prod(shape)) * 4 / 1e6
 
-    methods = {
-        "naive (nibabel load + np.save, 1 process)": ("naive", None),
-        "plain loop (same conversion, no Dask)": ("convert", 0),
-        "plain loop, single-threaded codecs (= one Dask worker's work)": ("subprocess", 0),
-        "Dask LocalCluster, 1 worker": ("convert", 1),
-        "Dask LocalCluster, 2 workers": ("convert", 2),
-    }
     rows = []
     seconds_by_method = {}
-    for label, (kind, workers) in methods.items():
+    for label, (kind, workers) in METHODS.items():
         out = workdir / "out"
         shutil.rmtree(out, ignore_errors=True)
         progress_dir = out / ("" if kind == "naive" else "complete")
@@ -142,7 +147,7 @@ def run(count: int, shape: tuple[int, int, int], workdir: Path) -> str:
         print(f"{label}: {seconds:.1f} s", flush=True)
     shutil.rmtree(workdir / "out", ignore_errors=True)
 
-    plain = seconds_by_method["plain loop (same conversion, no Dask)"]
+    plain = seconds_by_method[PLAIN]
     lines = [
         f"Command: `python benchmarks/preprocess.py --count {count} --shape {','.join(map(str, shape))}`  ",
         f"Machine: {os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB, {platform.processor() or platform.machine()}, "
@@ -157,9 +162,9 @@ def run(count: int, shape: tuple[int, int, int], workdir: Path) -> str:
     for label, seconds, rate, mbs, vmbs, busy, peak_q, peak in rows:
         lines.append(f"| {label} | {seconds:.1f} | {rate:.2f} | {mbs:.1f} | {vmbs:.0f} | {busy:.2f} | {peak_q:.0f} | "
                      f"{peak:.0f} | {plain / seconds:.2f}x |")
-    dask_seconds = seconds_by_method["Dask LocalCluster, 2 workers"]
+    dask_seconds = seconds_by_method[DASK_2]
     dask2 = plain / dask_seconds
-    like = seconds_by_method["plain loop, single-threaded codecs (= one Dask worker's work)"] / dask_seconds
+    like = seconds_by_method[PLAIN_1_THREAD] / dask_seconds
     lines += [
         "",
         f"Goal: 2 Dask workers >= 1.6x the plain loop: **{dask2:.2f}x** ({'met' if dask2 >= 1.6 else 'not met'}); "
@@ -168,18 +173,19 @@ def run(count: int, shape: tuple[int, int, int], workdir: Path) -> str:
     return "\n".join(lines)
 
 
+def quick_settings(scratch: Path) -> dict:
+    return {"count": 4, "shape": "32,32,8", "workdir": str(scratch / "_work")}
+
+
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--count", type=int, default=1000)
     parser.add_argument("--shape", default="256,256,32")
     parser.add_argument("--workdir", default=str(HERE / "_work"))
-    parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
-    args = parser.parse_args(argv)
-    shape = tuple(int(v) for v in args.shape.split(","))
-    table = run(args.count, shape, Path(args.workdir))
-    print(table)
-    if not args.no_write:
-        write_section(HERE / "RESULTS.md", "preprocess", "Preprocessing: NIfTI -> Zarr slice store", table)
+    with parse_arguments(parser, argv, quick_settings) as args:
+        shape = tuple(int(v) for v in args.shape.split(","))
+        table = run(args.count, shape, Path(args.workdir))
+        publish(args, "preprocess", "Preprocessing: NIfTI -> Zarr slice store", table)
     return 0
 
 

@@ -1,21 +1,22 @@
 """Stage I benchmark: training throughput of the cpu and paper configs, and a time-limited CPU run.
 
-    python benchmarks/stage1.py [--store demo_out/lr.zarr] [--minutes 20] [--skip-run]
+    python benchmarks/stage1.py [--store demo_out/lr.zarr] [--minutes 20] [--skip-run] [--quick]
 
-1. Throughput: iterations of the full phase-3 step (E, D and H forward and backward, all losses) on
-   random triplet batches of the config's batch size, after one warm-up step, with the default memory
-   format and with channels_last; reported as centre slices per second (batch / seconds per step).
+1. Throughput: iterations of the full phase-3 step (E, D and H forward and backward, all losses:
+   slicesr.stage1.train.training_step) on random triplet batches of the config's batch size, after one
+   warm-up step, with the default memory format and with channels_last; reported as centre slices per
+   second (batch / seconds per step).
 2. A `--minutes` CPU run of configs/cpu/stage1.yaml on the LR slice store (the brain training pool with
    every 4th axial slice, made by `make demo`), recording the losses; writes
    benchmarks/figures/stage1_losses.png and benchmarks/figures/stage1_interpolation.png (a held-out HR
    volume: acquired slices n and n+4 and the true slices between them, beside the slices the model
    synthesises from the two acquired ones). The HR volume is used for the figure only.
-Writes the tables into benchmarks/RESULTS.md (section "stage1").
+Writes the tables into benchmarks/RESULTS.md (section "stage1"). `--quick`: the debug config on
+synthetic data, a few steps; prints only (figures in a temporary folder).
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -26,34 +27,37 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from benchmarks.results import write_section  # noqa: E402
+from benchmarks import datasets  # noqa: E402
+from benchmarks.results import benchmark_parser, figures_dir, parse_arguments, publish, pyplot  # noqa: E402
 from slicesr.cli_common import setup_logging  # noqa: E402
 from slicesr.config import load_config  # noqa: E402
-from slicesr.geometry import to_slice_first  # noqa: E402
-from slicesr.intensity import normalize, robust_intensity_params  # noqa: E402
 from slicesr.models.vae_gan import VaeGan  # noqa: E402
-from slicesr.nifti import load_volume  # noqa: E402
 from slicesr.stage1.losses import LossWeights  # noqa: E402
 from slicesr.stage1.synthesis import synthesize_slices  # noqa: E402
-from slicesr.stage1.train import (  # noqa: E402
-    Engine,
-    Stage1Trainer,
-    backward_losses,
-    compute_losses,
-    critic_backward,
-    size_from_config,
-)
+from slicesr.stage1.train import Engine, Stage1Trainer, size_from_config, training_step  # noqa: E402
 
-FIGURES = HERE / "figures"
+RUN_CONFIG = "configs/cpu/stage1.yaml"
+# config, timed iterations, channels_last, batch (None: the config's). The paper config at its batch of
+# 16 did not fit in this machine's 24 GiB (the process was killed), so it is measured at batch 2, one
+# timed iteration.
+CASES = [(RUN_CONFIG, 10, False, None), (RUN_CONFIG, 10, True, None), ("configs/stage1.yaml", 1, False, 2)]
+QUICK_CASES = [(datasets.DEBUG_STAGE1, 2, False, None), (datasets.DEBUG_STAGE1, 2, True, None),
+               (datasets.DEBUG_STAGE1, 1, False, 2)]
+LOG_EVERY, VAL_EVERY = 25, 100  # steps between recorded losses, between validations (timed run)
+
+
+def row_label(case: tuple) -> tuple[str, str, str]:
+    """The first cells of a case's throughput row: config, batch, memory format."""
+    config_path, _, channels_last, batch = case
+    return (config_path, str(batch or load_config(config_path).train.batch_size),
+            "channels_last" if channels_last else "contiguous")
 
 
 def throughput(config_path: str, steps: int, channels_last: bool, batch_size: int | None = None) -> tuple[float, float]:
     config = load_config(config_path, [f"train.batch_size={batch_size}"] if batch_size else [])
     torch.manual_seed(0)
-    model = VaeGan(size_from_config(config))
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    model = model.to(memory_format=memory_format)
-    engine = Engine(model, config.train.lr)
+    engine = Engine(VaeGan(size_from_config(config)).to(memory_format=memory_format), config.train.lr)
     size, batch_size = config.model.image_size, config.train.batch_size
     noise = torch.Generator().manual_seed(0)
     w = LossWeights(*config.schedule.full)
@@ -61,41 +65,36 @@ def throughput(config_path: str, steps: int, channels_last: bool, batch_size: in
     for step in range(steps + 1):
         batch = torch.rand(batch_size, 3, size, size).contiguous(memory_format=memory_format)
         started = time.perf_counter()
-        losses = compute_losses(model, batch, noise, with_critic=True)
-        backward_losses(engine, losses, w)
-        engine.step("encoder")
-        engine.step("decoder")
-        critic_backward(engine, losses, w)
-        engine.step("critic")
+        training_step(engine, batch, noise, w)
         if step:  # the first step warms up allocators and kernels
             times.append(time.perf_counter() - started)
     seconds = float(np.median(times))
     return seconds, batch_size / seconds
 
 
-def timed_run(store: str, minutes: float, runs: str) -> tuple[Stage1Trainer, list[dict]]:
-    config = load_config("configs/cpu/stage1.yaml", [f"data.store={store}", f"run.storage_path={runs}",
-                                                     "run.name=bench-stage1", "train.max_steps=1000000"])
+def timed_run(config_path: str, store: str, minutes: float, runs: str, max_steps: int | None = None
+              ) -> tuple[Stage1Trainer, list[dict], float]:
+    """Train for `minutes` (or `max_steps` steps, whichever ends first); the losses every LOG_EVERY
+    steps, validation every VAL_EVERY; returns the trainer, that history and the seconds taken."""
+    config = load_config(config_path, [f"data.store={store}", f"run.storage_path={runs}",
+                                       "run.name=bench-stage1", "train.max_steps=1000000"])
     trainer = Stage1Trainer(config)
     history = []
     started = time.perf_counter()
-    while time.perf_counter() - started < minutes * 60:
+    while time.perf_counter() - started < minutes * 60 and (max_steps is None or trainer.step < max_steps):
         metrics = trainer.train_step()
-        if trainer.step % 25 == 0:
+        if trainer.step % LOG_EVERY == 0:
             metrics.update(step=trainer.step, minutes=(time.perf_counter() - started) / 60)
-            if trainer.step % 100 == 0:
+            if trainer.step % VAL_EVERY == 0:
                 metrics["val_center"] = trainer.validate()
             history.append(metrics)
+    seconds = time.perf_counter() - started
     trainer.save_checkpoint()
-    return trainer, history
+    return trainer, history, seconds
 
 
 def plot_losses(history: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, axes = plt.subplots(1, 4, figsize=(16, 3.2))
     steps = [h["step"] for h in history]
     for ax, key in zip(axes, ("center", "prior", "comp", "adv")):
@@ -114,14 +113,8 @@ def plot_losses(history: list[dict], path: Path) -> None:
 
 
 def plot_interpolation(model: VaeGan, hr_path: str, path: Path, k: int = 4) -> float:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    volume = load_volume(hr_path)
-    slices, _ = to_slice_first(volume.data, volume.affine, 2)
-    slices = normalize(slices, robust_intensity_params(slices))
+    plt = pyplot()
+    slices = datasets.normalized_slices(hr_path, 2)
     start = (slices.shape[0] // 2) // k * k
     truth = slices[start : start + k + 1]
     synthetic = synthesize_slices(model, truth[[0, k]], k, batch_size=64)
@@ -139,57 +132,58 @@ def plot_interpolation(model: VaeGan, hr_path: str, path: Path, k: int = 4) -> f
     return float(np.abs(synthetic[1:k] - truth[1:k]).mean())
 
 
+def run_section(args, config_path: str, figures: Path) -> list[str]:
+    trainer, history, seconds = timed_run(config_path, args.store, args.minutes, args.runs, args.max_steps)
+    if not history:
+        raise SystemExit(f"fewer than {LOG_EVERY} iterations in {args.minutes} minutes: nothing to plot")
+    plot_losses(history, figures / "stage1_losses.png")
+    l1 = plot_interpolation(trainer.model, args.hr, figures / "stage1_interpolation.png")
+    first, last = history[0], history[-1]
+    vals = [h["val_center"] for h in history if "val_center" in h]
+    return [
+        "",
+        f"{args.minutes:g}-minute run of {config_path} on {args.store}: {trainer.step} iterations "
+        f"({trainer.step / seconds:.2f} it/s), phases switch at "
+        f"{trainer.config.schedule.phase_steps[0]} and {sum(trainer.config.schedule.phase_steps)}.",
+        f"L_center (train) {first['center']:.4f} at step {first['step']} -> {last['center']:.4f} at step {last['step']}; "
+        f"validation L_center (z = mu) {vals[0]:.4f} -> {vals[-1]:.4f}." if vals else "",
+        f"Held-out {Path(args.hr).name}: mean |synthesised - true| on the 3 in-between slices = {l1:.4f} "
+        "(intensities normalised to about [0, 1]).",
+        "",
+        "![losses](figures/stage1_losses.png)",
+        "![interpolation](figures/stage1_interpolation.png)",
+    ]
+
+
+def quick_settings(scratch: Path) -> dict:
+    return {"store": lambda args: datasets.lr_store(scratch), "minutes": 1.0, "max_steps": VAL_EVERY,
+            "hr": lambda args: datasets.hr_volumes(scratch / "hr_eval", 1)[0], "runs": str(scratch / "runs")}
+
+
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--store", default="demo_out/lr.zarr")
     parser.add_argument("--minutes", type=float, default=20.0)
+    parser.add_argument("--max-steps", type=int, default=None, help="end the timed run earlier, after this many steps")
     parser.add_argument("--hr", default="../shared/data/brain/eval/brats18_case7_t1.nii.gz")
     parser.add_argument("--runs", default="runs")
     parser.add_argument("--skip-run", action="store_true", help="throughput only")
-    args = parser.parse_args(argv)
-    setup_logging()
-    FIGURES.mkdir(exist_ok=True)
-    lines = [
-        f"Command: `python benchmarks/stage1.py --store {args.store} --minutes {args.minutes:g}`  ",
-        f"Machine: {torch.get_num_threads()} torch threads on 2 cores, torch {torch.__version__}.",
-        "",
-        "| config | batch | memory format | seconds / iteration | centre slices / s |",
-        "|---|---:|---|---:|---:|",
-    ]
-    # The paper config at its batch of 16 did not fit in this machine's 24 GiB (the process was killed),
-    # so it is measured at batch 2, one timed iteration.
-    cases = [("configs/cpu/stage1.yaml", 10, False, None), ("configs/cpu/stage1.yaml", 10, True, None),
-             ("configs/stage1.yaml", 1, False, 2)]
-    for config_path, steps, channels_last, batch in cases:
-        seconds, rate = throughput(config_path, steps, channels_last, batch)
-        shown = batch or load_config(config_path).train.batch_size
-        lines.append(f"| {config_path} | {shown} | {'channels_last' if channels_last else 'contiguous'} | "
-                     f"{seconds:.3f} | {rate:.2f} |")
-        print(lines[-1], flush=True)
-    if not args.skip_run:
-        trainer, history = timed_run(args.store, args.minutes, args.runs)
-        if not history:
-            raise SystemExit(f"fewer than 25 iterations in {args.minutes} minutes: nothing to plot")
-        plot_losses(history, FIGURES / "stage1_losses.png")
-        l1 = plot_interpolation(trainer.model, args.hr, FIGURES / "stage1_interpolation.png")
-        first, last = history[0], history[-1]
-        vals = [h["val_center"] for h in history if "val_center" in h]
-        lines += [
+    with parse_arguments(parser, argv, quick_settings) as args:
+        setup_logging()
+        lines = [
+            f"Command: `python benchmarks/stage1.py --store {args.store} --minutes {args.minutes:g}`  ",
+            f"Machine: {torch.get_num_threads()} torch threads on 2 cores, torch {torch.__version__}.",
             "",
-            f"{args.minutes:g}-minute run of configs/cpu/stage1.yaml on {args.store}: {trainer.step} iterations "
-            f"({trainer.step / (args.minutes * 60):.2f} it/s), phases switch at "
-            f"{trainer.config.schedule.phase_steps[0]} and {sum(trainer.config.schedule.phase_steps)}.",
-            f"L_center (train) {first['center']:.4f} at step {first['step']} -> {last['center']:.4f} at step {last['step']}; "
-            f"validation L_center (z = mu) {vals[0]:.4f} -> {vals[-1]:.4f}." if vals else "",
-            f"Held-out {Path(args.hr).name}: mean |synthesised - true| on the 3 in-between slices = {l1:.4f} "
-            "(intensities normalised to about [0, 1]).",
-            "",
-            "![losses](figures/stage1_losses.png)",
-            "![interpolation](figures/stage1_interpolation.png)",
+            "| config | batch | memory format | seconds / iteration | centre slices / s |",
+            "|---|---:|---|---:|---:|",
         ]
-    table = "\n".join(lines)
-    print(table)
-    write_section(HERE / "RESULTS.md", "stage1", "Stage I: training throughput and a CPU run", table)
+        for case in QUICK_CASES if args.quick else CASES:
+            seconds, rate = throughput(*case)
+            lines.append("| " + " | ".join(row_label(case)) + f" | {seconds:.3f} | {rate:.2f} |")
+            print(lines[-1], flush=True)
+        if not args.skip_run:
+            lines += run_section(args, datasets.DEBUG_STAGE1 if args.quick else RUN_CONFIG, figures_dir(args))
+        publish(args, "stage1", "Stage I: training throughput and a CPU run", "\n".join(lines))
     return 0
 
 

@@ -2,6 +2,7 @@
 
     python benchmarks/stage2.py --vae runs/bench-stage1/checkpoints/latest [--lr-store demo_out/lr.zarr]
         [--hr-train ../shared/data/brain/train] [--eval ../shared/data/brain/eval/*.nii.gz] [--steps 1500]
+    python benchmarks/stage2.py --quick [--with-dcsrn]
 
 1. Synthesises HR volumes from the LR slice store (every 4th axial slice of the brain training pool,
    made by `make demo`) with the stage I model (`--vae`, e.g. the 20-minute run of benchmarks/stage1.py).
@@ -9,12 +10,12 @@
    step count, the supervised upper bound ("DeepResolve only") on the real HR volumes of the same pool.
 3. Runs `slicesr evaluate` on the held-out HR volumes: linear, cubic, VAE-based up-sampling, proposed,
    DeepResolve only. Writes the table and figures into benchmarks/RESULTS.md (section "stage2").
-Every step resumes or is skipped when its output exists (runs/bench-stage2).
+Every step resumes or is skipped when its output exists (runs/bench-stage2). `--quick`: synthetic data,
+a VAE trained a few steps, the debug stage II config; prints only (figures in a temporary folder).
 """
 
 from __future__ import annotations
 
-import argparse
 import glob
 import shutil
 import sys
@@ -26,24 +27,23 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from benchmarks.results import write_section  # noqa: E402
+from benchmarks import datasets  # noqa: E402
+from benchmarks.results import benchmark_parser, figures_dir, parse_arguments, publish  # noqa: E402
 from slicesr.cli_common import setup_logging  # noqa: E402
 from slicesr.config import load_config  # noqa: E402
 
-FIGURES = HERE / "figures"
+# The rows of the table, in order (the proposed method with DCSRN before the upper bound, with --with-dcsrn)
+LINEAR, CUBIC, VAE, PROPOSED, SUPERVISED = ("linear", "cubic", "VAE-based up-sample", "Proposed with DeepResolve",
+                                            "DeepResolve only")
+PROPOSED_DCSRN = "Proposed with DCSRN"
 
 
 def prepare(args, work: Path) -> tuple[str, str]:
+    """The synthetic HR store (the stage I model on the LR store) and the store of the real HR volumes."""
     from preprocessing.to_zarr import convert
-    from slicesr.modeldir import model_fingerprint
-    from slicesr.stage1.synthesis import synthesize_store
-    from slicesr.stage1.train import load_vae
-    from slicesr.store import SliceStore
 
     synthetic, real = str(work / "synthetic_hr.zarr"), str(work / "real_hr.zarr")
-    vae, config, _ = load_vae(args.vae)
-    synthesize_store(vae, SliceStore.open(args.lr_store), SliceStore.create(synthetic), args.k,
-                     batch_size=64, overlap=config.synthesis.tile_overlap, model_id=model_fingerprint(args.vae))
+    datasets.synthesize_hr(args.vae, args.lr_store, synthetic, args.k)
     convert([args.hr_train], real, workers=0, slice_axis=2)
     return synthetic, real
 
@@ -61,9 +61,16 @@ def train(name: str, store: str, supervision: str, args, work: Path, generator: 
     return str(trainer.best_dir), trainer.step, time.perf_counter() - started
 
 
+def quick_settings(scratch: Path) -> dict:
+    return {"lr_store": lambda args: datasets.lr_store(scratch), "hr_train": lambda args: datasets.hr_train(scratch),
+            "vae": lambda args: datasets.tiny_vae(scratch, args.lr_store),
+            "eval": lambda args: datasets.hr_volumes(scratch / "hr_eval", 1), "config": datasets.DEBUG_STAGE2,
+            "steps": 6, "work": str(scratch / "bench-stage2")}
+
+
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--vae", required=True, help="stage I model directory")
+    parser = benchmark_parser(__doc__)
+    parser.add_argument("--vae", default=None, help="stage I model directory (required but with --quick)")
     parser.add_argument("--lr-store", default="demo_out/lr.zarr")
     parser.add_argument("--hr-train", default="../shared/data/brain/train")
     parser.add_argument("--eval", nargs="+", default=sorted(glob.glob("../shared/data/brain/eval/*.nii.gz")))
@@ -73,7 +80,13 @@ def main(argv=None) -> int:
     parser.add_argument("--work", default="runs/bench-stage2")
     parser.add_argument("--train-only", action="store_true")
     parser.add_argument("--with-dcsrn", action="store_true", help="also the proposed method with DCSRN")
-    args = parser.parse_args(argv)
+    with parse_arguments(parser, argv, quick_settings) as args:
+        if args.vae is None:
+            parser.error("--vae is required (a stage I model directory), except with --quick")
+        return run(args)
+
+
+def run(args) -> int:
     setup_logging()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -87,14 +100,13 @@ def main(argv=None) -> int:
     from slicesr.evaluate import evaluate
 
     out = work / "eval"
-    methods = ["linear", "cubic", f"VAE-based up-sample={args.vae}", f"Proposed with DeepResolve={proposed}",
-               f"DeepResolve only={supervised}"]
+    methods = [LINEAR, CUBIC, f"{VAE}={args.vae}", f"{PROPOSED}={proposed}", f"{SUPERVISED}={supervised}"]
     if dcsrn:
-        methods.insert(3, f"Proposed with DCSRN={dcsrn}")
+        methods.insert(3, f"{PROPOSED_DCSRN}={dcsrn}")
     result = evaluate(args.eval, args.k, methods, str(out), slice_axis="2", progress=False)
-    FIGURES.mkdir(exist_ok=True)
+    figures = figures_dir(args)
     for figure in sorted(out.glob("*.png")):
-        shutil.copy(figure, FIGURES / f"stage2_{figure.name}")
+        shutil.copy(figure, figures / f"stage2_{figure.name}")
     lines = [
         f"Command: `python benchmarks/stage2.py --vae {args.vae} --steps {args.steps}"
         f"{' --with-dcsrn' if args.with_dcsrn else ''}`  ",
@@ -108,9 +120,7 @@ def main(argv=None) -> int:
         "",
         *[f"![{f.stem}](figures/stage2_{f.name})" for f in sorted(out.glob("*.png"))],
     ]
-    table = "\n".join(lines)
-    print(table)
-    write_section(HERE / "RESULTS.md", "stage2", "Stage II: Table 1 on the brain volumes (CPU-sized models)", table)
+    publish(args, "stage2", "Stage II: Table 1 on the brain volumes (CPU-sized models)", "\n".join(lines))
     return 0
 
 

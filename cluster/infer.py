@@ -38,6 +38,8 @@ from slicesr.cli_common import (
     EXIT_OK,
     EXIT_SOME_FAILED,
     UsageError,
+    add_batch_options,
+    finish,
     parse_storage_options,
     run_command,
 )
@@ -252,14 +254,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="Ray cluster (HOST:PORT, ray://HOST:PORT, auto); default RAY_ADDRESS or a local Ray")
     parser.add_argument("--cpus-per-task", type=float, default=1.0, metavar="N",
                         help="CPUs reserved (and torch threads) per scan task (default 1)")
-    parser.add_argument("--storage-option", action="append", default=[], metavar="KEY=VALUE",
-                        help="fsspec/s3fs option for inputs and output, e.g. endpoint_url=http://127.0.0.1:9000 "
-                        "(repeatable; dotted keys nest)")
     parser.add_argument("--tracking-uri", default=None, metavar="URI",
                         help="MLflow tracking URI for models:/ (default MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
-    parser.add_argument("--overwrite", action="store_true", help="super-resolve again scans whose output exists")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.add_argument("-v", "--verbose", action="store_true")
+    add_batch_options(parser, "super-resolve again scans whose output exists")
     return parser
 
 
@@ -270,11 +267,9 @@ def _infer_many(args: argparse.Namespace) -> int:
         storage_options=parse_storage_options(args.storage_option), tracking_uri=args.tracking_uri,
         overwrite=args.overwrite, progress=not args.no_progress,
     )
-    print(f"super-resolved {len(report.written)} scans with {report.method} (K={report.k}), already done "
-          f"{len(report.skipped)}, failed {len(report.failures)} -> {args.output} ({report.seconds:.1f} s)")
-    for failure in report.failures:
-        print(f"  failed: {failure['source']}: {failure['error']}", file=sys.stderr)
-    return report.exit_code
+    return finish(f"super-resolved {len(report.written)} scans with {report.method} (K={report.k}), already done "
+                  f"{len(report.skipped)}, failed {len(report.failures)} -> {args.output} ({report.seconds:.1f} s)",
+                  report.failures)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,7 +19,7 @@ import nibabel as nib
 import numpy as np
 
 from preprocessing.sources import expand_sources
-from slicesr.cli_common import EXIT_OK, EXIT_SOME_FAILED, UsageError, run_command
+from slicesr.cli_common import UsageError, finish, run_command
 from slicesr.degradation import keep_every_kth
 from slicesr.errors import InputError
 from slicesr.geometry import resolve_slice_axis
@@ -89,10 +89,7 @@ def _degrade(args: argparse.Namespace) -> int:
         raise UsageError(f"output {args.output} is a file, not a folder")
     axis = args.slice_axis if args.slice_axis == "auto" else int(args.slice_axis)
     written, failures = degrade_files(args.input, args.output, args.k, axis)
-    for failure in failures:
-        print(f"  failed: {failure['source']}: {failure['error']}", file=sys.stderr)
-    print(f"wrote {len(written)} LR scans (K={args.k}) to {args.output}, failed {len(failures)}")
-    return EXIT_SOME_FAILED if failures else EXIT_OK
+    return finish(f"wrote {len(written)} LR scans (K={args.k}) to {args.output}, failed {len(failures)}", failures)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -28,6 +28,8 @@ from slicesr.cli_common import (
     EXIT_OK,
     EXIT_SOME_FAILED,
     UsageError,
+    add_batch_options,
+    finish,
     parse_storage_options,
     run_command,
 )
@@ -297,11 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="Dask workers of the local cluster (0: convert in this process, no Dask)")
     parser.add_argument("--scheduler", default=None, metavar="ADDRESS",
                         help="use an existing Dask scheduler (tcp://host:8786) instead of a local cluster")
-    parser.add_argument("--storage-option", action="append", default=[], metavar="KEY=VALUE",
-                        help="fsspec/s3fs option, e.g. endpoint_url=http://127.0.0.1:9000 (repeatable)")
-    parser.add_argument("--overwrite", action="store_true", help="convert again scans already stored")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.add_argument("-v", "--verbose", action="store_true")
+    add_batch_options(parser, "convert again scans already stored")
     return parser
 
 
@@ -311,13 +309,8 @@ def _convert(args: argparse.Namespace) -> int:
         scheduler=args.scheduler, storage_options=parse_storage_options(args.storage_option),
         overwrite=args.overwrite, progress=not args.no_progress,
     )
-    print(
-        f"stored {len(report.stored)}, already stored {len(report.skipped)}, failed {len(report.failures)} "
-        f"-> {args.output} ({report.seconds:.1f} s)"
-    )
-    for failure in report.failures:
-        print(f"  failed: {failure['source']}: {failure['error']}", file=sys.stderr)
-    return report.exit_code
+    return finish(f"stored {len(report.stored)}, already stored {len(report.skipped)}, failed {len(report.failures)} "
+                  f"-> {args.output} ({report.seconds:.1f} s)", report.failures)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,8 +19,8 @@ import sys
 
 from slicesr.cli_common import (
     EXIT_OK,
-    EXIT_SOME_FAILED,
     UsageError,
+    finish,
     parse_storage_options,
     run_command,
 )
@@ -80,11 +80,8 @@ def _synthesize(args: argparse.Namespace) -> int:
     report = synthesize_store(model, source, output, k, batch_size=args.batch_size or config.synthesis.batch_size,
                               overlap=config.synthesis.tile_overlap, keep_acquired=args.keep_acquired,
                               overwrite=args.overwrite, model_id=model_fingerprint(args.model))
-    print(f"synthesised {len(report.written)} HR scans (K={k}), already done {len(report.skipped)}, "
-          f"failed {len(report.failures)} -> {output.url}")
-    for failure in report.failures:
-        print(f"  failed: {failure['scan_id']}: {failure['error']}", file=sys.stderr)
-    return EXIT_SOME_FAILED if report.failures else EXIT_OK
+    return finish(f"synthesised {len(report.written)} HR scans (K={k}), already done {len(report.skipped)}, "
+                  f"failed {len(report.failures)} -> {output.url}", report.failures, "scan_id")
 
 
 def _infer(args: argparse.Namespace) -> int:
@@ -96,11 +93,8 @@ def _infer(args: argparse.Namespace) -> int:
         raise UsageError(f"--k is needed with {args.model} (it was not trained for one K)")
     check_k(method, k)
     report = infer_files(args.inputs, args.output, method, k, args.slice_axis, keep_acquired=not args.no_keep_acquired)
-    print(f"super-resolved {len(report.written)} scans with {method.label} (K={k}), failed {len(report.failures)}"
-          f" -> {args.output}")
-    for failure in report.failures:
-        print(f"  failed: {failure['source']}: {failure['error']}", file=sys.stderr)
-    return EXIT_SOME_FAILED if report.failures else EXIT_OK
+    return finish(f"super-resolved {len(report.written)} scans with {method.label} (K={k}), "
+                  f"failed {len(report.failures)} -> {args.output}", report.failures)
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -108,10 +102,8 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     result = evaluate(args.hr, args.k, args.methods, args.output, args.slice_axis, figures=not args.no_figures)
     print(result.summary_table())
-    print(f"-> {args.output}/metrics.csv, summary.md" + ("" if args.no_figures else ", *_slices.png, *_through_plane.png"))
-    for failure in result.failures:
-        print(f"  failed: {failure['source']}: {failure['error']}", file=sys.stderr)
-    return EXIT_SOME_FAILED if result.failures else EXIT_OK
+    return finish(f"-> {args.output}/metrics.csv, summary.md" + ("" if args.no_figures else ", *_slices.png, *_through_plane.png"),
+                  result.failures)
 
 
 def _latent_analysis(args: argparse.Namespace) -> int:

@@ -97,3 +97,23 @@ def run_command(parser: argparse.ArgumentParser, argv: list[str] | None,
         logging.getLogger("slicesr").debug("environment error", exc_info=True)
         print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_USAGE
+
+
+def finish(summary: str, failures: list[dict[str, Any]], name_key: str = "source") -> int:
+    """Print a command's one-line summary, then each failed input and its reason (stderr); the exit code:
+    EXIT_SOME_FAILED when any input failed (the rest were done), EXIT_OK otherwise."""
+    print(summary)
+    for failure in failures:
+        print(f"  failed: {failure[name_key]}: {failure['error']}", file=sys.stderr)
+    return EXIT_SOME_FAILED if failures else EXIT_OK
+
+
+def add_batch_options(parser: argparse.ArgumentParser, overwrite_help: str) -> None:
+    """The options of commands over many inputs: fsspec storage options, redoing finished outputs,
+    progress bar and verbosity."""
+    parser.add_argument("--storage-option", action="append", default=[], metavar="KEY=VALUE",
+                        help="fsspec/s3fs option for inputs and output, e.g. endpoint_url=http://127.0.0.1:9000 "
+                        "(repeatable; dotted keys nest)")
+    parser.add_argument("--overwrite", action="store_true", help=overwrite_help)
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("-v", "--verbose", action="store_true")

@@ -1,0 +1,113 @@
+"""Every benchmark script in `--quick` mode: it runs on its own tiny synthetic data, prints a table with
+every row the script defines and only finite numbers, and writes nothing into benchmarks/."""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmarks import inference, preprocess, results, stage1, stage1_latent, stage2, training
+
+REPO = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.slow
+
+NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
+NOT_FINITE = re.compile(r"\b(?:nan|inf|infinity)\b", re.I)
+
+
+def data_rows(output: str) -> list[list[str]]:
+    """The cells of every Markdown table row below a header separator (|---|---:|...)."""
+    rows, header = [], None
+    lines = [line.strip() for line in output.splitlines()]
+    for previous, line in zip([""] + lines, lines):
+        if not line.startswith("|"):
+            header = None
+            continue
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        if all(re.fullmatch(r":?-+:?", cell) for cell in cells):
+            header = len(previous.strip("|").split("|"))
+            continue
+        if header is not None:
+            assert len(cells) == header, f"row with {len(cells)} cells under a header of {header}: {line}"
+            rows.append(cells)
+    return rows
+
+
+def check_table(output: str, expected: list[tuple[str, ...]]) -> None:
+    """The table's rows start with the expected labels, in order, and hold only finite numbers."""
+    rows = data_rows(output)
+    width = len(expected[0])
+    assert [tuple(row[:width]) for row in rows] == expected, output
+    for row in rows:
+        values = " | ".join(row[width:])
+        assert not NOT_FINITE.search(values), f"not finite: {row}"
+        numbers = [float(n) for n in NUMBER.findall(values)]
+        assert numbers and all(math.isfinite(n) for n in numbers), row
+    assert "../shared" not in output, "a quick run must not read ../shared/data"
+
+
+def benchmark_files() -> dict[str, tuple[int, int]]:
+    """RESULTS.md and every figure, with their sizes and modification times."""
+    paths = [results.RESULTS, *sorted(results.FIGURES.glob("*"))]
+    return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in paths if p.exists()}
+
+
+@pytest.fixture
+def untouched_results(monkeypatch):
+    """Runs the test in the repository root and checks that benchmarks/RESULTS.md (byte for byte) and
+    benchmarks/figures are as they were, and that no benchmarks/_work appeared."""
+    monkeypatch.chdir(REPO)
+    before = results.RESULTS.read_bytes()
+    files = benchmark_files()
+    work_existed = (results.HERE / "_work").exists()
+    yield
+    assert results.RESULTS.read_bytes() == before
+    assert benchmark_files() == files
+    assert (results.HERE / "_work").exists() == work_existed
+
+
+def run_quick(module, capsys, *extra: str) -> str:
+    assert module.main(["--quick", *extra]) == 0
+    return capsys.readouterr().out
+
+
+def test_preprocess_quick(untouched_results, capsys):
+    check_table(run_quick(preprocess, capsys), [(label,) for label in preprocess.METHODS])
+
+
+def test_stage1_quick(untouched_results, capsys):
+    output = run_quick(stage1, capsys)
+    check_table(output, [stage1.row_label(case) for case in stage1.QUICK_CASES])
+    assert "-minute run of configs/debug/stage1.yaml" in output and "validation L_center" in output
+
+
+def test_stage1_latent_quick(untouched_results, capsys):
+    check_table(run_quick(stage1_latent, capsys), [(label,) for label, _ in stage1_latent.VARIANTS])
+
+
+def test_stage2_quick(untouched_results, capsys):
+    output = run_quick(stage2, capsys, "--with-dcsrn")
+    labels = [stage2.LINEAR, stage2.CUBIC, stage2.VAE, stage2.PROPOSED_DCSRN, stage2.PROPOSED, stage2.SUPERVISED]
+    check_table(output, [(label,) for label in labels])
+
+
+def test_inference_quick(untouched_results, capsys):
+    output = run_quick(inference, capsys)
+    check_table(output, [(label,) for label, *_ in inference.CASES + inference.REFERENCE_CASES])
+
+
+def test_training_quick(untouched_results):
+    """In its own process: it starts (and stops) a local Ray instance."""
+    env = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}
+    env.update(RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0", DS_ACCELERATOR="cpu")
+    done = subprocess.run([sys.executable, "benchmarks/training.py", "--quick"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    expected = [(training.STAGES[stage], label) for stage, settings in training.plan(True) for label, *_ in settings]
+    check_table(done.stdout, expected)
