@@ -6,7 +6,7 @@ Trains two CPU-sized models (configs/cpu/stage1.yaml) on the LR slice store only
 training), identical but for schedule.no_compactness, then reports on held-out HR volumes
 (../shared/data/brain/eval, slice axis 2, K = 4) the mean distances d1 (xi = 1/4, 3/4) and d2
 (xi = 2/4) between interpolated and encoded ground-truth codes, and d3 between the codes of
-slices K apart. Writes the table into benchmarks/RESULTS.md (section "stage1-latent"). `--quick`:
+adjacent true slices (slicesr.stage1.synthesis.latent_distance_samples). Writes the table into benchmarks/RESULTS.md (section "stage1-latent"). `--quick`:
 the debug config on synthetic data, a few steps; prints only.
 """
 
@@ -69,7 +69,7 @@ def main(argv=None) -> int:
             f"Models: {config_path} ({size.image_size}x{size.image_size} tiles, Z = {size.latent_dim}), {args.steps} steps, "
             f"phases {phases} then all losses; a short CPU run, far from the paper's 2e6 iterations.",
             "",
-            "| model | steps | minutes | best val L_center | d1 (xi=1/4,3/4) | d2 (xi=2/4) | d3 (slices K apart) |",
+            "| model | steps | minutes | best val L_center | d1 (xi=1/4,3/4) | d2 (xi=2/4) | d3 (adjacent true slices) |",
             "|---|---:|---:|---:|---:|---:|---:|",
         ]
         for label, steps, minutes, val, mean in rows:

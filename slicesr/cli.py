@@ -122,7 +122,7 @@ def _latent_analysis(args: argparse.Namespace) -> int:
         if slices.shape[0] < args.k + 1:
             raise UsageError(f"{path}: {slices.shape[0]} slices along the slice axis, need at least K+1 = {args.k + 1}")
         volumes.append(normalize(slices, robust_intensity_params(slices)))
-    print("| model | d1 (xi=1/4,3/4) | d2 (xi=2/4) | d3 (neighbours) |")
+    print("| model | d1 (xi=1/4,3/4) | d2 (xi=2/4) | d3 (adjacent true slices) |")
     print("|---|---:|---:|---:|")
     for model_dir in args.model:
         model, _, _ = load_vae(model_dir)

@@ -196,13 +196,25 @@ def evaluate(hr_inputs: list[str], k: int, methods: str | list[str], output: str
     return result
 
 
-def _write_outputs(result: EvaluationResult, folder: Path, k: int) -> None:
-    with open(folder / "metrics.csv", "w", newline="") as handle:
+def write_metrics(rows: list[dict], path: Path) -> None:
+    """metrics.csv: one row per (volume, method) with the four scores (the `slicesr evaluate` format)."""
+    with open(path, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=["volume", "method", *METRICS])
         writer.writeheader()
-        for row in result.rows:
+        for row in rows:
             writer.writerow({key: (f"{value:.6f}" if isinstance(value, float) and math.isfinite(value) else value)
                              for key, value in row.items()})
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """Rows written by `write_metrics`, scores as floats."""
+    with open(path, newline="") as handle:
+        return [{key: (float(value) if key in METRICS else value) for key, value in row.items()}
+                for row in csv.DictReader(handle)]
+
+
+def _write_outputs(result: EvaluationResult, folder: Path, k: int) -> None:
+    write_metrics(result.rows, folder / "metrics.csv")
     lines = [f"# Evaluation (K = {k})", "",
              "Mean ± SD over volumes. Missing = the slices the degradation removed (primary); all = every slice "
              "from the first to the last kept one. HR min-max normalisation, SSIM per slice with data_range=1.",

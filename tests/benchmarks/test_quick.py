@@ -111,3 +111,19 @@ def test_training_quick(untouched_results):
     assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
     expected = [(training.STAGES[stage], label) for stage, settings in training.plan(True) for label, *_ in settings]
     check_table(done.stdout, expected)
+
+
+def test_quality_quick(untouched_results, capsys):
+    from benchmarks import quality
+
+    output = run_quick(quality, capsys)
+    plan = quality.load_plan(quality.PLAN, quick=True)
+    blocks = [block for block in output.split("\n\n") if "|---" in block]
+    assert len(blocks) == 3, output
+    labels = quality.method_labels(plan)
+    check_table(blocks[0], [(label,) for label in labels])  # every volume scored, the knee for its rows only
+    check_table(blocks[1], [(label,) for label in labels if label != quality.LINEAR])
+    fig9 = data_rows(blocks[2])
+    assert [row[0] for row in fig9][:2] == ["with L_comp", "without L_comp (eta = 0)"]
+    assert all(math.isfinite(float(cell)) for row in fig9[:2] for cell in row[1:])
+    assert "Time per part" in output and "stage I ablation (without L_comp, eta 0)" in output

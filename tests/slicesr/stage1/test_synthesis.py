@@ -74,3 +74,15 @@ def test_synthesize_refuses_its_input_as_output(debug_config, lr_store, capsys):
     assert main(["synthesize", "--model", str(trainer.best_dir), "--input", lr_store, "--output", lr_store]) == 2
     assert "is the input store" in capsys.readouterr().err
     assert main(["latent-analysis", "--model", str(trainer.best_dir), "--hr", "x.nii.gz", "--k", "1"]) == 2
+
+
+def test_latent_distance_samples_count_spans_and_neighbours():
+    from slicesr.stage1.synthesis import latent_distance_samples
+
+    samples = latent_distance_samples(_model(), np.random.default_rng(2).random((9, 16, 16)).astype(np.float32), k=4)
+    # 9 slices, K = 4: two spans; per span 2 d1 (xi = 1/4, 3/4), 1 d2 (xi = 1/2) and 4 neighbour pairs
+    assert [len(samples[key]) for key in ("d1", "d2", "d3")] == [4, 2, 8]
+    # d3 is between adjacent true slices: a volume whose slices repeat in pairs has every other d3 zero
+    pairs = np.repeat(np.random.default_rng(3).random((5, 16, 16)).astype(np.float32), 2, axis=0)[:9]
+    d3 = latent_distance_samples(_model(), pairs, k=4)["d3"]
+    assert np.allclose(d3[0::2], 0, atol=1e-5) and (d3[1::2] > 0).all()

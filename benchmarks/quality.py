@@ -1,0 +1,357 @@
+"""Quality: the paper's Table 1 on the real volumes in one command, trained on thick-slice scans only.
+
+    python benchmarks/quality.py [--workdir runs/quality] [--output DIR] [--eval-dir DIR] [--plan FILE]
+    python benchmarks/quality.py --quick
+
+Brain: the training pool (../shared/data/brain/train) decimated to every K-th slice of axis 2 and written
+as NIfTI files with K times the slice spacing, then the product path a user's scans take:
+`preprocessing.to_zarr`, stage I, synthesis, stage II. Scored with `slicesr evaluate` on each held-out
+brain volume (and every NIfTI of --eval-dir). Knee (the paper's domain): the DESS knee decimated along
+axis 2, trained on that LR scan alone with the brain's recipe (nothing tuned on the knee), scored on its
+missing slices. No HR volume is used for training, except by the supervised bounds ("... only": the same
+generator, steps, batch and patch trained on the HR versions of the brain training pool).
+
+Rows: linear, cubic, VAE-based up-sampling, the proposed method with each generator (the paper's recipe),
+the proposed method with the slicesr recipe (options that depart from the paper, named in the plan), the
+supervised bounds; the paper's Table 1 (SKI10 knees, GPU scale) beside them. Ablations: stage I runs of
+equal, shorter length with all losses, eta = 0 and beta = 0, scored as VAE-based up-sampling, and Fig. 9's
+d1, d2, d3 with and without L_comp with a paired t-test. Every part's length is fixed in the plan
+(benchmarks/quality.yaml) and its time printed. Started again with the same --workdir, trainings resume
+from their checkpoints and finished parts are skipped. `--quick`: the plan's quick section on phantoms.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+from benchmarks import datasets  # noqa: E402
+from benchmarks.results import benchmark_parser, figures_dir, parse_arguments, publish  # noqa: E402
+from slicesr.cli_common import setup_logging  # noqa: E402
+from slicesr.config import load_config  # noqa: E402
+
+PLAN = HERE / "quality.yaml"
+LINEAR, CUBIC, VAE = "linear", "cubic", "VAE-based up-sample"
+RECIPE = " (slicesr recipe)"
+# The paper's Table 1 (SKI10 knees, K = 4, 50 test volumes): PSNR and SSIM means
+PAPER = {"linear": (27.152, 0.797), VAE: (18.995, 0.358), "DCSRN only": (28.910, 0.850),
+         "Proposed with DCSRN": (28.470, 0.835), "DeepResolve only": (31.005, 0.891),
+         "Proposed with DeepResolve": (30.058, 0.870)}
+
+
+# --------------------------------------------------------------------------- plan and bookkeeping
+def load_plan(path: Path, quick: bool) -> dict[str, Any]:
+    plan = yaml.safe_load(path.read_text())
+    quick_part = plan.pop("quick", {})
+    if quick:
+        plan.update(quick_part)
+    return plan
+
+
+def digest(*texts: str) -> str:
+    return hashlib.sha256("\n".join(texts).encode()).hexdigest()[:12]
+
+
+class Parts:
+    """Finished parts and the seconds spent on each (summed over resumed runs), in workdir/parts.json.
+    A part is done again when its arguments (plan settings, inputs) changed."""
+
+    def __init__(self, workdir: Path):
+        self.path = workdir / "parts.json"
+        self.state = json.loads(self.path.read_text()) if self.path.exists() else {}
+
+    def run(self, name: str, fn, *args) -> Any:
+        key = digest(fn.__name__, json.dumps(args, sort_keys=True, default=str))
+        entry = self.state.get(name) or {}
+        if entry.get("done") and entry.get("key") == key:
+            return entry.get("result")
+        started = time.perf_counter()
+        result = fn(*args)
+        seconds = (entry.get("seconds", 0.0) if entry.get("key") == key else 0.0) + time.perf_counter() - started
+        self.state[name] = {"done": True, "key": key, "seconds": seconds, "result": result}
+        self.path.write_text(json.dumps(self.state, indent=1))
+        print(f"part {name}: {seconds:.0f} s", flush=True)
+        return result
+
+    def seconds(self) -> dict[str, float]:
+        return {name: entry["seconds"] for name, entry in self.state.items()}
+
+
+# --------------------------------------------------------------------------- data
+def make_lr_store(hr_inputs: list[str], workdir: Path, name: str, k: int, axis: int) -> str:
+    """LR NIfTI files (every K-th slice, preprocessing.degrade) and their slice store (preprocessing.to_zarr)."""
+    from preprocessing.degrade import degrade_files
+    from preprocessing.to_zarr import convert
+
+    written, failures = degrade_files(hr_inputs, str(workdir / f"{name}_lr_nifti"), k, axis)
+    store = str(workdir / f"{name}_lr.zarr")
+    report = convert([str(workdir / f"{name}_lr_nifti")], store, slice_axis=axis, workers=0, progress=False)
+    if failures or report.failures:
+        raise RuntimeError(f"LR data for {name}: {failures + report.failures}")
+    return store
+
+
+def make_hr_store(hr_inputs: list[str], workdir: Path, axis: int) -> str:
+    from preprocessing.to_zarr import convert
+
+    store = str(workdir / "brain_hr.zarr")
+    report = convert(hr_inputs, store, slice_axis=axis, workers=0, progress=False)
+    if report.failures:
+        raise RuntimeError(f"HR store: {report.failures}")
+    return store
+
+
+# --------------------------------------------------------------------------- training
+def train_vae(plan: dict, part: dict, store: str, runs: Path, name: str, *extra: str) -> str:
+    from slicesr.stage1.train import Stage1Trainer
+
+    config = load_config(part.get("config", plan["vae"]["config"]), [
+        f"data.store={store}", f"run.storage_path={runs}", f"run.name={name}", f"train.max_steps={part['steps']}",
+        f"schedule.phase_steps={part['phase_steps']}", f"train.seed={plan['seed']}", f"synthesis.k={plan['k']}", *extra])
+    trainer = Stage1Trainer(config)
+    trainer.fit()
+    return str(trainer.best_dir)
+
+
+def synthesize(vae: str, lr_store: str, output: Path, k: int, keep_acquired: bool) -> str:
+    from slicesr.modeldir import model_fingerprint
+    from slicesr.stage1.synthesis import synthesize_store
+    from slicesr.stage1.train import load_vae
+    from slicesr.store import SliceStore
+
+    model, config, _ = load_vae(vae)
+    report = synthesize_store(model, SliceStore.open(lr_store), SliceStore.create(str(output)), k, batch_size=64,
+                              overlap=config.synthesis.tile_overlap, keep_acquired=keep_acquired,
+                              model_id=model_fingerprint(vae), progress=False)
+    if report.failures:
+        raise RuntimeError(f"synthesis into {output}: {report.failures}")
+    return str(output)
+
+
+def train_sr(plan: dict, generator: str, store: str, supervision: str, runs: Path, name: str, *extra: str) -> str:
+    from slicesr.stage2.train import Stage2Trainer
+
+    settings = plan["generators"][generator]
+    config = load_config(plan["sr_config"], [
+        f"data.store={store}", f"run.storage_path={runs}", f"run.name={name}", f"sr.supervision={supervision}",
+        f"sr.k={plan['k']}", f"train.max_steps={settings['steps']}", f"train.seed={plan['seed']}",
+        *settings["set"], *extra])
+    trainer = Stage2Trainer(config)
+    trainer.fit()
+    return str(trainer.best_dir)
+
+
+# --------------------------------------------------------------------------- scoring
+def score_set(volumes: list[str], k: int, methods: list[str], output: Path, axis: int) -> list[dict]:
+    """`slicesr evaluate` over `volumes`; the rows of its metrics.csv."""
+    from slicesr.evaluate import evaluate
+
+    result = evaluate(volumes, k, methods, str(output), slice_axis=str(axis), progress=False)
+    if result.failures:
+        raise RuntimeError(f"evaluation in {output}: {result.failures}")
+    return result.rows
+
+
+def fig9(models: dict[str, str], volumes: list[str], k: int, axis: int) -> dict[str, Any]:
+    """Fig. 9 distances per model (means over every sample of every volume) and the paired t-test of
+    each distance between the first and the second model (same slices)."""
+    from scipy.stats import ttest_rel
+
+    from slicesr.stage1.synthesis import latent_distance_samples
+    from slicesr.stage1.train import load_vae
+
+    samples = {}
+    for label, path in models.items():
+        model = load_vae(path)[0]
+        per_volume = [latent_distance_samples(model, datasets.normalized_slices(v, axis), k) for v in volumes]
+        samples[label] = {key: np.concatenate([s[key] for s in per_volume]) for key in ("d1", "d2", "d3")}
+    first, second = list(samples)
+    out = {label: {key: float(values.mean()) for key, values in s.items()} for label, s in samples.items()}
+    out["p"] = {key: float(ttest_rel(samples[first][key], samples[second][key]).pvalue) for key in ("d1", "d2", "d3")}
+    out["n"] = {key: int(samples[first][key].size) for key in ("d1", "d2", "d3")}
+    return out
+
+
+# --------------------------------------------------------------------------- the run
+def ablation_label(plan: dict, label: str) -> str:
+    return f"{VAE} ({label}, {plan['ablation_vae']['steps']} steps)"
+
+
+# labels name no "=": `slicesr evaluate` reads LABEL=MODEL
+ABLATIONS = (("all losses", ()), ("without L_comp, eta 0", ("schedule.no_compactness=true",)),
+             ("without L_adv, beta 0", ("schedule.no_adversarial=true",)))
+
+
+def method_labels(plan: dict) -> list[str]:
+    """The table's rows in order: baselines, the proposed method per generator, the slicesr recipe, the
+    supervised bounds, the stage I ablations."""
+    from slicesr.models.generators import display_name
+
+    generators = [display_name(g) for g in plan["generators"]]
+    return [LINEAR, CUBIC, VAE, *[f"Proposed with {g}" for g in generators],
+            f"Proposed with {display_name(plan['recipe']['generator'])}{RECIPE}", *[f"{g} only" for g in generators],
+            *[ablation_label(plan, label) for label, _ in ABLATIONS]]
+
+
+def run(args) -> int:
+    setup_logging()
+    plan = load_plan(Path(args.plan), args.quick)
+    k = plan["k"]
+    workdir = Path(args.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    runs = workdir / "runs"
+    parts = Parts(workdir)
+    brain_axis, knee_axis = args.brain_axis, args.knee_axis
+
+    lr_brain = parts.run("brain LR store", make_lr_store, args.brain_train, workdir, "brain", k, brain_axis)
+    hr_brain = parts.run("brain HR store (supervised bounds only)", make_hr_store, args.brain_train, workdir, brain_axis)
+    lr_knee = parts.run("knee LR store", make_lr_store, [args.knee], workdir, "knee", k, knee_axis)
+
+    vae = parts.run("stage I", train_vae, plan, plan["vae"], lr_brain, runs, "vae")
+    ablations = {}
+    for label, extra in ABLATIONS:
+        name = "ablation-" + label.split(",")[-1].strip().replace(" ", "")
+        ablations[label] = parts.run(f"stage I ablation ({label})", train_vae, plan, plan["ablation_vae"], lr_brain,
+                                     runs, name, *extra)
+    recipe = plan["recipe"]
+    synthetic = parts.run("synthesis", synthesize, vae, lr_brain, workdir / "brain_synthetic.zarr", k, False)
+    synthetic_kept = parts.run("synthesis (acquired slices kept)", synthesize, vae, lr_brain,
+                               workdir / "brain_synthetic_kept.zarr", k, True) if recipe["keep_acquired"] else synthetic
+
+    from slicesr.models.generators import display_name
+
+    brain_methods, bounds = [LINEAR, CUBIC, f"{VAE}={vae}"], []
+    for generator in plan["generators"]:
+        label = f"Proposed with {display_name(generator)}"
+        brain_methods.append(f"{label}={parts.run(label, train_sr, plan, generator, synthetic, 'synthetic', runs, generator)}")
+        bound = f"{display_name(generator)} only"
+        bounds.append(f"{bound}={parts.run(bound, train_sr, plan, generator, hr_brain, 'real', runs, generator + '-only')}")
+    recipe_label = f"Proposed with {display_name(recipe['generator'])}{RECIPE}"
+    recipe_model = parts.run(recipe_label, train_sr, plan, recipe["generator"], synthetic_kept, "synthetic", runs,
+                             recipe["generator"] + "-recipe", *recipe["set"])
+    brain_methods += [f"{recipe_label}={recipe_model}", *bounds]
+    ablation_methods = [f"{ablation_label(plan, label)}={path}" for label, path in ablations.items()]
+
+    # knee: its own LR scan only, the brain's settings
+    knee_vae = parts.run("knee stage I", train_vae, plan, plan["knee_vae"], lr_knee, runs, "knee-vae", "train.val_fraction=0")
+    knee_synthetic = parts.run("knee synthesis", synthesize, knee_vae, lr_knee, workdir / "knee_synthetic.zarr", k, False)
+    knee_kept = parts.run("knee synthesis (acquired slices kept)", synthesize, knee_vae, lr_knee,
+                          workdir / "knee_synthetic_kept.zarr", k, True) if recipe["keep_acquired"] else knee_synthetic
+    generator = plan["knee_generator"]
+    knee_label = f"Proposed with {display_name(generator)}"
+    knee_methods = [LINEAR, CUBIC, f"{VAE}={knee_vae}",
+                    f"{knee_label}={parts.run('knee ' + knee_label, train_sr, plan, generator, knee_synthetic, 'synthetic', runs, 'knee-' + generator, 'train.val_fraction=0')}",
+                    f"{knee_label}{RECIPE}={parts.run('knee ' + knee_label + RECIPE, train_sr, plan, generator, knee_kept, 'synthetic', runs, 'knee-recipe', 'train.val_fraction=0', *[s for s in recipe['set'] if not s.startswith('sr.validation')])}"]
+
+    eval_volumes = [*args.brain_eval, *sorted(str(p) for p in Path(args.eval_dir).glob("*.nii*"))] if args.eval_dir \
+        else list(args.brain_eval)
+    output = Path(args.output) if args.output else workdir / "eval"
+    started = time.perf_counter()
+    brain_rows = score_set(eval_volumes, k, brain_methods + ablation_methods, output / "brain", brain_axis)
+    knee_rows = score_set([args.knee], k, knee_methods, output / "knee", knee_axis)
+    distances = fig9({"with L_comp": ablations["all losses"], "without L_comp (eta = 0)": ablations[ABLATIONS[1][0]]},
+                     list(args.brain_eval), k, brain_axis)
+    scoring_seconds = time.perf_counter() - started
+
+    from slicesr.evaluate import write_metrics
+
+    write_metrics(brain_rows + knee_rows, output / "metrics.csv")
+    figures = figures_dir(args)
+    for figure in sorted((output / "brain").glob("*.png")) + sorted((output / "knee").glob("*.png")):
+        shutil.copy(figure, figures / f"quality_{figure.name}")
+    print(f"scoring: {scoring_seconds:.0f} s", flush=True)
+    publish(args, "quality", "Quality: Table 1 on the brain and knee volumes, trained without HR",
+            table(args, plan, parts, brain_rows, knee_rows, distances, eval_volumes))
+    return 0
+
+
+def table(args, plan: dict, parts: Parts, brain_rows: list[dict], knee_rows: list[dict], distances: dict,
+          eval_volumes: list[str]) -> str:
+    import torch
+
+    from slicesr.nifti import strip_nifti_suffix
+
+    volumes = [strip_nifti_suffix(Path(v).name) for v in eval_volumes]
+    knee = strip_nifti_suffix(Path(args.knee).name)
+    methods = list(dict.fromkeys(row["method"] for row in brain_rows + knee_rows))
+    scores = {(row["volume"], row["method"]): row for row in brain_rows + knee_rows}
+    config_files = [plan["vae"].get("config", ""), plan["sr_config"]]
+    lines = [
+        f"Command: `python benchmarks/quality.py{' --quick' if args.quick else ''}`  ",
+        f"Plan {Path(args.plan).name} ({digest(Path(args.plan).read_text())}), configs "
+        + ", ".join(f"{c} ({digest(Path(c).read_text())})" for c in config_files)
+        + f"; torch {torch.__version__}, numpy {np.__version__}, {torch.get_num_threads()} threads, seed {plan['seed']}.  ",
+        f"K = {plan['k']}; missing slices (PSNR dB / SSIM), HR min-max normalisation (README 'Scoring protocol'). "
+        "No row but '... only' saw an HR volume in training.",
+        "",
+        "| method | " + " | ".join(volumes + [knee]) + " | paper (SKI10 knees, GPU) |",
+        "|---|" + "---:|" * (len(volumes) + 2),
+    ]
+    for method in methods:
+        cells = []
+        for volume in volumes + [knee]:
+            row = scores.get((volume, method))
+            cells.append(f"{row['psnr_missing']:.2f} / {row['ssim_missing']:.3f}" if row else "-")
+        paper = PAPER.get(method)
+        cells.append(f"{paper[0]:.2f} / {paper[1]:.3f}" if paper else "-")
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    lines += ["", "Gain over linear (PSNR dB, missing slices):", "",
+              "| method | " + " | ".join(volumes + [knee]) + " |", "|---|" + "---:|" * (len(volumes) + 1)]
+    for method in methods:
+        if method == LINEAR:
+            continue
+        cells = []
+        for volume in volumes + [knee]:
+            row, base = scores.get((volume, method)), scores.get((volume, LINEAR))
+            cells.append(f"{row['psnr_missing'] - base['psnr_missing']:+.2f}" if row and base else "-")
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    first, second = [key for key in distances if key not in ("p", "n")]
+    lines += ["", f"Fig. 9 on the held-out brains (ablation stage I runs of {plan['ablation_vae']['steps']} steps, "
+              "paired t-test over the same slices):", "",
+              "| model | d1 (xi = 1/4, 3/4) | d2 (xi = 1/2) | d3 (adjacent true slices) |", "|---|---:|---:|---:|"]
+    for label in (first, second):
+        lines.append(f"| {label} | " + " | ".join(f"{distances[label][key]:.3f}" for key in ("d1", "d2", "d3")) + " |")
+    lines.append("| p (paired t-test), n | " + " | ".join(f"{distances['p'][key]:.2g}, {distances['n'][key]}"
+                                                         for key in ("d1", "d2", "d3")) + " |")
+    lines += ["", "Time per part (seconds, summed over resumed runs): "
+              + ", ".join(f"{name} {seconds:.0f}" for name, seconds in parts.seconds().items()) + "."]
+    return "\n".join(lines)
+
+
+def quick_settings(scratch: Path) -> dict:
+    return {"workdir": str(scratch / "quality"),
+            "brain_train": lambda args: [datasets.hr_train(scratch)],
+            "brain_eval": lambda args: datasets.hr_volumes(scratch / "hr_eval", 1, seed=2),
+            "knee": lambda args: datasets.hr_volumes(scratch / "knee", 1, seed=3, prefix="knee")[0]}
+
+
+def main(argv=None) -> int:
+    parser = benchmark_parser(__doc__)
+    parser.add_argument("--workdir", default="runs/quality", help="resumable work folder")
+    parser.add_argument("--output", default=None, help="metrics.csv (slicesr evaluate format) and figures "
+                        "(default WORKDIR/eval)")
+    parser.add_argument("--eval-dir", default=None, help="every NIfTI here joins the held-out brains (slice axis 2)")
+    parser.add_argument("--plan", default=str(PLAN))
+    parser.add_argument("--brain-train", nargs="+", default=["../shared/data/brain/train"])
+    parser.add_argument("--brain-eval", nargs="+",
+                        default=sorted(str(p) for p in Path("../shared/data/brain/eval").glob("*.nii.gz")))
+    parser.add_argument("--knee", default="../shared/data/knee/pykneer_dess_echo1.nii.gz")
+    parser.add_argument("--brain-axis", type=int, default=2)
+    parser.add_argument("--knee-axis", type=int, default=2)
+    with parse_arguments(parser, argv, quick_settings) as args:
+        return run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
