@@ -6,7 +6,7 @@ PIP := $(PY) -m pip
 DATA ?= ../shared/data
 DEMO_DIR ?= demo_out
 # The demo's training lengths: minutes on 2 cores, enough to see every stage work, not for quality
-# (benchmarks/stage1.py and benchmarks/stage2.py run the longer trainings).
+# (benchmarks/quality.py runs the longer trainings).
 DEMO_VAE_STEPS ?= 300
 DEMO_SR_STEPS ?= 300
 
@@ -35,8 +35,7 @@ test: setup lint
 bench: demo
 	$(PY) benchmarks/preprocess.py
 	$(PY) benchmarks/stage1.py --store $(DEMO_DIR)/lr.zarr
-	$(PY) benchmarks/stage1_latent.py --store $(DEMO_DIR)/lr.zarr
-	$(PY) benchmarks/stage2.py --vae runs/bench-stage1/checkpoints/latest --lr-store $(DEMO_DIR)/lr.zarr --steps 1000
+	$(PY) benchmarks/quality.py --workdir runs/quality
 	$(PY) benchmarks/inference.py
 	$(PY) benchmarks/training.py
 

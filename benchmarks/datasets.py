@@ -1,6 +1,7 @@
 """Data the benchmarks make or read: a synthetic HR slice store from a stage I model (`synthesize_hr`),
-an HR volume's normalised slices (`normalized_slices`), and the tiny synthetic data of `--quick` runs, made in their scratch folder (nothing downloaded, no `make demo`
-outputs needed): HR phantoms, their LR versions and slice store, a briefly trained VAE.
+an HR volume's normalised slices (`normalized_slices`), and the tiny synthetic data of `--quick` runs, made
+in their scratch folder (nothing downloaded, no `make demo` outputs needed): HR phantoms, their LR versions
+and slice store.
 
 The quick data have the shapes the debug configs (configs/debug) need: 32x32 in-plane (16x16 stage I
 tiles, 12x12 stage II patches), 17 slices along axis 2, so K = 4 keeps 5 slices and a synthetic HR
@@ -59,16 +60,6 @@ def lr_store(scratch: Path) -> str:
     return store
 
 
-def tiny_vae(scratch: Path, store: str, steps: int = 6) -> str:
-    """A stage I model directory: the debug VAE-GAN trained `steps` steps on `store` (Stage1Trainer)."""
-    from slicesr.config import load_config
-    from slicesr.stage1.train import Stage1Trainer
-
-    config = load_config(DEBUG_STAGE1, [f"data.store={store}", f"run.storage_path={scratch / 'runs'}",
-                                        "run.name=quick-vae", f"train.max_steps={steps}"])
-    return str(Path(Stage1Trainer(config).fit(resume=False)["run_dir"]) / "best")
-
-
 def normalized_slices(path: str, slice_axis: int = SLICE_AXIS) -> np.ndarray:
     """An HR volume's slices along `slice_axis` (slices first), normalised like the slice stores."""
     from slicesr.geometry import to_slice_first
@@ -80,7 +71,7 @@ def normalized_slices(path: str, slice_axis: int = SLICE_AXIS) -> np.ndarray:
     return normalize(slices, robust_intensity_params(slices))
 
 
-def synthesize_hr(vae: str, lr_store: str, output: str, k: int) -> str:
+def synthesize_hr(vae: str, lr_store: str, output: str, k: int, keep_acquired: bool = False) -> str:
     """The synthetic HR store that the stage I model at `vae` makes of `lr_store` (resumable per scan)."""
     from slicesr.modeldir import model_fingerprint
     from slicesr.stage1.synthesis import synthesize_store
@@ -88,6 +79,9 @@ def synthesize_hr(vae: str, lr_store: str, output: str, k: int) -> str:
     from slicesr.store import SliceStore
 
     model, config, _ = load_vae(vae)
-    synthesize_store(model, SliceStore.open(lr_store), SliceStore.create(output), k, batch_size=64,
-                     overlap=config.synthesis.tile_overlap, model_id=model_fingerprint(vae))
+    report = synthesize_store(model, SliceStore.open(lr_store), SliceStore.create(output), k, batch_size=64,
+                              overlap=config.synthesis.tile_overlap, keep_acquired=keep_acquired,
+                              model_id=model_fingerprint(vae), progress=False)
+    if report.failures:
+        raise RuntimeError(f"synthesis into {output}: {report.failures}")
     return output

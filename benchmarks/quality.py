@@ -124,21 +124,6 @@ def train_vae(plan: dict, part: dict, store: str, runs: Path, name: str, *extra:
     return str(trainer.best_dir)
 
 
-def synthesize(vae: str, lr_store: str, output: Path, k: int, keep_acquired: bool) -> str:
-    from slicesr.modeldir import model_fingerprint
-    from slicesr.stage1.synthesis import synthesize_store
-    from slicesr.stage1.train import load_vae
-    from slicesr.store import SliceStore
-
-    model, config, _ = load_vae(vae)
-    report = synthesize_store(model, SliceStore.open(lr_store), SliceStore.create(str(output)), k, batch_size=64,
-                              overlap=config.synthesis.tile_overlap, keep_acquired=keep_acquired,
-                              model_id=model_fingerprint(vae), progress=False)
-    if report.failures:
-        raise RuntimeError(f"synthesis into {output}: {report.failures}")
-    return str(output)
-
-
 def train_sr(plan: dict, generator: str, store: str, supervision: str, runs: Path, name: str, *extra: str) -> str:
     from slicesr.stage2.train import Stage2Trainer
 
@@ -225,9 +210,9 @@ def run(args) -> int:
         ablations[label] = parts.run(f"stage I ablation ({label})", train_vae, plan, plan["ablation_vae"], lr_brain,
                                      runs, name, *extra)
     recipe = plan["recipe"]
-    synthetic = parts.run("synthesis", synthesize, vae, lr_brain, workdir / "brain_synthetic.zarr", k, False)
-    synthetic_kept = parts.run("synthesis (acquired slices kept)", synthesize, vae, lr_brain,
-                               workdir / "brain_synthetic_kept.zarr", k, True) if recipe["keep_acquired"] else synthetic
+    synthetic = parts.run("synthesis", datasets.synthesize_hr, vae, lr_brain, str(workdir / "brain_synthetic.zarr"), k, False)
+    synthetic_kept = parts.run("synthesis (acquired slices kept)", datasets.synthesize_hr, vae, lr_brain,
+                               str(workdir / "brain_synthetic_kept.zarr"), k, True) if recipe["keep_acquired"] else synthetic
 
     from slicesr.models.generators import display_name
 
@@ -245,9 +230,10 @@ def run(args) -> int:
 
     # knee: its own LR scan only, the brain's settings
     knee_vae = parts.run("knee stage I", train_vae, plan, plan["knee_vae"], lr_knee, runs, "knee-vae", "train.val_fraction=0")
-    knee_synthetic = parts.run("knee synthesis", synthesize, knee_vae, lr_knee, workdir / "knee_synthetic.zarr", k, False)
-    knee_kept = parts.run("knee synthesis (acquired slices kept)", synthesize, knee_vae, lr_knee,
-                          workdir / "knee_synthetic_kept.zarr", k, True) if recipe["keep_acquired"] else knee_synthetic
+    knee_synthetic = parts.run("knee synthesis", datasets.synthesize_hr, knee_vae, lr_knee, str(workdir / "knee_synthetic.zarr"), k,
+                               False)
+    knee_kept = parts.run("knee synthesis (acquired slices kept)", datasets.synthesize_hr, knee_vae, lr_knee,
+                          str(workdir / "knee_synthetic_kept.zarr"), k, True) if recipe["keep_acquired"] else knee_synthetic
     generator = plan["knee_generator"]
     knee_label = f"Proposed with {display_name(generator)}"
     knee_methods = [LINEAR, CUBIC, f"{VAE}={knee_vae}",

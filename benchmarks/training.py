@@ -1,6 +1,6 @@
 """Training throughput: in-process vs Ray Train (1 worker, 2 workers DDP, 2 workers DeepSpeed ZeRO-1/-2).
 
-    python benchmarks/training.py [--lr-store demo_out/lr.zarr] [--hr-store runs/bench-stage2/synthetic_hr.zarr]
+    python benchmarks/training.py [--lr-store demo_out/lr.zarr] [--hr-store runs/quality/brain_synthetic.zarr]
         [--vae-steps 60] [--sr-steps 30] [--quick]
 
 Stage I and stage II at the cpu configs (configs/cpu/stage{1,2}.yaml), every setting in a fresh process
@@ -117,7 +117,7 @@ def quick_settings(scratch: Path) -> dict:
 def main(argv=None) -> int:
     parser = benchmark_parser(__doc__)
     parser.add_argument("--lr-store", default="demo_out/lr.zarr")
-    parser.add_argument("--hr-store", default="runs/bench-stage2/synthetic_hr.zarr")
+    parser.add_argument("--hr-store", default="runs/quality/brain_synthetic.zarr")
     parser.add_argument("--vae-steps", type=int, default=60)
     parser.add_argument("--sr-steps", type=int, default=30)
     parser.add_argument("--work", default=str(WORK), help=argparse.SUPPRESS)
@@ -188,7 +188,7 @@ def measure(args, work: Path) -> None:
                        "|---|---|---:|---:|---:|---:|---|", *rows])
     body = (f"Command: `python benchmarks/training.py --vae-steps {args.vae_steps} --sr-steps {args.sr_steps}` "
             "(2 CPU cores, no GPU; cpu configs; stage I on the demo's LR store, stage II on the synthetic HR "
-            "store of benchmarks/stage2.py). samples/s: median over train.log_every=5-step intervals after "
+            "store of benchmarks/quality.py). samples/s: median over train.log_every=5-step intervals after "
             "the first, all workers together; wall s includes start-up (Ray workers, DeepSpeed init).\n\n" + table)
     publish(args, "training", "Training throughput: in-process vs Ray Train", body)
 

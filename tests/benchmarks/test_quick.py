@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import inference, preprocess, results, stage1, stage1_latent, stage2, training
+from benchmarks import inference, preprocess, results, stage1, training
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
@@ -85,16 +85,6 @@ def test_stage1_quick(untouched_results, capsys):
     output = run_quick(stage1, capsys)
     check_table(output, [stage1.row_label(case) for case in stage1.QUICK_CASES])
     assert "-minute run of configs/debug/stage1.yaml" in output and "validation L_center" in output
-
-
-def test_stage1_latent_quick(untouched_results, capsys):
-    check_table(run_quick(stage1_latent, capsys), [(label,) for label, _ in stage1_latent.VARIANTS])
-
-
-def test_stage2_quick(untouched_results, capsys):
-    output = run_quick(stage2, capsys, "--with-dcsrn")
-    labels = [stage2.LINEAR, stage2.CUBIC, stage2.VAE, stage2.PROPOSED_DCSRN, stage2.PROPOSED, stage2.SUPERVISED]
-    check_table(output, [(label,) for label in labels])
 
 
 def test_inference_quick(untouched_results, capsys):
