@@ -44,19 +44,33 @@ def fit_windows(length: int, window: int, overlap: float) -> tuple[int, list[int
 def aligned_windows(length: int, window: int, overlap: float, margin: int, align: int) -> tuple[int, list[int]]:
     """Window size and starts along one axis for windows whose `margin` voxels at an inner edge are discarded:
     starts on multiples of `align`, size K*m + 1 when `align` = K (so a window starts and ends on an acquired
-    slice), and consecutive windows sharing at least 2 * margin + overlap * window voxels, so that every voxel
-    lies outside the margins of some window. A window too small for its margins is enlarged to the
-    smallest that leaves `align` voxels between them."""
-    window = max(window, 2 * margin + 2 * align)
+    slice), consecutive windows sharing at least 2 * margin + overlap * window voxels, so that every voxel
+    lies outside the margins of some window. As `fit_windows`, the fewest windows of at most `window`
+    voxels, then shrunk to the smallest size that still covers the axis (little is computed twice). A
+    window too small for its margins is enlarged to the smallest that leaves `align` voxels between them."""
+    shared = 2 * margin + int(round(window * overlap))
+    window = max(window, shared + 2 * align)
     if length <= window:
         return length, [0]
-    size = ((window - 1) // align) * align + 1 if align > 1 else window
-    if (length - size) % align:
-        raise ValueError(f"an axis of {length} voxels cannot hold windows of {size} starting on multiples of {align}")
-    stride = max(align, (size - 2 * margin - int(round(window * overlap))) // align * align)
-    units = (length - size) // align
-    count = math.ceil(units * align / stride) + 1
-    return size, [(i * units // (count - 1)) * align for i in range(count)]
+
+    def plan(size: int) -> tuple[int, list[int]] | None:
+        stride = (size - shared) // align * align
+        if stride < align:
+            return None
+        units = (length - size) // align
+        count = math.ceil(units * align / stride) + 1
+        return count, [(i * units // (count - 1)) * align for i in range(count)]
+
+    largest = ((window - 1) // align) * align + 1 if align > 1 else window
+    count, starts = plan(largest)
+    size = largest
+    # shrink while the same number of windows still covers the axis
+    while size - align >= shared + align:
+        smaller = plan(size - align)
+        if smaller is None or smaller[0] > count:
+            break
+        size, starts = size - align, smaller[1]
+    return size, starts
 
 
 def covering_corners(shape: tuple[int, ...], window: tuple[int, ...], overlap: float) -> list[Corner]:
