@@ -113,25 +113,26 @@ def make_hr_store(hr_inputs: list[str], workdir: Path, axis: int) -> str:
 
 
 # --------------------------------------------------------------------------- training
-def train_vae(plan: dict, part: dict, store: str, runs: Path, name: str, *extra: str) -> str:
+# A part's key is its arguments: each training receives only its own settings, so that changing one
+# part of the plan retrains that part alone.
+def train_vae(config_path: str, part: dict, seed: int, k: int, store: str, runs: Path, name: str, *extra: str) -> str:
     from slicesr.stage1.train import Stage1Trainer
 
-    config = load_config(part.get("config", plan["vae"]["config"]), [
+    config = load_config(config_path, [
         f"data.store={store}", f"run.storage_path={runs}", f"run.name={name}", f"train.max_steps={part['steps']}",
-        f"schedule.phase_steps={part['phase_steps']}", f"train.seed={plan['seed']}", f"synthesis.k={plan['k']}", *extra])
+        f"schedule.phase_steps={part['phase_steps']}", f"train.seed={seed}", f"synthesis.k={k}", *extra])
     trainer = Stage1Trainer(config)
     trainer.fit()
     return str(trainer.best_dir)
 
 
-def train_sr(plan: dict, generator: str, store: str, supervision: str, runs: Path, name: str, *extra: str) -> str:
+def train_sr(config_path: str, settings: dict, seed: int, k: int, store: str, supervision: str, runs: Path, name: str,
+             *extra: str) -> str:
     from slicesr.stage2.train import Stage2Trainer
 
-    settings = plan["generators"][generator]
-    config = load_config(plan["sr_config"], [
+    config = load_config(config_path, [
         f"data.store={store}", f"run.storage_path={runs}", f"run.name={name}", f"sr.supervision={supervision}",
-        f"sr.k={plan['k']}", f"train.max_steps={settings['steps']}", f"train.seed={plan['seed']}",
-        *settings["set"], *extra])
+        f"sr.k={k}", f"train.max_steps={settings['steps']}", f"train.seed={seed}", *settings["set"], *extra])
     trainer = Stage2Trainer(config)
     trainer.fit()
     return str(trainer.best_dir)
@@ -203,11 +204,16 @@ def run(args) -> int:
     hr_brain = parts.run("brain HR store (supervised bounds only)", make_hr_store, args.brain_train, workdir, brain_axis)
     lr_knee = parts.run("knee LR store", make_lr_store, [args.knee], workdir, "knee", k, knee_axis)
 
-    vae = parts.run("stage I", train_vae, plan, plan["vae"], lr_brain, runs, "vae")
+    vae_config, seed = plan["vae"]["config"], plan["seed"]
+
+    def sr_part(generator: str) -> tuple:
+        return plan["sr_config"], plan["generators"][generator], seed, k
+
+    vae = parts.run("stage I", train_vae, vae_config, plan["vae"], seed, k, lr_brain, runs, "vae")
     ablations = {}
     for label, extra in ABLATIONS:
         name = "ablation-" + label.split(",")[-1].strip().replace(" ", "")
-        ablations[label] = parts.run(f"stage I ablation ({label})", train_vae, plan, plan["ablation_vae"], lr_brain,
+        ablations[label] = parts.run(f"stage I ablation ({label})", train_vae, vae_config, plan["ablation_vae"], seed, k, lr_brain,
                                      runs, name, *extra)
     recipe = plan["recipe"]
     synthetic = parts.run("synthesis", datasets.synthesize_hr, vae, lr_brain, str(workdir / "brain_synthetic.zarr"), k, False)
@@ -219,17 +225,18 @@ def run(args) -> int:
     brain_methods, bounds = [LINEAR, CUBIC, f"{VAE}={vae}"], []
     for generator in plan["generators"]:
         label = f"Proposed with {display_name(generator)}"
-        brain_methods.append(f"{label}={parts.run(label, train_sr, plan, generator, synthetic, 'synthetic', runs, generator)}")
+        brain_methods.append(f"{label}={parts.run(label, train_sr, *sr_part(generator), synthetic, 'synthetic', runs, generator)}")
         bound = f"{display_name(generator)} only"
-        bounds.append(f"{bound}={parts.run(bound, train_sr, plan, generator, hr_brain, 'real', runs, generator + '-only')}")
+        bounds.append(f"{bound}={parts.run(bound, train_sr, *sr_part(generator), hr_brain, 'real', runs, generator + '-only')}")
     recipe_label = f"Proposed with {display_name(recipe['generator'])}{RECIPE}"
-    recipe_model = parts.run(recipe_label, train_sr, plan, recipe["generator"], synthetic_kept, "synthetic", runs,
+    recipe_model = parts.run(recipe_label, train_sr, *sr_part(recipe["generator"]), synthetic_kept, "synthetic", runs,
                              recipe["generator"] + "-recipe", *recipe["set"])
     brain_methods += [f"{recipe_label}={recipe_model}", *bounds]
     ablation_methods = [f"{ablation_label(plan, label)}={path}" for label, path in ablations.items()]
 
     # knee: its own LR scan only, the brain's settings
-    knee_vae = parts.run("knee stage I", train_vae, plan, plan["knee_vae"], lr_knee, runs, "knee-vae", "train.val_fraction=0")
+    knee_vae = parts.run("knee stage I", train_vae, vae_config, plan["knee_vae"], seed, k, lr_knee, runs, "knee-vae",
+                         "train.val_fraction=0")
     knee_synthetic = parts.run("knee synthesis", datasets.synthesize_hr, knee_vae, lr_knee, str(workdir / "knee_synthetic.zarr"), k,
                                False)
     knee_kept = parts.run("knee synthesis (acquired slices kept)", datasets.synthesize_hr, knee_vae, lr_knee,
@@ -237,8 +244,8 @@ def run(args) -> int:
     generator = plan["knee_generator"]
     knee_label = f"Proposed with {display_name(generator)}"
     knee_methods = [LINEAR, CUBIC, f"{VAE}={knee_vae}",
-                    f"{knee_label}={parts.run('knee ' + knee_label, train_sr, plan, generator, knee_synthetic, 'synthetic', runs, 'knee-' + generator, 'train.val_fraction=0')}",
-                    f"{knee_label}{RECIPE}={parts.run('knee ' + knee_label + RECIPE, train_sr, plan, generator, knee_kept, 'synthetic', runs, 'knee-recipe', 'train.val_fraction=0', *[s for s in recipe['set'] if not s.startswith('sr.validation')])}"]
+                    f"{knee_label}={parts.run('knee ' + knee_label, train_sr, *sr_part(generator), knee_synthetic, 'synthetic', runs, 'knee-' + generator, 'train.val_fraction=0')}",
+                    f"{knee_label}{RECIPE}={parts.run('knee ' + knee_label + RECIPE, train_sr, *sr_part(generator), knee_kept, 'synthetic', runs, 'knee-recipe', 'train.val_fraction=0', *[s for s in recipe['set'] if not s.startswith('sr.validation')])}"]
 
     eval_volumes = [*args.brain_eval, *sorted(str(p) for p in Path(args.eval_dir).glob("*.nii*"))] if args.eval_dir \
         else list(args.brain_eval)

@@ -173,6 +173,9 @@ class TrainingLoop:
     """
 
     val_metric = "val_loss"
+    # Validate the untrained model before the first step, so that `best/` can stay the untrained model
+    # when no trained step beats it on validation (stage II's untrained generator is its interpolated input).
+    validate_untrained = False
 
     def __init__(self, config: Config, reporter: Reporter | None, shard: tuple[int, int] = (0, 1),
                  checkpointer: Checkpointer | None = None):
@@ -182,6 +185,7 @@ class TrainingLoop:
         self.checkpointer = checkpointer or Checkpointer()
         self.step = 0
         self.best_val = float("inf")
+        self.best_step: int | None = None  # in this process; the model directory's metadata keeps it for good
         self.run_dir = Path(config.run.storage_path) / config.run.name
         self.generators: dict[str, torch.Generator] = {}
         self.train_ids: list[str] = []
@@ -223,6 +227,13 @@ class TrainingLoop:
 
     def metadata(self) -> dict[str, Any]:
         raise NotImplementedError
+
+    def validate_and_keep_best(self) -> None:
+        val = self.validate()
+        self.reporter.report(self.step, {self.val_metric: val})
+        if val < self.best_val and self.may_become_best():
+            self.best_val, self.best_step = val, self.step
+            self.save_best()
 
     def may_become_best(self) -> bool:
         """Whether the weights at this step may become `best/` when their validation score is the lowest
@@ -322,6 +333,8 @@ class TrainingLoop:
         if self.rank == 0:
             self.checkpointer.start(self)
         images = getattr(self.reporter, "images", None)
+        if self.step == 0 and self.validate_untrained:
+            self.validate_and_keep_best()
         self.model.train()
         started, started_step = time.perf_counter(), self.step
         while self.step < cfg.max_steps:
@@ -335,12 +348,11 @@ class TrainingLoop:
             if images is not None:  # the reporter decides when it wants previews; rendering only then
                 images(self.step, self.preview_images, self.step == cfg.max_steps)
             if self.step % cfg.val_every == 0 or self.step == cfg.max_steps:
-                val = self.validate()
-                self.reporter.report(self.step, {self.val_metric: val})
-                if val < self.best_val and self.may_become_best():
-                    self.best_val = val
-                    self.save_best()
+                self.validate_and_keep_best()
             if self.step % cfg.checkpoint_every == 0 or self.step == cfg.max_steps:
                 self.save_checkpoint()
         self.checkpointer.finish(self)
+        if self.validate_untrained and self.best_step == 0 and self.step > 0:
+            log.warning("%s: no validation after training beat the untrained model (%s); best/ is the untrained "
+                        "model", self.run_dir, self.val_metric)
         return {"step": self.step, f"best_{self.val_metric}": self.best_val, "run_dir": str(self.run_dir)}

@@ -58,6 +58,9 @@ def check_store_matches(store: SliceStore, ids: list[str], supervision: str, k: 
 
 class Stage2Trainer(TrainingLoop):
     val_metric = "val_l1"
+    # Untrained, DeepResolve and the through-plane 2D generator are their interpolated input (zero last
+    # layer): best/ then never holds a model that validates worse than interpolation.
+    validate_untrained = True
 
     def __init__(self, config: Config, reporter: Reporter | None = None,
                  engine_factory: Callable[[nn.Module, float], Engine] = generator_engine,

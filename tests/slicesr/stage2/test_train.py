@@ -152,3 +152,29 @@ def test_loss_on_missing_slices_only(sr_config):
     assert trainer.identity()["sr"]["loss_slices"] == "missing"
     with pytest.raises(ValueError, match="loss_slices"):
         sr_config("sr.loss_slices=acquired")
+
+
+def test_best_stays_the_untrained_model_when_training_validates_worse(sr_config, caplog):
+    """Validation runs before the first step: a run that only learns something wrong (here: targets
+    shifted by 0.5) keeps the untrained generator (= its interpolated input) as best/, with a warning,
+    instead of its least bad trained step."""
+    trainer = Stage2Trainer(sr_config("run.name=wrong", "train.lr=1e-2", "train.max_steps=6", "train.val_every=2"))
+    sample = trainer.sampler.sample
+    trainer.sampler.sample = lambda batch_size, generator: (lambda pair: (pair[0], pair[1] + 0.5))(
+        sample(batch_size, generator))
+    with caplog.at_level("WARNING"):
+        trainer.fit()
+    metadata = json.loads((trainer.best_dir / "metadata.json").read_text())
+    assert metadata["step"] == 0
+    assert "best/ is the untrained model" in caplog.text
+    model = load_generator(trainer.best_dir)[0]
+    inputs, _ = trainer.sampler.sample(2, torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        torch.testing.assert_close(model(inputs), inputs, rtol=0, atol=0)
+
+
+def test_best_is_a_trained_step_when_it_validates_better(sr_config):
+    trainer = Stage2Trainer(sr_config("run.name=learns", "train.lr=3e-3", "train.max_steps=40", "train.val_every=20",
+                                      "model.num_filters=8"))
+    trainer.fit()
+    assert json.loads((trainer.best_dir / "metadata.json").read_text())["step"] in (20, 40)
