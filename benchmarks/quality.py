@@ -139,14 +139,31 @@ def train_sr(config_path: str, settings: dict, seed: int, k: int, store: str, su
 
 
 # --------------------------------------------------------------------------- scoring
-def score_set(volumes: list[str], k: int, methods: list[str], output: Path, axis: int) -> list[dict]:
-    """`slicesr evaluate` over `volumes`; the rows of its metrics.csv."""
+def score_set(volumes: list[str], k: int, methods: list[str], output: Path, axis: int, figures: bool = False) -> list[dict]:
+    """`slicesr evaluate` over `volumes`; the rows of its metrics.csv (with its figures when asked)."""
     from slicesr.evaluate import evaluate
 
-    result = evaluate(volumes, k, methods, str(output), slice_axis=str(axis), progress=False)
+    result = evaluate(volumes, k, methods, str(output), slice_axis=str(axis), figures=figures, progress=False)
     if result.failures:
         raise RuntimeError(f"evaluation in {output}: {result.failures}")
     return result.rows
+
+
+def score_methods(parts: Parts, set_name: str, volumes: list[str], k: int, methods: list[str], output: Path,
+                  axis: int) -> list[dict]:
+    """Each method scored on every volume of the set as a part of its own: started again, or with a row
+    added to the plan, only what is new is scored."""
+    rows = []
+    for method in methods:
+        label = method.split("=", 1)[0]
+        slug = "".join(c if c.isalnum() else "-" for c in label.lower()).strip("-")
+        rows += parts.run(f"score {label} ({set_name})", score_set, volumes, k, [method], output / set_name / slug, axis)
+    return rows
+
+
+# Fig. 4/5 style figures: these rows on the first held-out brain volume (one evaluation with figures)
+FIGURE_ROWS = (LINEAR, CUBIC, VAE, "Proposed with DeepResolve", "Proposed with through-plane 2D",
+               "through-plane 2D only")
 
 
 def fig9(models: dict[str, str], volumes: list[str], k: int, axis: int) -> dict[str, Any]:
@@ -250,20 +267,22 @@ def run(args) -> int:
     eval_volumes = [*args.brain_eval, *sorted(str(p) for p in Path(args.eval_dir).glob("*.nii*"))] if args.eval_dir \
         else list(args.brain_eval)
     output = Path(args.output) if args.output else workdir / "eval"
-    started = time.perf_counter()
-    brain_rows = score_set(eval_volumes, k, brain_methods + ablation_methods, output / "brain", brain_axis)
-    knee_rows = score_set([args.knee], k, knee_methods, output / "knee", knee_axis)
-    distances = fig9({"with L_comp": ablations["all losses"], "without L_comp (eta = 0)": ablations[ABLATIONS[1][0]]},
-                     list(args.brain_eval), k, brain_axis)
-    scoring_seconds = time.perf_counter() - started
+    brain_rows = score_methods(parts, "brain", eval_volumes, k, brain_methods + ablation_methods, output, brain_axis)
+    knee_rows = score_methods(parts, "knee", [args.knee], k, knee_methods, output, knee_axis)
+    figure_methods = [m for m in brain_methods if m.split("=", 1)[0] in FIGURE_ROWS]
+    parts.run("figures (first held-out brain)", score_set, eval_volumes[:1], k, figure_methods,
+              output / "figures", brain_axis, True)
+    parts.run("figures (knee)", score_set, [args.knee], k, knee_methods, output / "knee-figures", knee_axis, True)
+    distances = parts.run("Fig. 9 distances", fig9, {"with L_comp": ablations["all losses"],
+                                                     "without L_comp (eta = 0)": ablations[ABLATIONS[1][0]]},
+                          list(args.brain_eval), k, brain_axis)
 
     from slicesr.evaluate import write_metrics
 
     write_metrics(brain_rows + knee_rows, output / "metrics.csv")
     figures = figures_dir(args)
-    for figure in sorted((output / "brain").glob("*.png")) + sorted((output / "knee").glob("*.png")):
+    for figure in sorted((output / "figures").glob("*.png")) + sorted((output / "knee-figures").glob("*.png")):
         shutil.copy(figure, figures / f"quality_{figure.name}")
-    print(f"scoring: {scoring_seconds:.0f} s", flush=True)
     publish(args, "quality", "Quality: Table 1 on the brain and knee volumes, trained without HR",
             table(args, plan, parts, brain_rows, knee_rows, distances, eval_volumes))
     return 0

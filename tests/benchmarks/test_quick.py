@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import inference, preprocess, results, stage1, training
+from benchmarks import inference, learning, preprocess, results, stage1, training
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
@@ -117,3 +117,9 @@ def test_quality_quick(untouched_results, capsys):
     assert [row[0] for row in fig9][:2] == ["with L_comp", "without L_comp (eta = 0)"]
     assert all(math.isfinite(float(cell)) for row in fig9[:2] for cell in row[1:])
     assert "Time per part" in output and "stage I ablation (without L_comp, eta 0)" in output
+
+
+def test_learning_quick(untouched_results, capsys):
+    output = run_quick(learning, capsys)
+    table = output[output.index("Command:"):]
+    check_table(table, [(name,) for name in learning.CASES])
