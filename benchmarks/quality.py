@@ -13,7 +13,9 @@ generator, steps, batch and patch trained on the HR versions of the brain traini
 
 Rows: linear, cubic, VAE-based up-sampling, the proposed method with each generator (the paper's recipe),
 the proposed method with the slicesr recipe (options that depart from the paper, named in the plan), the
-supervised bounds; the paper's Table 1 (SKI10 knees, GPU scale) beside them. Ablations: stage I runs of
+supervised bounds, and the rows trained on pairs from the LR scans' own in-plane axes (`beyond` in the plan:
+`sr.supervision` inplane alone and both, with the synthetic pairs; slicesr.stage2.inplane); the paper's
+Table 1 (SKI10 knees, GPU scale) beside them. Ablations: stage I runs of
 equal, shorter length with all losses, eta = 0 and beta = 0, scored as VAE-based up-sampling, and Fig. 9's
 d1, d2, d3 with and without L_comp with a paired t-test. Every part's length is fixed in the plan
 (benchmarks/quality.yaml) and its time printed. Started again with the same --workdir, trainings resume
@@ -203,8 +205,20 @@ def method_labels(plan: dict) -> list[str]:
 
     generators = [display_name(g) for g in plan["generators"]]
     return [LINEAR, CUBIC, VAE, *[f"Proposed with {g}" for g in generators],
-            f"Proposed with {display_name(plan['recipe']['generator'])}{RECIPE}", *[f"{g} only" for g in generators],
-            *[ablation_label(plan, label) for label, _ in ABLATIONS]]
+            f"Proposed with {display_name(plan['recipe']['generator'])}{RECIPE}",
+            *[beyond_label(row) for row in plan.get("beyond", {}).get("brain", [])],
+            *[f"{g} only" for g in generators], *[ablation_label(plan, label) for label, _ in ABLATIONS]]
+
+
+def beyond_label(row: dict) -> str:
+    from slicesr.stage2.train import method_label
+
+    return method_label(row["generator"], row["supervision"])
+
+
+def beyond_settings(plan: dict, row: dict) -> dict:
+    """A beyond row's training: its generator's settings of the plan, its own length."""
+    return {"steps": row["steps"], "set": plan["generators"][row["generator"]]["set"]}
 
 
 def run(args) -> int:
@@ -248,7 +262,15 @@ def run(args) -> int:
     recipe_label = f"Proposed with {display_name(recipe['generator'])}{RECIPE}"
     recipe_model = parts.run(recipe_label, train_sr, *sr_part(recipe["generator"]), synthetic_kept, "synthetic", runs,
                              recipe["generator"] + "-recipe", *recipe["set"])
-    brain_methods += [f"{recipe_label}={recipe_model}", *bounds]
+    brain_methods.append(f"{recipe_label}={recipe_model}")
+    beyond = plan.get("beyond", {})
+    for row in beyond.get("brain", []):  # in-plane pairs (issue 13): alone from the LR store, or with synthesis
+        label, name = beyond_label(row), f"{row['generator']}-{row['supervision']}"
+        store = lr_brain if row["supervision"] == "inplane" else synthetic
+        model = parts.run(label, train_sr, plan["sr_config"], beyond_settings(plan, row), seed, k, store,
+                          row["supervision"], runs, name, *beyond["set"])
+        brain_methods.append(f"{label}={model}")
+    brain_methods += bounds
     ablation_methods = [f"{ablation_label(plan, label)}={path}" for label, path in ablations.items()]
 
     # knee: its own LR scan only, the brain's settings
@@ -263,6 +285,14 @@ def run(args) -> int:
     knee_methods = [LINEAR, CUBIC, f"{VAE}={knee_vae}",
                     f"{knee_label}={parts.run('knee ' + knee_label, train_sr, *sr_part(generator), knee_synthetic, 'synthetic', runs, 'knee-' + generator, 'train.val_fraction=0')}",
                     f"{knee_label}{RECIPE}={parts.run('knee ' + knee_label + RECIPE, train_sr, *sr_part(generator), knee_kept, 'synthetic', runs, 'knee-recipe', 'train.val_fraction=0', *[s for s in recipe['set'] if not s.startswith('sr.validation')])}"]
+
+    for row in beyond.get("knee", []):
+        label, name = beyond_label(row), f"knee-{row['generator']}-{row['supervision']}"
+        store = lr_knee if row["supervision"] == "inplane" else knee_synthetic
+        model = parts.run("knee " + label, train_sr, plan["sr_config"], beyond_settings(plan, row), seed, k, store,
+                          row["supervision"], runs, name, "train.val_fraction=0",
+                          *[s for s in beyond["set"] if not s.startswith("sr.validation")])
+        knee_methods.append(f"{label}={model}")
 
     eval_volumes = [*args.brain_eval, *sorted(str(p) for p in Path(args.eval_dir).glob("*.nii*"))] if args.eval_dir \
         else list(args.brain_eval)

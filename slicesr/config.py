@@ -22,6 +22,9 @@ from slicesr.cli_common import parse_scalar
 class DataConfig:
     store: str = "runs/data/lr.zarr"  # the training input slice store (local folder or s3://)
     storage_options: dict[str, str] = field(default_factory=dict)  # fsspec options for s3:// stores
+    # Stage II with sr.supervision=both: the slice store of LR scans that gives the in-plane pairs.
+    # Empty: the store the synthetic volumes of data.store were synthesised from (their records name it).
+    lr_store: str = ""
 
     def validate(self) -> None:
         _require(bool(self.store), "data.store must name a slice store (folder or s3:// URL)")
@@ -108,7 +111,13 @@ class SrConfig:
     # Redraw a training patch (up to 20 times) until this fraction of its voxels is foreground
     # (normalised intensity > 0.05): scans with a large empty background otherwise teach mostly zeros.
     min_foreground: float = 0.0
-    supervision: Literal["synthetic", "real"] = "synthetic"  # real = the supervised upper bound
+    # Where the training pairs come from: synthetic (the paper: stage I's synthetic HR volumes in
+    # data.store), inplane (data.store holds the LR scans; pairs from their own in-plane axes,
+    # slicesr.stage2.inplane), both (synthetic pairs from data.store and in-plane pairs from
+    # data.lr_store, a fraction sr.inplane_fraction of the steps in-plane), or real (HR volumes: the
+    # supervised upper bound).
+    supervision: Literal["synthetic", "inplane", "both", "real"] = "synthetic"
+    inplane_fraction: float = 0.5
     # Which slices of a patch the L1 counts: all (the paper's eq. 12) or only the missing ones (slicesr
     # recipe): at the acquired slices, 0, K, 2K, ..., the input equals the target and the loss there only
     # teaches the identity.
@@ -130,6 +139,8 @@ class SrConfig:
                  f"e.g. {2 * self.k + 1}: a patch starts and ends on an acquired slice")
         _require(0 <= self.window_overlap < 1, f"sr.window_overlap must be in [0, 1), got {self.window_overlap}")
         _require(0 <= self.min_foreground <= 1, f"sr.min_foreground must be in [0, 1], got {self.min_foreground}")
+        _require(0 < self.inplane_fraction < 1, f"sr.inplane_fraction must be in (0, 1), got {self.inplane_fraction}"
+                 " (for only one source set sr.supervision to synthetic or inplane)")
         _require(len(self.holdout_crop) == 2 and min(self.holdout_crop) >= 1,
                  f"sr.holdout_crop must be two sizes (rows, cols), got {self.holdout_crop}")
 

@@ -29,7 +29,7 @@ def split_scans(scan_ids: list[str], val_fraction: float, seed: int) -> tuple[li
     return sorted(ranked[num_val:]), sorted(ranked[:num_val])
 
 
-def _randint(high: int, generator: torch.Generator) -> int:
+def randint_below(high: int, generator: torch.Generator) -> int:
     """Uniform in [0, high) from the injected generator (one draw, whatever `high` is)."""
     return int(torch.randint(0, high, (1,), generator=generator))
 
@@ -72,9 +72,9 @@ class WindowSampler:
         """One window of `scan_id` as read: (depth, <= rows, <= cols) where the scan is smaller."""
         depth, size_r, size_c = self.window
         num_slices, rows, cols = self.shapes[scan_id]
-        start = _randint(self.num_starts(num_slices), generator) * self.stride
-        top = _randint(max(1, rows - size_r + 1), generator)
-        left = _randint(max(1, cols - size_c + 1), generator)
+        start = randint_below(self.num_starts(num_slices), generator) * self.stride
+        top = randint_below(max(1, rows - size_r + 1), generator)
+        left = randint_below(max(1, cols - size_c + 1), generator)
         return np.asarray(self.array(scan_id)[start : start + depth, top : top + size_r, left : left + size_c])
 
 

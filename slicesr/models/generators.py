@@ -75,6 +75,10 @@ class ThroughPlane2D(nn.Module):
         self.body = residual_stack(conv2, num_layers, num_filters)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 1, slices, rows, cols) volumes, or (N, 1, slices, width) planes: the network on each plane
+        directly (training on in-plane pairs; through `forward`, so that DDP and DeepSpeed see the call)."""
+        if x.dim() == 4:
+            return x + self.body(x)
         b, _, d, r, c = x.shape
         # planes (slices, rows) at each column, and (slices, cols) at each row, as 2D batches
         along_rows = self.body(x.permute(0, 4, 1, 2, 3).reshape(b * c, 1, d, r))

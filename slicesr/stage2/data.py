@@ -15,9 +15,9 @@ MAX_REDRAWS = 20
 
 
 def degraded_pair(hr: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(input, target) of eq. 12 for HR patches (B, 1, slices, rows, cols): the input is T(target), keeping
-    slices 0, K, 2K, ..., linearly up-sampled back onto the HR grid."""
-    return upsample_linear(keep_every_kth_tensor(hr, k, dim=2), k), hr
+    """(input, target) of eq. 12 for HR patches (B, 1, slices, rows, cols), or planes (B, 1, slices, cols):
+    the input is T(target), keeping slices 0, K, 2K, ..., linearly up-sampled back onto the HR grid."""
+    return upsample_linear(keep_every_kth_tensor(hr, k, dim=2), k, dim=2), hr
 
 
 class PatchSampler(WindowSampler):

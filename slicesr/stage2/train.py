@@ -20,10 +20,13 @@ from slicesr.config import Config
 from slicesr.modeldir import load_model_dir
 from slicesr.models.generators import GeneratorSize, build_generator, display_name
 from slicesr.stage2.data import PatchSampler
+from slicesr.stage2.inplane import InplanePairSampler
 from slicesr.store import SliceStore
 from slicesr.training import Checkpointer, Engine, Reporter, TrainingLoop
 
 log = logging.getLogger(__name__)
+# generators that train on 2D planes when given in-plane pairs (their forward takes (N, 1, slices, width))
+PLANE_GENERATORS = ("throughplane2d",)
 
 
 def generator_size(config: Config) -> GeneratorSize:
@@ -33,9 +36,11 @@ def generator_size(config: Config) -> GeneratorSize:
 
 
 def method_label(name: str, supervision: str) -> str:
-    """The paper's names: 'Proposed with DeepResolve' or the upper bound 'DeepResolve only'."""
+    """The paper's names ('Proposed with DeepResolve', the upper bound 'DeepResolve only') and slicesr's
+    ('DeepResolve, in-plane pairs', 'Proposed with DeepResolve + in-plane pairs')."""
     generator = display_name(name)
-    return f"{generator} only" if supervision == "real" else f"Proposed with {generator}"
+    return {"real": f"{generator} only", "inplane": f"{generator}, in-plane pairs",
+            "both": f"Proposed with {generator} + in-plane pairs"}.get(supervision, f"Proposed with {generator}")
 
 
 def generator_engine(model: nn.Module, lr: float) -> Engine:
@@ -43,15 +48,16 @@ def generator_engine(model: nn.Module, lr: float) -> Engine:
 
 
 def check_store_matches(store: SliceStore, ids: list[str], supervision: str, k: int) -> None:
-    """Refuse training data that would mislabel the method: synthetic vs real HR, and K."""
+    """Refuse training data that would mislabel the method: synthetic vs real (HR or LR) scans, and K."""
     for scan_id in ids:
         values = store.record(scan_id).values
         synthesis = values.get("synthesis")
-        if supervision == "synthetic" and synthesis is None:
+        if supervision in ("synthetic", "both") and synthesis is None:
             raise ValueError(f"data.store {store.url}: scan {scan_id} is not a synthetic HR volume (not written by "
-                             "`slicesr synthesize`); for the supervised upper bound on real HR set sr.supervision=real")
-        if supervision == "real" and synthesis is not None:
-            raise ValueError(f"data.store {store.url} holds synthetic HR volumes but sr.supervision is real")
+                             "`slicesr synthesize`); for the supervised upper bound on real HR set sr.supervision=real, "
+                             "for in-plane pairs from LR scans sr.supervision=inplane")
+        if supervision in ("real", "inplane") and synthesis is not None:
+            raise ValueError(f"data.store {store.url} holds synthetic HR volumes but sr.supervision is {supervision}")
         if synthesis is not None and int(synthesis["k"]) != k:
             raise ValueError(f"data.store {store.url} was synthesised with K={synthesis['k']}, but sr.k is {k}")
 
@@ -72,11 +78,21 @@ class Stage2Trainer(TrainingLoop):
         ids = self.open_store_and_split()
         sr = config.sr
         check_store_matches(self.store, ids, sr.supervision, sr.k)
-        aligned = sr.supervision == "synthetic"
-        self.sampler = PatchSampler(self.store, self.shard_ids, tuple(sr.patch_size), sr.k, aligned,
-                                    sr.min_foreground)
-        self.val_sampler = (PatchSampler(self.store, self.val_sample_ids, tuple(sr.patch_size), sr.k, aligned,
-                                         sr.min_foreground) if self.val_sample_ids else None)
+        # Pair sources: `sampler` (volumes of data.store, degraded along the slice axis) and `inplane` (the
+        # LR scans' own in-plane axes); `both` draws from each, a fraction sr.inplane_fraction of steps in-plane.
+        self.sampler = self.val_sampler = self.inplane = self.inplane_val = None
+        self.lr_store_url = ""
+        if sr.supervision != "inplane":
+            aligned = sr.supervision in ("synthetic", "both")
+            self.sampler = PatchSampler(self.store, self.shard_ids, tuple(sr.patch_size), sr.k, aligned,
+                                        sr.min_foreground)
+            self.val_sampler = (PatchSampler(self.store, self.val_sample_ids, tuple(sr.patch_size), sr.k, aligned,
+                                             sr.min_foreground) if self.val_sample_ids else None)
+        if sr.supervision in ("inplane", "both"):
+            lr_store, train_lr_ids, val_lr_ids = self.lr_scans()
+            self.lr_store_url = lr_store.url
+            self.inplane = self.inplane_sampler(lr_store, train_lr_ids)
+            self.inplane_val = self.inplane_sampler(lr_store, val_lr_ids) if val_lr_ids else None
         self.data_rng = torch.Generator().manual_seed(self.seed_for(0))
         self.generators = {"data": self.data_rng}
         self.holdout_scans: dict[str, np.ndarray] | None = None  # read at the first hold-out validation
@@ -85,7 +101,39 @@ class Stage2Trainer(TrainingLoop):
 
     @staticmethod
     def min_slices(config: Config) -> int:
-        return config.sr.patch_size[0]
+        # in-plane pairs take any LR scan (a shorter one is zero-padded along its slice axis)
+        return 1 if config.sr.supervision == "inplane" else config.sr.patch_size[0]
+
+    def inplane_sampler(self, store: SliceStore, scan_ids: list[str]) -> InplanePairSampler:
+        sr = self.config.sr
+        return InplanePairSampler(store, scan_ids, tuple(sr.patch_size), sr.k, sr.min_foreground,
+                                  planes=self.config.model.name in PLANE_GENERATORS)
+
+    def lr_scans(self) -> tuple[SliceStore, list[str], list[str]]:
+        """The LR store of the in-plane pairs and the LR scan ids of this shard's training scans and of the
+        validation scans: data.store itself (inplane), or the LR scans the synthetic volumes were made from
+        (both; data.lr_store, else the store their records name)."""
+        if self.config.sr.supervision == "inplane":
+            return self.store, self.shard_ids, self.val_sample_ids
+        data = self.config.data
+        records = self.store.records(self.shard_ids + self.val_sample_ids)
+        urls = {records[s].values.get("lr_store") for s in records}
+        url = data.lr_store or (urls.pop() if len(urls) == 1 else "")
+        if not url:
+            raise ValueError(f"data.store {self.store.url}: its synthetic volumes name {len(urls)} LR stores; set "
+                             "data.lr_store to the slice store of LR scans for the in-plane pairs")
+        lr_store = SliceStore.open(url, data.storage_options)
+        available = set(lr_store.completed_ids())
+
+        def lr_ids(ids: list[str]) -> list[str]:
+            mapped = [records[s].values.get("lr_scan_id", s) for s in ids]
+            missing = sorted(set(mapped) - available)
+            if missing:
+                raise ValueError(f"data.lr_store {url} lacks the LR scans {', '.join(missing[:5])} of data.store "
+                                 f"{self.store.url}")
+            return mapped
+
+        return lr_store, lr_ids(self.shard_ids), lr_ids(self.val_sample_ids)
 
     def metadata(self) -> dict[str, Any]:
         sr = self.config.sr
@@ -93,7 +141,9 @@ class Stage2Trainer(TrainingLoop):
                 "supervision": sr.supervision, "method": method_label(self.config.model.name, sr.supervision),
                 "normalisation": "slicesr.intensity.robust_intensity_params (per scan)",
                 "model_size": asdict(generator_size(self.config)), "training_store": self.store.url,
-                "train_scans": self.train_ids, "val_scans": self.val_ids, f"best_{self.val_metric}": self.best_val}
+                "train_scans": self.train_ids, "val_scans": self.val_ids, f"best_{self.val_metric}": self.best_val,
+                **({"inplane": {"lr_store": self.lr_store_url, "fraction": 1.0 if sr.supervision == "inplane"
+                                else sr.inplane_fraction}} if self.inplane is not None else {})}
 
     def identity(self) -> dict[str, Any]:
         c = self.config
@@ -102,6 +152,8 @@ class Stage2Trainer(TrainingLoop):
         for key, default in (("loss_slices", "all"), ("validation", "patches")):
             if getattr(c.sr, key) != default:  # older checkpoints (the defaults) resume unchanged
                 sr[key] = getattr(c.sr, key)
+        if c.sr.supervision == "both":
+            sr["inplane_fraction"], sr["lr_store"] = c.sr.inplane_fraction, self.lr_store_url
         if c.sr.validation != "patches":
             sr["holdout_crop"] = c.sr.holdout_crop
         return {"data.store": c.data.store, "model": asdict(c.model), "sr": sr,
@@ -111,6 +163,8 @@ class Stage2Trainer(TrainingLoop):
     def lr_scan(self, scan_id: str) -> np.ndarray:
         """The LR version of a training-store scan: the LR scan a synthetic volume was synthesised from
         (its record names the store and scan), or a real HR volume's every K-th slice."""
+        if self.config.sr.supervision == "inplane":  # data.store holds the LR scans themselves
+            return np.asarray(self.store.slices(scan_id)[...])
         values = self.store.record(scan_id).values
         if "lr_store" in values:
             lr_store = SliceStore.open(values["lr_store"], self.config.data.storage_options)
@@ -140,14 +194,15 @@ class Stage2Trainer(TrainingLoop):
     def validate(self) -> float:
         if self.config.sr.validation == "lr_holdout":
             return self.validate_holdout()
-        if self.val_sampler is None:
+        sampler = self.val_sampler or self.inplane_val  # both: the synthetic patches
+        if sampler is None:
             return float("nan")
         rng = torch.Generator().manual_seed(self.config.train.seed + 2)  # the same patches every time
         total = 0.0
         self.model.eval()
         with torch.no_grad():
             for _ in range(self.config.train.val_batches):
-                inputs, target = self.val_sampler.sample(self.config.train.batch_size, rng)
+                inputs, target = sampler.sample(self.config.train.batch_size, rng)
                 output = self.model(self.model_input(inputs)).float()
                 total += float(self.loss(output, target.to(output.device)))
         self.model.train()
@@ -155,14 +210,17 @@ class Stage2Trainer(TrainingLoop):
 
     def preview_images(self) -> dict[str, np.ndarray]:
         """'patches': for 4 patches, a missing slice of the interpolated input, the output, the target."""
-        sampler = self.val_sampler or self.sampler
+        sampler = self.val_sampler or self.sampler or self.inplane_val or self.inplane
         inputs, target = sampler.sample(4, torch.Generator().manual_seed(self.config.train.seed + 3))
+        inputs, target = inputs[:4], target[:4]
         self.model.eval()
         with torch.no_grad():
             output = self.model(self.model_input(inputs)).float().cpu()
         self.model.train()
         missing = min(self.config.sr.k // 2, inputs.shape[2] - 1)  # halfway between two acquired slices
-        rows = [np.concatenate([t[i, 0, missing].numpy() for t in (inputs, output, target)], axis=1) for i in range(4)]
+        # volumes: that missing slice; planes (in-plane pairs): the whole plane
+        view = (lambda t, i: t[i, 0, missing]) if inputs.dim() == 5 else (lambda t, i: t[i, 0])
+        rows = [np.concatenate([view(t, i).numpy() for t in (inputs, output, target)], axis=1) for i in range(4)]
         return {"patches": np.concatenate(rows, axis=0)}
 
     def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -172,8 +230,18 @@ class Stage2Trainer(TrainingLoop):
             output, target = output[:, :, missing], target[:, :, missing]
         return torch.nn.functional.l1_loss(output, target)
 
+    def training_source(self):
+        """The sampler of this step's pairs; `both` draws in-plane with probability sr.inplane_fraction."""
+        if self.inplane is None:
+            return self.sampler
+        if self.sampler is None:
+            return self.inplane
+        draw = float(torch.rand((), generator=self.data_rng))
+        return self.inplane if draw < self.config.sr.inplane_fraction else self.sampler
+
     def train_step(self) -> dict[str, float]:
-        inputs, target = (t.to(self.engine.device) for t in self.sampler.sample(self.config.train.batch_size, self.data_rng))
+        source = self.training_source()
+        inputs, target = (t.to(self.engine.device) for t in source.sample(self.config.train.batch_size, self.data_rng))
         loss = self.loss(self.engine.forward("generator", inputs), target)
         self.engine.zero_grad("generator")
         self.engine.backward("generator", loss)
