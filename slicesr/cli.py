@@ -6,6 +6,7 @@
     slicesr train-sr --config FILE [--set a.b=value ...] [--no-resume]
     slicesr synthesize --model DIR --input STORE --output STORE [--k K] [--keep-acquired] [--overwrite]
     slicesr infer IN [IN ...] --output OUT --model MODEL [--k K] [--slice-axis auto|0|1|2] [--no-keep-acquired]
+                  [--tta] [--uncertainty]
     slicesr evaluate HR [HR ...] --k K --methods linear,cubic,MODEL,... --output DIR [--slice-axis auto|0|1|2]
     slicesr latent-analysis --model DIR [--model DIR ...] --hr HR.nii.gz [...] [--k 4] [--slice-axis auto|0|1|2]
 
@@ -85,15 +86,20 @@ def _synthesize(args: argparse.Namespace) -> int:
 
 
 def _infer(args: argparse.Namespace) -> int:
-    from slicesr.inference import check_k, infer_files, load_method
+    from slicesr.inference import check_k, check_tta, infer_files, load_method
 
     method = load_method(args.model)
     k = args.k or method.trained_k
     if k is None:
         raise UsageError(f"--k is needed with {args.model} (it was not trained for one K)")
     check_k(method, k)
-    report = infer_files(args.inputs, args.output, method, k, args.slice_axis, keep_acquired=not args.no_keep_acquired)
-    return finish(f"super-resolved {len(report.written)} scans with {method.label} (K={k}), "
+    if args.tta or args.uncertainty:
+        check_tta(method)
+    report = infer_files(args.inputs, args.output, method, k, args.slice_axis, keep_acquired=not args.no_keep_acquired,
+                         tta=args.tta, uncertainty=args.uncertainty)
+    return finish(f"super-resolved {len(report.written)} scans with {method.label} (K={k}"
+                  + (", test-time augmentation" if args.tta or args.uncertainty else "")
+                  + (", uncertainty maps" if args.uncertainty else "") + "), "
                   f"failed {len(report.failures)} -> {args.output}", report.failures)
 
 
@@ -175,6 +181,11 @@ def build_parser() -> argparse.ArgumentParser:
     infer.add_argument("--k", type=int, default=None, help="slices per acquired gap (default: the model's)")
     infer.add_argument("--slice-axis", default="auto", choices=["auto", "0", "1", "2"])
     infer.add_argument("--no-keep-acquired", action="store_true", help="take the network's output at acquired slices too")
+    infer.add_argument("--tta", action="store_true", help="average the predictions over the 8 flips of the three axes "
+                       "(and both orientations of a through-plane 2D generator); not for linear or cubic")
+    infer.add_argument("--uncertainty", action="store_true", help="--tta, and write <stem>_uncertainty.nii.gz beside "
+                       "each output: the per-voxel SD of the augmented predictions (float32, intensity units, zero at "
+                       "kept acquired slices)")
     infer.set_defaults(handler=_infer)
     evaluation = sub.add_parser("evaluate", help="score methods on HR volumes (simulated LR: every K-th slice)")
     evaluation.add_argument("hr", nargs="+", metavar="HR", help="HR NIfTI files or folders of them")

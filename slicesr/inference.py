@@ -9,10 +9,12 @@ order and data type, and atomic writing.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import sys
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,19 +34,36 @@ log = logging.getLogger(__name__)
 BASELINES = ("linear", "cubic")
 
 
+# Test-time augmentation: every combination of flips of the (slices, rows, cols) axes
+FLIPS = tuple(itertools.product((False, True), repeat=3))
+
+
+def flip(array: np.ndarray, flips: tuple[bool, bool, bool]) -> np.ndarray:
+    return array[tuple(slice(None, None, -1) if f else slice(None) for f in flips)]
+
+
 class Method:
     """Maps normalised slices (n, rows, cols) to (K*(n-1)+1, rows, cols)."""
 
     label: str = ""
     trained_k: int | None = None  # a generator works for the K it was trained for only
+    supports_tta = True  # whether its predictions change under flips (interpolation's do not)
 
     def upsample(self, slices: np.ndarray, k: int, progress: bool = False) -> np.ndarray:
         raise NotImplementedError
+
+    def augmented(self, slices: np.ndarray, k: int, progress: bool = False) -> Iterator[np.ndarray]:
+        """Test-time augmentation: the method on each flip of the three axes, flipped back. Flipping the
+        slice axis keeps the acquired slices on the HR grid's multiples of K (the grid is symmetric)."""
+        for flips in FLIPS:
+            yield flip(self.upsample(np.ascontiguousarray(flip(slices, flips)), k, progress), flips)
 
 
 @dataclass
 class Interpolation(Method):
     name: str = "linear"
+
+    supports_tta = False
 
     def __post_init__(self) -> None:
         self.label = self.name
@@ -91,20 +110,32 @@ class GeneratorUpsampling(Method):
     def upsample(self, slices: np.ndarray, k: int, progress: bool = False) -> np.ndarray:
         return generator_upsample(self.model, slices, k, self.window, self.overlap, progress)
 
+    def augmented(self, slices: np.ndarray, k: int, progress: bool = False) -> Iterator[np.ndarray]:
+        """The flips; for a generator with orientations (through-plane 2D), each orientation of each flip
+        on its own (16 predictions for the cost of 8: each orientation is half the network's work)."""
+        orientations = getattr(self.model, "orientations", (None,))
+        for flips in FLIPS:
+            flipped = np.ascontiguousarray(flip(slices, flips))
+            for orientation in orientations:
+                yield flip(generator_upsample(self.model, flipped, k, self.window, self.overlap, progress,
+                                              orientation), flips)
+
 
 @torch.inference_mode()
 def generator_upsample(model: torch.nn.Module, slices: np.ndarray, k: int, window: tuple[int, int, int],
-                       overlap: float, progress: bool = False) -> np.ndarray:
+                       overlap: float, progress: bool = False, orientation: int | None = None) -> np.ndarray:
     """A stage II generator on normalised slices (n, rows, cols) -> (K*(n-1)+1, rows, cols): linear
     up-sampling, then the generator in K-aligned windows with its receptive-field margins discarded.
-    Runs on the model's device and parameter type (a model in training too)."""
+    Runs on the model's device and parameter type (a model in training too). `orientation`: one of a
+    through-plane 2D generator's orientations alone (test-time augmentation)."""
     from slicesr.models.generators import receptive_radius
 
     parameter = next(model.parameters())
 
     def run(part: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(np.ascontiguousarray(part))[None, None].to(parameter.device, parameter.dtype)
-        return model(x)[0, 0].float().cpu().numpy()
+        out = model(x) if orientation is None else model(x, orientation=orientation)
+        return out[0, 0].float().cpu().numpy()
 
     return sliding_window_apply(run, linear_slices(slices, k), window, overlap, progress=progress,
                                 desc="super-resolve", margin=(receptive_radius(model),) * 3, align=(k, 1, 1))
@@ -140,16 +171,49 @@ def check_k(method: Method, k: int) -> None:
                          f"pass --k {method.trained_k} or train a model for K={k}")
 
 
-def super_resolve(volume: Volume, method: Method, k: int, slice_axis: int | str = "auto",
-                  keep_acquired: bool = True, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """(data in the input's axis order, float32, input intensity scale; its affine)."""
+def check_tta(method: Method) -> None:
+    if not method.supports_tta:
+        raise ValueError(f"{method.label} gives the same result under every flip: test-time augmentation and "
+                         "uncertainty (--tta, --uncertainty) need a trained model")
+
+
+@dataclass
+class Prediction:
+    data: np.ndarray  # the input's axis order, float32, input intensity scale
+    affine: np.ndarray
+    uncertainty: np.ndarray | None = None  # per-voxel SD of the augmented predictions, same grid and units
+
+
+def predict(volume: Volume, method: Method, k: int, slice_axis: int | str = "auto", keep_acquired: bool = True,
+            progress: bool = False, tta: bool = False, uncertainty: bool = False) -> Prediction:
+    """The super-resolved volume; with `tta` the mean of the augmented predictions (`Method.augmented`),
+    with `uncertainty` (implies `tta`) also their standard deviation (zero at kept acquired slices)."""
     check_k(method, k)
+    tta = tta or uncertainty
+    if tta:
+        check_tta(method)
     axis = resolve_slice_axis(volume.affine, slice_axis)
     slices, _ = to_slice_first(volume.data, volume.affine, axis)
     if slices.shape[0] < 2:
         raise InputError(f"{slices.shape[0]} slice along axis {axis}: nothing to interpolate")
     params = robust_intensity_params(slices)
-    out = method.upsample(normalize(slices, params), k, progress=progress)
+    normalised = normalize(slices, params)
+    spread = None
+    if tta:
+        count, out, squares = 0, None, None  # Welford's running mean and sum of squared deviations
+        for sample in method.augmented(normalised, k, progress):
+            count += 1
+            sample = sample.astype(np.float64)
+            if out is None:
+                out, squares = sample.copy(), np.zeros_like(sample)
+                continue
+            delta = sample - out
+            out += delta / count
+            squares += delta * (sample - out)
+        out = out.astype(np.float32)
+        spread = (np.sqrt(squares / count) * abs(params.scale)).astype(np.float32)  # intensity units
+    else:
+        out = method.upsample(normalised, k, progress=progress)
     expected = (hr_num_slices(slices.shape[0], k), *slices.shape[1:])
     if out.shape != expected:
         raise RuntimeError(f"{method.label} returned shape {out.shape}, expected {expected}")
@@ -158,7 +222,18 @@ def super_resolve(volume: Volume, method: Method, k: int, slice_axis: int | str 
     np.clip(out, slices.min(), slices.max(), out=out)
     if keep_acquired:
         out[::k] = slices  # the input's own values, bit for bit (not normalised and back)
-    return np.moveaxis(out, 0, axis), scale_axis(volume.affine, axis, 1.0 / k)
+        if spread is not None:
+            spread[::k] = 0.0
+    affine = scale_axis(volume.affine, axis, 1.0 / k)
+    return Prediction(np.moveaxis(out, 0, axis), affine,
+                      np.moveaxis(spread, 0, axis) if uncertainty and spread is not None else None)
+
+
+def super_resolve(volume: Volume, method: Method, k: int, slice_axis: int | str = "auto",
+                  keep_acquired: bool = True, progress: bool = False, tta: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(data in the input's axis order, float32, input intensity scale; its affine)."""
+    prediction = predict(volume, method, k, slice_axis, keep_acquired, progress, tta)
+    return prediction.data, prediction.affine
 
 
 def output_image(volume: Volume, data: np.ndarray, affine: np.ndarray) -> nib.Nifti1Image | nib.Nifti2Image:
@@ -181,10 +256,31 @@ def output_image(volume: Volume, data: np.ndarray, affine: np.ndarray) -> nib.Ni
     return image
 
 
+def uncertainty_image(volume: Volume, data: np.ndarray, affine: np.ndarray) -> nib.Nifti1Image | nib.Nifti2Image:
+    """The uncertainty map as float32 on the output's grid (header and codes as the output's, unscaled)."""
+    image = output_image(replace(volume, source_dtype="float32", scaled=False), data, affine)
+    image.header.set_slope_inter(1.0, 0.0)
+    return image
+
+
+def uncertainty_path(output: str) -> str:
+    """`sr.nii.gz` -> `sr_uncertainty.nii.gz`, beside the output."""
+    folder, name = os.path.split(output)
+    return os.path.join(folder, f"{strip_nifti_suffix(name)}_uncertainty.nii.gz")
+
+
 def infer_volume(volume: Volume, method: Method, k: int, slice_axis: int | str = "auto",
-                 keep_acquired: bool = True, progress: bool = False) -> nib.Nifti1Image | nib.Nifti2Image:
-    data, affine = super_resolve(volume, method, k, slice_axis, keep_acquired, progress)
+                 keep_acquired: bool = True, progress: bool = False, tta: bool = False) -> nib.Nifti1Image | nib.Nifti2Image:
+    data, affine = super_resolve(volume, method, k, slice_axis, keep_acquired, progress, tta)
     return output_image(volume, data, affine)
+
+
+def infer_volume_uncertainty(volume: Volume, method: Method, k: int, slice_axis: int | str = "auto",
+                             keep_acquired: bool = True, progress: bool = False):
+    """(the test-time-augmented output image, its uncertainty image)."""
+    prediction = predict(volume, method, k, slice_axis, keep_acquired, progress, uncertainty=True)
+    return (output_image(volume, prediction.data, prediction.affine),
+            uncertainty_image(volume, prediction.uncertainty, prediction.affine))
 
 
 @dataclass
@@ -229,15 +325,28 @@ def output_paths(files: list[str], output: str) -> list[str]:
 
 
 def infer_files(inputs: list[str], output: str, method: Method, k: int, slice_axis: int | str = "auto",
-                keep_acquired: bool = True, progress: bool = True) -> InferenceReport:
-    """Super-resolve every input into `output`; a bad file is reported and the others still done."""
+                keep_acquired: bool = True, progress: bool = True, tta: bool = False,
+                uncertainty: bool = False) -> InferenceReport:
+    """Super-resolve every input into `output`; a bad file is reported and the others still done. With
+    `uncertainty`, `<stem>_uncertainty.nii.gz` is written beside each output (`tta` implied)."""
+    if tta or uncertainty:
+        check_tta(method)
     files = expand_inputs(inputs)
     targets = output_paths(files, output)
+    if uncertainty:
+        clashes = sorted(set(map(uncertainty_path, targets)) & set(targets))
+        if clashes:
+            raise ValueError(f"an uncertainty map would overwrite the output {clashes[0]}: rename that input")
     report = InferenceReport()
     for source, target in tqdm(list(zip(files, targets)), desc="infer", unit="scan", disable=not progress or len(files) < 2,
                                file=sys.stderr):
         try:
-            image = infer_volume(load_volume(source), method, k, slice_axis, keep_acquired, progress)
+            volume = load_volume(source)
+            if uncertainty:
+                image, spread = infer_volume_uncertainty(volume, method, k, slice_axis, keep_acquired, progress)
+                save_nifti_atomic(spread, uncertainty_path(target))
+            else:
+                image = infer_volume(volume, method, k, slice_axis, keep_acquired, progress, tta)
             save_nifti_atomic(image, target)
             report.written.append(target)
         except (InputError, ValueError) as exc:

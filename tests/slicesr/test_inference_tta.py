@@ -1,0 +1,94 @@
+"""Test-time augmentation and uncertainty maps (`slicesr infer --tta / --uncertainty`)."""
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from slicesr.cli import main
+from slicesr.config import load_config
+from slicesr.geometry import to_slice_first
+from slicesr.inference import FLIPS, flip, load_method, uncertainty_path
+from slicesr.intensity import normalize, robust_intensity_params
+from slicesr.modeldir import write_model_dir
+from slicesr.models.generators import ThroughPlane2D, build_generator
+from slicesr.stage2.train import generator_size
+from tests.slicesr.test_inference import _lr_file
+
+
+def model_dir(path, name: str, trained: bool = True) -> str:
+    """A generator model directory; `trained`: a random (not zero) last layer, so flips change its output."""
+    config = load_config("configs/debug/stage2.yaml", [f"model.name={name}"])
+    torch.manual_seed(1)
+    model = build_generator(generator_size(config))
+    if trained:
+        with torch.no_grad():
+            for parameter in model.parameters():
+                parameter.add_(0.05 * torch.randn_like(parameter))
+    write_model_dir(path, model.state_dict(), config, {"stage": "sr", "k": 3, "method": f"test {name}"})
+    return str(path)
+
+
+def test_orientations_average_to_the_whole_through_plane_network():
+    torch.manual_seed(0)
+    model = ThroughPlane2D(3, 4)
+    for parameter in model.parameters():
+        torch.nn.init.normal_(parameter, std=0.2)
+    x = torch.rand(2, 1, 7, 6, 5)
+    with torch.no_grad():
+        both = 0.5 * (model(x, orientation=0) + model(x, orientation=1))
+        torch.testing.assert_close(both, model(x))
+    with pytest.raises(ValueError, match="orientation"):
+        model(x, orientation=2)
+
+
+@pytest.mark.parametrize("name", ["throughplane2d", "deepresolve"])
+def test_augmented_mean_is_flip_equivariant(tmp_path, name):
+    method = load_method(model_dir(tmp_path / "sr", name))
+    slices = np.random.default_rng(0).random((4, 10, 9)).astype(np.float32)
+    predictions = list(method.augmented(slices, 3))
+    assert len(predictions) == (16 if name == "throughplane2d" else 8)
+    mean = np.mean(predictions, axis=0)
+    assert np.std(predictions, axis=0).max() > 1e-4  # the flips do change a trained network's output
+    for flips in FLIPS[1:]:
+        flipped = np.mean(list(method.augmented(np.ascontiguousarray(flip(slices, flips)), 3)), axis=0)
+        np.testing.assert_allclose(flip(flipped, flips), mean, atol=1e-5)
+
+
+@pytest.mark.parametrize("orientation, slice_axis", [("oblique", 0), ("lps", 2)])
+def test_uncertainty_map_beside_the_output(tmp_path, orientation, slice_axis):
+    path, data, affine = _lr_file(tmp_path, orientation, slice_axis, n=5)
+    model = model_dir(tmp_path / "sr", "throughplane2d")
+    out = tmp_path / "sr.nii.gz"
+    assert main(["infer", path, "--output", str(out), "--model", model, "--uncertainty"]) == 0
+    assert uncertainty_path(str(out)) == str(tmp_path / "sr_uncertainty.nii.gz")
+    image, spread = nib.load(out), nib.load(tmp_path / "sr_uncertainty.nii.gz")
+    assert spread.shape == image.shape and spread.get_data_dtype() == np.float32
+    np.testing.assert_array_equal(spread.affine, image.affine)
+    values = np.moveaxis(np.asarray(spread.dataobj), slice_axis, 0)
+    assert np.all(values[::3] == 0) and np.all(values >= 0) and values[1::3].max() > 0
+    # the SD of the 16 augmented predictions, in the scan's intensity units
+    slices, _ = to_slice_first(data, affine, slice_axis)
+    params = robust_intensity_params(slices)
+    predictions = np.stack(list(load_method(model).augmented(normalize(slices, params), 3)))
+    expected = predictions.std(axis=0) * params.scale
+    np.testing.assert_allclose(values[1::3], expected[1::3], rtol=1e-3, atol=1e-3 * float(expected.max()))
+    # --uncertainty's output is --tta's (the augmented mean), and --tta writes no map
+    assert main(["infer", path, "--output", str(tmp_path / "tta.nii.gz"), "--model", model, "--tta"]) == 0
+    np.testing.assert_allclose(np.asarray(nib.load(tmp_path / "tta.nii.gz").dataobj), np.asarray(image.dataobj))
+    assert not (tmp_path / "tta_uncertainty.nii.gz").exists()
+
+
+def test_untrained_generator_has_no_uncertainty(tmp_path):
+    path, _, _ = _lr_file(tmp_path, "ras", 2, n=4)
+    model = model_dir(tmp_path / "sr", "deepresolve", trained=False)  # = linear interpolation under every flip
+    assert main(["infer", path, "--output", str(tmp_path / "o.nii.gz"), "--model", model, "--uncertainty"]) == 0
+    assert float(np.abs(nib.load(tmp_path / "o_uncertainty.nii.gz").get_fdata()).max()) < 1e-3
+
+
+@pytest.mark.parametrize("option", ["--tta", "--uncertainty"])
+def test_interpolation_refuses_augmentation(tmp_path, capsys, option):
+    path, _, _ = _lr_file(tmp_path, "ras", 2, n=4)
+    assert main(["infer", path, "--output", str(tmp_path / "o.nii.gz"), "--model", "linear", "--k", "2", option]) == 2
+    assert "need a trained model" in capsys.readouterr().err
+    assert not (tmp_path / "o.nii.gz").exists()
