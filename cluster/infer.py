@@ -176,6 +176,8 @@ def infer_many(
     tracking_uri: str | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    tta: bool = False,
+    uncertainty: bool = False,
 ) -> InferManyReport:
     """Super-resolve every scan named by `inputs` into OUT/<name>.nii.gz, one Ray task per scan.
 
@@ -196,6 +198,9 @@ def infer_many(
     if is_nifti_name(output):
         raise UsageError(f"--output {output}: give a folder or s3:// prefix (one file per scan is written in it)")
     spec = load_model(model, k, tracking_uri)
+    if (tta or uncertainty) and spec.files is None:
+        raise UsageError(f"{spec.label} gives the same result under every flip: --tta and --uncertainty need a "
+                         "trained model")
     jobs, problems = collect_jobs(inputs, output, storage_options)
     if not jobs:
         details = "; ".join(f"{p['source']}: {p['error']}" for p in problems)
@@ -204,8 +209,12 @@ def infer_many(
 
     report = InferManyReport(failures=list(problems), method=spec.label, k=spec.k)
     todo = []
+    from slicesr.inference import uncertainty_path
+
     for job in jobs:
-        if not overwrite and os.path.basename(job.target) in existing:
+        done = os.path.basename(job.target) in existing and (
+            not uncertainty or os.path.basename(uncertainty_path(job.target)) in existing)
+        if not overwrite and done:
             report.skipped.append(job.target)
         else:
             todo.append(job)
@@ -213,7 +222,8 @@ def infer_many(
              spec.label, spec.k, len(report.skipped))
     if todo:
         connect_ray(address)
-    settings = {"k": spec.k, "slice_axis": slice_axis, "keep_acquired": keep_acquired,
+    settings = {"k": spec.k, "slice_axis": slice_axis, "keep_acquired": keep_acquired, "tta": tta,
+                "uncertainty": uncertainty,
                 "storage_options": storage_options, "threads": max(1, int(cpus_per_task))}
     try:
         with tqdm(total=len(todo), unit="scan", desc="infer", disable=not progress or not todo,
@@ -256,6 +266,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="CPUs reserved (and torch threads) per scan task (default 1)")
     parser.add_argument("--tracking-uri", default=None, metavar="URI",
                         help="MLflow tracking URI for models:/ (default MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
+    parser.add_argument("--tta", action="store_true",
+                        help="average over the 8 flips (and a through-plane 2D generator's orientations)")
+    parser.add_argument("--uncertainty", action="store_true",
+                        help="--tta, and <name>_uncertainty.nii.gz beside each output (per-voxel SD)")
     add_batch_options(parser, "super-resolve again scans whose output exists")
     return parser
 
@@ -265,7 +279,7 @@ def _infer_many(args: argparse.Namespace) -> int:
         args.inputs, args.output, args.model, args.k, slice_axis=args.slice_axis,
         keep_acquired=not args.no_keep_acquired, address=args.address, cpus_per_task=args.cpus_per_task,
         storage_options=parse_storage_options(args.storage_option), tracking_uri=args.tracking_uri,
-        overwrite=args.overwrite, progress=not args.no_progress,
+        overwrite=args.overwrite, progress=not args.no_progress, tta=args.tta, uncertainty=args.uncertainty,
     )
     return finish(f"super-resolved {len(report.written)} scans with {report.method} (K={report.k}), already done "
                   f"{len(report.skipped)}, failed {len(report.failures)} -> {args.output} ({report.seconds:.1f} s)",

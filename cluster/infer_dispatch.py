@@ -97,7 +97,7 @@ def run_job(job: Job, model: dict[str, Any], box: list | None, settings: dict[st
     with status "written" or "failed" (and the reason)."""
     import torch
 
-    from slicesr.inference import infer_volume
+    from slicesr.inference import infer_volume, infer_volume_uncertainty, uncertainty_path
 
     started = time.perf_counter()
     torch.set_num_threads(max(1, int(settings["threads"])))
@@ -108,8 +108,15 @@ def run_job(job: Job, model: dict[str, Any], box: list | None, settings: dict[st
         slice_axis = settings["slice_axis"]
         if stored_axis is not None and slice_axis == "auto":
             slice_axis = stored_axis  # a store scan: the axis the store was built along
-        image = infer_volume(volume, method, settings["k"], slice_axis, settings["keep_acquired"])
+        spread = None
+        if settings.get("uncertainty"):
+            image, spread = infer_volume_uncertainty(volume, method, settings["k"], slice_axis, settings["keep_acquired"])
+        else:
+            image = infer_volume(volume, method, settings["k"], slice_axis, settings["keep_acquired"],
+                                 tta=settings.get("tta", False))
         try:
+            if spread is not None:  # first: an output without its map is redone by the next run
+                _write_output(spread, uncertainty_path(job.target), settings["storage_options"])
             _write_output(image, job.target, settings["storage_options"])
         except OSError as exc:
             return {**row, "status": "failed", "error": f"could not write {job.target}: {exc}"}

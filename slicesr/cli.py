@@ -8,6 +8,7 @@
     slicesr infer IN [IN ...] --output OUT --model MODEL [--k K] [--slice-axis auto|0|1|2] [--no-keep-acquired]
                   [--tta] [--uncertainty]
     slicesr evaluate HR [HR ...] --k K --methods linear,cubic,MODEL,... --output DIR [--slice-axis auto|0|1|2]
+                     [--no-figures] [--tta] [--uncertainty]
     slicesr latent-analysis --model DIR [--model DIR ...] --hr HR.nii.gz [...] [--k 4] [--slice-axis auto|0|1|2]
 
 Exit codes: 0 all done, 1 some inputs failed (the rest done), 2 usage or environment error.
@@ -106,7 +107,8 @@ def _infer(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     from slicesr.evaluate import evaluate
 
-    result = evaluate(args.hr, args.k, args.methods, args.output, args.slice_axis, figures=not args.no_figures)
+    result = evaluate(args.hr, args.k, args.methods, args.output, args.slice_axis, figures=not args.no_figures,
+                      tta=args.tta, uncertainty=args.uncertainty)
     print(result.summary_table())
     return finish(f"-> {args.output}/metrics.csv, summary.md" + ("" if args.no_figures else ", *_slices.png, *_through_plane.png"),
                   result.failures)
@@ -195,6 +197,10 @@ def build_parser() -> argparse.ArgumentParser:
                             help="comma-separated: linear, cubic, model directories; LABEL=MODEL names a row")
     evaluation.add_argument("--output", required=True, metavar="DIR")
     evaluation.add_argument("--no-figures", action="store_true")
+    evaluation.add_argument("--tta", action="store_true", help="trained methods with test-time augmentation "
+                            "(rows labelled '... (TTA)'); linear and cubic as they are")
+    evaluation.add_argument("--uncertainty", action="store_true", help="--tta, and the Spearman correlation of "
+                            "each trained method's uncertainty map with its absolute error (uncertainty_spearman)")
     evaluation.set_defaults(handler=_evaluate)
     latent = sub.add_parser("latent-analysis", help="Fig. 9 latent distances on HR volumes")
     latent.add_argument("--model", action="append", required=True)

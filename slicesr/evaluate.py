@@ -22,11 +22,20 @@ from tqdm import tqdm
 
 from slicesr.degradation import keep_every_kth, num_kept_slices
 from slicesr.geometry import resolve_slice_axis, to_slice_first, voxel_spacing
-from slicesr.inference import Method, check_k, expand_inputs, infer_volume, load_method
+from slicesr.inference import (
+    Method,
+    check_k,
+    expand_inputs,
+    infer_volume,
+    infer_volume_uncertainty,
+    load_method,
+)
+from slicesr.intensity import FOREGROUND_LEVEL
 from slicesr.nifti import load_volume, strip_nifti_suffix
 
 log = logging.getLogger(__name__)
 METRICS = ("psnr_missing", "ssim_missing", "psnr_all", "ssim_all")
+OPTIONAL_METRICS = ("uncertainty_spearman",)  # columns present when some row has them (--uncertainty)
 
 
 def scored_slices(num_slices: int, k: int) -> int:
@@ -154,16 +163,37 @@ def _figures(name: str, hr: np.ndarray, outputs: dict[str, np.ndarray], k: int, 
     _save(fig, folder / f"{name}_through_plane.png")
 
 
+def uncertainty_spearman(hr: np.ndarray, prediction: np.ndarray, spread: np.ndarray, k: int) -> float:
+    """Spearman correlation between the uncertainty map and the absolute error over the foreground voxels
+    (HR above FOREGROUND_LEVEL of its range) of the missing slices: does the map point at the errors?"""
+    from scipy.stats import spearmanr
+
+    n = scored_slices(hr.shape[0], k)
+    missing = np.arange(n) % k != 0
+    truth = hr[:n][missing].astype(np.float64)
+    low, high = float(hr.min()), float(hr.max())
+    foreground = (truth - low) > FOREGROUND_LEVEL * (high - low)
+    error = np.abs(prediction[:n][missing].astype(np.float64) - truth)[foreground]
+    return float(spearmanr(spread[:n][missing][foreground], error).statistic)
+
+
 def evaluate(hr_inputs: list[str], k: int, methods: str | list[str], output: str, slice_axis: int | str = "auto",
-             figures: bool = True, progress: bool = True) -> EvaluationResult:
-    """Score every method on every HR volume; write metrics.csv, summary.md and the figures into `output`."""
+             figures: bool = True, progress: bool = True, tta: bool = False,
+             uncertainty: bool = False) -> EvaluationResult:
+    """Score every method on every HR volume; write metrics.csv, summary.md and the figures into `output`.
+
+    `tta` / `uncertainty` apply to the trained methods (labelled "... (TTA)"; linear and cubic are scored
+    as they are); `uncertainty` adds `uncertainty_spearman` to their rows."""
     if k < 2:
         raise ValueError(f"K must be 2 or more, got {k}")
+    tta = tta or uncertainty
     loaded: dict[str, Method] = {}
     for label, spec in parse_methods(methods):
         method = load_method(spec)
         check_k(method, k)
         name = label or method.label
+        if tta and method.supports_tta:
+            name += " (TTA)"
         if name in loaded:
             raise ValueError(f"two methods are labelled {name!r}: name them with LABEL=MODEL")
         loaded[name] = method
@@ -182,10 +212,18 @@ def evaluate(hr_inputs: list[str], k: int, methods: str | list[str], output: str
             lr = replace(volume, data=np.ascontiguousarray(lr_data), affine=lr_affine)
             outputs = {}
             for label, method in loaded.items():
-                image = infer_volume(lr, method, k, axis, keep_acquired=True)
+                augmented = tta and method.supports_tta
+                if uncertainty and augmented:
+                    image, spread_image = infer_volume_uncertainty(lr, method, k, axis, keep_acquired=True)
+                else:
+                    image, spread_image = infer_volume(lr, method, k, axis, keep_acquired=True, tta=augmented), None
                 prediction, _ = to_slice_first(np.asarray(image.get_fdata(dtype=np.float32)), image.affine, axis)
                 outputs[label] = prediction
-                result.rows.append({"volume": name, "method": label, **score(hr, prediction, k)})
+                row = {"volume": name, "method": label, **score(hr, prediction, k)}
+                if spread_image is not None:
+                    spread, _ = to_slice_first(np.asarray(spread_image.get_fdata(dtype=np.float32)), image.affine, axis)
+                    row["uncertainty_spearman"] = uncertainty_spearman(hr, prediction, spread, k)
+                result.rows.append(row)
             if figures:
                 spacing = voxel_spacing(volume.affine)
                 _figures(name, hr, outputs, k, np.array([spacing[axis], *np.delete(spacing, axis)]), folder)
@@ -198,8 +236,9 @@ def evaluate(hr_inputs: list[str], k: int, methods: str | list[str], output: str
 
 def write_metrics(rows: list[dict], path: Path) -> None:
     """metrics.csv: one row per (volume, method) with the four scores (the `slicesr evaluate` format)."""
+    extra = [key for key in OPTIONAL_METRICS if any(key in row for row in rows)]
     with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["volume", "method", *METRICS])
+        writer = csv.DictWriter(handle, fieldnames=["volume", "method", *METRICS, *extra], restval="")
         writer.writeheader()
         for row in rows:
             writer.writerow({key: (f"{value:.6f}" if isinstance(value, float) and math.isfinite(value) else value)
@@ -209,8 +248,8 @@ def write_metrics(rows: list[dict], path: Path) -> None:
 def read_metrics(path: Path) -> list[dict]:
     """Rows written by `write_metrics`, scores as floats."""
     with open(path, newline="") as handle:
-        return [{key: (float(value) if key in METRICS else value) for key, value in row.items()}
-                for row in csv.DictReader(handle)]
+        return [{key: (float(value) if key in METRICS or (key in OPTIONAL_METRICS and value) else value)
+                 for key, value in row.items()} for row in csv.DictReader(handle)]
 
 
 def _write_outputs(result: EvaluationResult, folder: Path, k: int) -> None:

@@ -177,6 +177,30 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def test_uncertainty_maps_beside_the_outputs(ray_cluster, scans, sr_model, tmp_path):
+    """--uncertainty: each task writes <name>_uncertainty.nii.gz as `slicesr infer` does; a run is done
+    only when both files exist."""
+    from slicesr.inference import infer_volume_uncertainty
+
+    folder, sources = scans
+    out = tmp_path / "sr"
+    report = infer_many([str(folder)], str(out), sr_model, uncertainty=True, address=ray_cluster["address"],
+                        progress=False)
+    assert len(report.written) == 3 and report.failures == []
+    for source in sources:
+        stem = Path(source).name[: -len(".nii.gz")]
+        expected, expected_map = infer_volume_uncertainty(load_volume(source), load_method(sr_model), 4)
+        got_map = nib.load(out / f"{stem}_uncertainty.nii.gz")
+        assert got_map.shape == expected_map.shape and got_map.get_data_dtype() == np.float32
+        np.testing.assert_allclose(got_map.affine, expected_map.affine, atol=1e-9)
+        np.testing.assert_allclose(got_map.get_fdata(), expected_map.get_fdata(), rtol=1e-4,
+                                   atol=1e-5 * (np.ptp(expected_map.get_fdata()) or 1.0))
+    os.unlink(out / "scan001_uncertainty.nii.gz")  # an output without its map is redone
+    again = infer_many([str(folder)], str(out), sr_model, uncertainty=True, address=ray_cluster["address"],
+                       progress=False)
+    assert again.written == [str(out / "scan001.nii.gz")] and len(again.skipped) == 2
+
+
 def test_usage_errors_stop_before_any_task(scans, sr_model, tmp_path, capsys):
     folder, _ = scans
     out = tmp_path / "out"
@@ -206,6 +230,8 @@ def test_usage_errors_stop_before_any_task(scans, sr_model, tmp_path, capsys):
     assert code == 2 and "nolist.txt: no such input list" in err
     code, err = run(str(folder), "--model", "linear", "--k", "2", "--cpus-per-task", "0")
     assert code == 2 and "--cpus-per-task" in err
+    code, err = run(str(folder), "--model", "linear", "--k", "2", "--uncertainty")
+    assert code == 2 and "need a trained model" in err
     assert main([str(folder), "--model", "linear"]) == 2  # argparse: --output missing
     capsys.readouterr()
     (tmp_path / "file").write_text("x")

@@ -5,7 +5,7 @@ import pytest
 from scipy.ndimage import uniform_filter
 
 from slicesr.cli import main
-from slicesr.evaluate import evaluate, parse_methods, score
+from slicesr.evaluate import evaluate, parse_methods, read_metrics, score, uncertainty_spearman
 from tests.conftest import write_nifti
 
 
@@ -83,3 +83,27 @@ def test_duplicate_labels_and_bad_k(tmp_path, capsys):
     assert main(["evaluate", path, "--k", "4", "--methods", "linear,linear", "--output", str(tmp_path / "o")]) == 2
     assert "two methods are labelled" in capsys.readouterr().err
     assert main(["evaluate", path, "--k", "1", "--methods", "linear", "--output", str(tmp_path / "o")]) == 2
+
+
+def test_uncertainty_spearman_ranks_the_errors():
+    rng = np.random.default_rng(0)
+    hr = rng.random((9, 8, 8)) + 0.5
+    prediction = hr + rng.normal(scale=0.1, size=hr.shape)
+    error = np.abs(prediction - hr)
+    assert uncertainty_spearman(hr, prediction, error, 4) == pytest.approx(1.0)
+    assert uncertainty_spearman(hr, prediction, -error, 4) == pytest.approx(-1.0)
+    assert abs(uncertainty_spearman(hr, prediction, rng.random(hr.shape), 4)) < 0.2
+
+
+def test_tta_and_uncertainty_rows(tmp_path):
+    from tests.slicesr.test_inference_tta import model_dir
+
+    hr_path = write_nifti(tmp_path / "hr.nii.gz", np.random.default_rng(1).random((10, 9, 13)).astype(np.float32) + 0.2,
+                          np.diag([1.0, 1.0, 1.0, 1.0]))
+    model = model_dir(tmp_path / "sr", "throughplane2d")
+    result = evaluate([hr_path], 3, ["linear", f"mine={model}"], str(tmp_path / "out"), slice_axis=2, figures=False,
+                      progress=False, uncertainty=True)
+    assert result.methods == ["linear", "mine (TTA)"] and not result.failures
+    rows = read_metrics(tmp_path / "out" / "metrics.csv")
+    assert rows[0]["uncertainty_spearman"] == ""  # linear has no map
+    assert -1.0 <= rows[1]["uncertainty_spearman"] <= 1.0
