@@ -13,6 +13,7 @@ import itertools
 import logging
 import os
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -24,7 +25,7 @@ import torch
 from tqdm import tqdm
 
 from slicesr.errors import InputError
-from slicesr.geometry import resolve_slice_axis, scale_axis, to_slice_first
+from slicesr.geometry import resolve_slice_axis, scale_axis, to_slice_first, voxel_spacing
 from slicesr.intensity import denormalize, normalize, robust_intensity_params
 from slicesr.interpolation import cubic_slices, hr_num_slices, linear_slices
 from slicesr.nifti import Volume, is_nifti_name, load_volume, save_nifti_atomic, strip_nifti_suffix
@@ -50,6 +51,12 @@ class Method:
     supports_tta = True  # whether its predictions change under flips (interpolation's do not)
 
     def upsample(self, slices: np.ndarray, k: int, progress: bool = False) -> np.ndarray:
+        raise NotImplementedError
+
+    adaptable = False  # whether `adapted` can fine-tune it on a scan (stage II generators)
+
+    def adapted(self, slices: np.ndarray, spacing_mm: tuple[float, float, float], k: int, steps: int) -> Method:
+        """A copy fine-tuned on this scan's own in-plane pairs (per-scan adaptation)."""
         raise NotImplementedError
 
     def augmented(self, slices: np.ndarray, k: int, progress: bool = False) -> Iterator[np.ndarray]:
@@ -98,6 +105,8 @@ class GeneratorUpsampling(Method):
     that no voxel's value depends on where a window was cut.
     """
 
+    adaptable = True
+
     def __init__(self, path: str, window: tuple[int, int, int] | None = None):
         from slicesr.stage2.train import load_generator
 
@@ -109,6 +118,36 @@ class GeneratorUpsampling(Method):
 
     def upsample(self, slices: np.ndarray, k: int, progress: bool = False) -> np.ndarray:
         return generator_upsample(self.model, slices, k, self.window, self.overlap, progress)
+
+    def adapted(self, slices: np.ndarray, spacing_mm: tuple[float, float, float], k: int, steps: int) -> Method:
+        """A copy of this method whose generator is fine-tuned for `steps` steps (the training config's Adam,
+        learning rate, batch and patch; L1) on in-plane pairs of `slices` (normalised, slice axis first,
+        `spacing_mm` in that order); this object and the model directory are left as they are."""
+        import copy
+
+        from slicesr.stage2.inplane import InplanePairSampler
+        from slicesr.stage2.train import PLANE_GENERATORS
+
+        config = self.config
+        depth, rows, cols = config.sr.patch_size
+        length = max(k + 1, (depth - 1) // k * k + 1)  # K*m + 1 lines: pairs start and end on kept lines
+        sampler = InplanePairSampler.from_scan(slices, spacing_mm, (length, rows, cols), k,
+                                               config.sr.min_foreground, planes=config.model.name in PLANE_GENERATORS)
+        model = copy.deepcopy(self.model).train()
+        optimizer = torch.optim.Adam(model.parameters(), lr=config.train.lr)
+        generator = torch.Generator().manual_seed(config.train.seed)
+        parameter = next(model.parameters())
+        with torch.inference_mode(False), torch.enable_grad():
+            for _ in range(steps):
+                inputs, target = (t.to(parameter.device, parameter.dtype)
+                                  for t in sampler.sample(config.train.batch_size, generator))
+                loss = torch.nn.functional.l1_loss(model(inputs), target)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+        adapted = copy.copy(self)
+        adapted.model = model.eval()
+        return adapted
 
     def augmented(self, slices: np.ndarray, k: int, progress: bool = False) -> Iterator[np.ndarray]:
         """The flips; for a generator with orientations (through-plane 2D), each orientation of each flip
@@ -171,6 +210,11 @@ def check_k(method: Method, k: int) -> None:
                          f"pass --k {method.trained_k} or train a model for K={k}")
 
 
+def check_adaptable(method: Method) -> None:
+    if not method.adaptable:
+        raise ValueError(f"{method.label} cannot be adapted to a scan (--adapt-steps): only stage II generators can")
+
+
 def check_tta(method: Method) -> None:
     if not method.supports_tta:
         raise ValueError(f"{method.label} gives the same result under every flip: test-time augmentation and "
@@ -182,12 +226,14 @@ class Prediction:
     data: np.ndarray  # the input's axis order, float32, input intensity scale
     affine: np.ndarray
     uncertainty: np.ndarray | None = None  # per-voxel SD of the augmented predictions, same grid and units
+    adapt_seconds: float = 0.0  # time spent adapting the method to this scan
 
 
 def predict(volume: Volume, method: Method, k: int, slice_axis: int | str = "auto", keep_acquired: bool = True,
-            progress: bool = False, tta: bool = False, uncertainty: bool = False) -> Prediction:
+            progress: bool = False, tta: bool = False, uncertainty: bool = False, adapt_steps: int = 0) -> Prediction:
     """The super-resolved volume; with `tta` the mean of the augmented predictions (`Method.augmented`),
-    with `uncertainty` (implies `tta`) also their standard deviation (zero at kept acquired slices)."""
+    with `uncertainty` (implies `tta`) also their standard deviation (zero at kept acquired slices); with
+    `adapt_steps`, by a copy of the method fine-tuned on the scan's own in-plane pairs (`Method.adapted`)."""
     check_k(method, k)
     tta = tta or uncertainty
     if tta:
@@ -198,6 +244,14 @@ def predict(volume: Volume, method: Method, k: int, slice_axis: int | str = "aut
         raise InputError(f"{slices.shape[0]} slice along axis {axis}: nothing to interpolate")
     params = robust_intensity_params(slices)
     normalised = normalize(slices, params)
+    adapt_seconds = 0.0
+    if adapt_steps:
+        check_adaptable(method)
+        started = time.perf_counter()
+        spacing = voxel_spacing(volume.affine)
+        method = method.adapted(normalised, (spacing[axis], *np.delete(spacing, axis)), k, adapt_steps)
+        adapt_seconds = time.perf_counter() - started
+        log.info("adapted %s to the scan in %d steps: %.1f s", method.label, adapt_steps, adapt_seconds)
     spread = None
     if tta:
         count, out, squares = 0, None, None  # Welford's running mean and sum of squared deviations
@@ -226,7 +280,7 @@ def predict(volume: Volume, method: Method, k: int, slice_axis: int | str = "aut
             spread[::k] = 0.0
     affine = scale_axis(volume.affine, axis, 1.0 / k)
     return Prediction(np.moveaxis(out, 0, axis), affine,
-                      np.moveaxis(spread, 0, axis) if uncertainty and spread is not None else None)
+                      np.moveaxis(spread, 0, axis) if uncertainty and spread is not None else None, adapt_seconds)
 
 
 def super_resolve(volume: Volume, method: Method, k: int, slice_axis: int | str = "auto",
@@ -234,6 +288,14 @@ def super_resolve(volume: Volume, method: Method, k: int, slice_axis: int | str 
     """(data in the input's axis order, float32, input intensity scale; its affine)."""
     prediction = predict(volume, method, k, slice_axis, keep_acquired, progress, tta)
     return prediction.data, prediction.affine
+
+
+def predicted_images(volume: Volume, prediction: Prediction):
+    """(the output image, the uncertainty image or None) of a prediction of `volume`."""
+    image = output_image(volume, prediction.data, prediction.affine)
+    if prediction.uncertainty is None:
+        return image, None
+    return image, uncertainty_image(volume, prediction.uncertainty, prediction.affine)
 
 
 def output_image(volume: Volume, data: np.ndarray, affine: np.ndarray) -> nib.Nifti1Image | nib.Nifti2Image:
@@ -278,15 +340,14 @@ def infer_volume(volume: Volume, method: Method, k: int, slice_axis: int | str =
 def infer_volume_uncertainty(volume: Volume, method: Method, k: int, slice_axis: int | str = "auto",
                              keep_acquired: bool = True, progress: bool = False):
     """(the test-time-augmented output image, its uncertainty image)."""
-    prediction = predict(volume, method, k, slice_axis, keep_acquired, progress, uncertainty=True)
-    return (output_image(volume, prediction.data, prediction.affine),
-            uncertainty_image(volume, prediction.uncertainty, prediction.affine))
+    return predicted_images(volume, predict(volume, method, k, slice_axis, keep_acquired, progress, uncertainty=True))
 
 
 @dataclass
 class InferenceReport:
     written: list[str] = field(default_factory=list)
     failures: list[dict[str, Any]] = field(default_factory=list)
+    adapt_seconds: list[float] = field(default_factory=list)  # per written scan, with adapt_steps
 
 
 def expand_inputs(inputs: list[str]) -> list[str]:
@@ -326,11 +387,16 @@ def output_paths(files: list[str], output: str) -> list[str]:
 
 def infer_files(inputs: list[str], output: str, method: Method, k: int, slice_axis: int | str = "auto",
                 keep_acquired: bool = True, progress: bool = True, tta: bool = False,
-                uncertainty: bool = False) -> InferenceReport:
+                uncertainty: bool = False, adapt_steps: int = 0) -> InferenceReport:
     """Super-resolve every input into `output`; a bad file is reported and the others still done. With
-    `uncertainty`, `<stem>_uncertainty.nii.gz` is written beside each output (`tta` implied)."""
+    `uncertainty`, `<stem>_uncertainty.nii.gz` is written beside each output (`tta` implied); with
+    `adapt_steps`, each scan by a copy of the method fine-tuned on that scan's in-plane pairs."""
     if tta or uncertainty:
         check_tta(method)
+    if adapt_steps < 0:
+        raise ValueError(f"--adapt-steps must be 0 or more, got {adapt_steps}")
+    if adapt_steps:
+        check_adaptable(method)
     files = expand_inputs(inputs)
     targets = output_paths(files, output)
     if uncertainty:
@@ -342,13 +408,14 @@ def infer_files(inputs: list[str], output: str, method: Method, k: int, slice_ax
                                file=sys.stderr):
         try:
             volume = load_volume(source)
-            if uncertainty:
-                image, spread = infer_volume_uncertainty(volume, method, k, slice_axis, keep_acquired, progress)
+            prediction = predict(volume, method, k, slice_axis, keep_acquired, progress, tta, uncertainty, adapt_steps)
+            image, spread = predicted_images(volume, prediction)
+            if spread is not None:
                 save_nifti_atomic(spread, uncertainty_path(target))
-            else:
-                image = infer_volume(volume, method, k, slice_axis, keep_acquired, progress, tta)
             save_nifti_atomic(image, target)
             report.written.append(target)
+            if adapt_steps:
+                report.adapt_seconds.append(prediction.adapt_seconds)
         except (InputError, ValueError) as exc:
             report.failures.append({"source": source, "error": str(exc)})
         except Exception as exc:  # one bad scan must not stop the others

@@ -65,6 +65,18 @@ class InplanePairSampler(WindowSampler):
         records = store.records(self.scan_ids)
         self.scales = {scan_id: inplane_scale(records[scan_id].spacing_mm, k) for scan_id in self.scan_ids}
 
+    @classmethod
+    def from_scan(cls, slices: np.ndarray, spacing_mm: tuple[float, float, float], patch_size: tuple[int, int, int],
+                  k: int, min_foreground: float = 0.0, planes: bool = False) -> InplanePairSampler:
+        """Pairs from one scan in memory (normalised slices, slice axis first): per-scan adaptation."""
+        sampler = cls.__new__(cls)
+        sampler.store, sampler.window, sampler.stride = None, (1, 1, 1), 1
+        sampler.shapes, sampler.scan_ids = {"scan": tuple(slices.shape)}, ["scan"]
+        sampler.arrays, sampler.weights = {"scan": slices}, torch.ones(1, dtype=torch.float64)
+        sampler.patch_size, sampler.k, sampler.min_foreground = tuple(int(n) for n in patch_size), int(k), min_foreground
+        sampler.planes, sampler.scales = planes, {"scan": inplane_scale(tuple(spacing_mm), k)}
+        return sampler
+
     def read(self, scan_id: str, depth: int, size: tuple[int, int], generator: torch.Generator) -> np.ndarray:
         """A (<= depth, <= size[0], <= size[1]) window at the target in-plane spacing: the store crop is
         larger by 1 / scale where the scan is resampled. Redrawn while below `min_foreground`."""

@@ -18,7 +18,7 @@ from tests.slicesr.test_inference import _lr_file
 
 def model_dir(path, name: str, trained: bool = True) -> str:
     """A generator model directory; `trained`: a random (not zero) last layer, so flips change its output."""
-    config = load_config("configs/debug/stage2.yaml", [f"model.name={name}"])
+    config = load_config("configs/debug/stage2.yaml", [f"model.name={name}", "sr.k=3", "sr.patch_size=[7,12,12]"])
     torch.manual_seed(1)
     model = build_generator(generator_size(config))
     if trained:
@@ -92,3 +92,36 @@ def test_interpolation_refuses_augmentation(tmp_path, capsys, option):
     assert main(["infer", path, "--output", str(tmp_path / "o.nii.gz"), "--model", "linear", "--k", "2", option]) == 2
     assert "need a trained model" in capsys.readouterr().err
     assert not (tmp_path / "o.nii.gz").exists()
+
+
+def test_adaptation_fine_tunes_a_copy_per_scan(tmp_path, capsys):
+    import hashlib
+
+    path, _, _ = _lr_file(tmp_path, "oblique", 1, n=5)
+    model = model_dir(tmp_path / "sr", "throughplane2d")
+    weights = tmp_path / "sr" / "model.safetensors"
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert main(["infer", path, "--output", str(tmp_path / "plain.nii.gz"), "--model", model]) == 0
+    capsys.readouterr()
+    assert main(["infer", path, "--output", str(tmp_path / "adapted.nii.gz"), "--model", model,
+                 "--adapt-steps", "3"]) == 0
+    assert "adapted to each scan in 3 steps" in capsys.readouterr().out
+    assert hashlib.sha256(weights.read_bytes()).hexdigest() == digest  # the model on disk is unchanged
+    plain, adapted = (nib.load(tmp_path / f"{name}.nii.gz") for name in ("plain", "adapted"))
+    np.testing.assert_array_equal(plain.affine, adapted.affine)
+    assert np.abs(plain.get_fdata() - adapted.get_fdata()).max() > 0  # a fine-tuned copy did the work
+    method = load_method(model)
+    before = {key: value.clone() for key, value in method.model.state_dict().items()}
+    copy = method.adapted(np.random.default_rng(0).random((5, 10, 8)).astype(np.float32), (4.0, 0.5, 1.0), 3, 2)
+    assert copy.model is not method.model
+    for key, value in method.model.state_dict().items():
+        torch.testing.assert_close(value, before[key], rtol=0, atol=0)
+
+
+def test_only_generators_adapt(tmp_path, capsys):
+    path, _, _ = _lr_file(tmp_path, "ras", 2, n=4)
+    assert main(["infer", path, "--output", str(tmp_path / "o.nii.gz"), "--model", "linear", "--k", "2",
+                 "--adapt-steps", "2"]) == 2
+    assert "cannot be adapted" in capsys.readouterr().err
+    assert main(["infer", path, "--output", str(tmp_path / "o.nii.gz"), "--model", model_dir(tmp_path / "sr", "dcsrn"),
+                 "--adapt-steps", "-1"]) == 2
