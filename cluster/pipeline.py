@@ -128,10 +128,13 @@ class Pipeline:
             raise ValueError(f"stage2 sr.k ({self.stage2.sr.k}) differs from stage1 synthesis.k ({self.k})")
         if config.preprocess.degrade_k not in (None, self.k):
             raise ValueError(f"preprocess.degrade_k ({config.preprocess.degrade_k}) differs from synthesis.k ({self.k})")
-        if self.stage2.sr.supervision != "synthetic":
-            raise ValueError(f"{config.stage2.config}: the pipeline trains stage II on its synthetic HR volumes "
-                             "(sr.supervision: synthetic); train the supervised upper bound on real HR with "
+        if self.stage2.sr.supervision == "real":
+            raise ValueError(f"{config.stage2.config}: the pipeline trains stage II without HR (sr.supervision: "
+                             "synthetic, inplane or both); train the supervised upper bound on real HR with "
                              "python -m cluster.train")
+        if self.stage2.sr.supervision == "inplane":  # pairs from the LR scans themselves
+            self.stage2.data.store = str(self.workdir / "lr.zarr")
+        # both: the synthetic volumes' records name lr.zarr, where the in-plane pairs come from
         if self.stage1.run.name == self.stage2.run.name:
             raise ValueError(f"stage1 and stage2 both train run.name {self.stage1.run.name}: give each its own")
         from cluster.tracking import registered_name

@@ -39,9 +39,18 @@ def pipeline_yaml(tmp_path):
     ({"set": ["tracking.registered_model=mine"]}, "stage1 and stage2 both register as mine"),
     ({"evaluation__hr": ["/nonexistent/hr.nii.gz"]}, "evaluation.hr: no such file /nonexistent/hr.nii.gz"),
     ({"stage2__config": "configs/debug/stage1.yaml"}, "the pipeline's stage2 needs stage: sr"),
-    ({"stage2__set": ["sr.supervision=real"]}, "the pipeline trains stage II on its synthetic HR volumes"),
+    ({"stage2__set": ["sr.supervision=real"]}, "the pipeline trains stage II without HR"),
 ])
 def test_bad_pipeline_configs_stop_before_any_step(pipeline_yaml, tmp_path, capsys, changes, message):
     assert main(["--config", pipeline_yaml(**changes)]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "work").exists()
+
+
+@pytest.mark.parametrize("supervision, store", [("synthetic", "synthetic_hr.zarr"), ("both", "synthetic_hr.zarr"),
+                                                ("inplane", "lr.zarr")])
+def test_stage2_trains_on_the_store_of_its_pair_source(pipeline_yaml, tmp_path, supervision, store):
+    from cluster.pipeline import Pipeline, load_pipeline_config
+
+    pipeline = Pipeline(load_pipeline_config(pipeline_yaml(stage2__set=[f"sr.supervision={supervision}"])))
+    assert pipeline.stage2.data.store == str((tmp_path / "work" / store).resolve())
