@@ -42,7 +42,8 @@ CPU_STAGE1, CPU_STAGE2, REFERENCE_STAGE2 = "configs/cpu/stage1.yaml", "configs/c
 CASES = [("linear", None, []), ("cubic", None, []),
          ("VAE-based up-sample (cpu stage I)", CPU_STAGE1, []),
          ("DeepResolve (cpu)", CPU_STAGE2, []),
-         ("DCSRN (cpu)", CPU_STAGE2, ["model.name=dcsrn"])]
+         ("DCSRN (cpu)", CPU_STAGE2, ["model.name=dcsrn"]),
+         ("through-plane 2D 8 x 48 (quality.yaml)", CPU_STAGE2, ["model.name=throughplane2d", "model.num_filters=48"])]
 REFERENCE_CASES = [("DCSRN (reference)", REFERENCE_STAGE2, ["model.name=dcsrn"]),
                    ("DeepResolve (reference)", REFERENCE_STAGE2, [])]
 # --quick: the same rows with the debug models
