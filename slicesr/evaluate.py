@@ -11,6 +11,7 @@ slices of skimage's structural_similarity with data_range=1. "missing" = the sli
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import math
 import sys
@@ -87,6 +88,8 @@ class EvaluationResult:
     rows: list[dict] = field(default_factory=list)
     failures: list[dict] = field(default_factory=list)
     methods: list[str] = field(default_factory=list)
+    # volume -> method -> uncertainty_calibration (with uncertainty maps)
+    calibration: dict[str, dict[str, dict[str, list[float]]]] = field(default_factory=dict)
 
     def summary_table(self) -> str:
         lines = ["| method | PSNR missing (dB) | SSIM missing | PSNR all (dB) | SSIM all | volumes |",
@@ -114,6 +117,28 @@ def _save(fig, path: Path) -> None:
     for ax in fig.axes:
         ax.set_xticks([])
         ax.set_yticks([])
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def _calibration_figure(calibration: dict, path: Path) -> None:
+    """Mean absolute error against mean uncertainty per uncertainty decile, one line per (volume, method)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axis = plt.subplots(figsize=(5, 4))
+    top = 0.0
+    for volume, methods in calibration.items():
+        for method, curve in methods.items():
+            axis.plot(curve["uncertainty"], curve["abs_error"], marker="o", label=f"{volume}: {method}")
+            top = max(top, *curve["uncertainty"], *curve["abs_error"])
+    axis.plot([0, top], [0, top], color="grey", linestyle=":", label="error = uncertainty")
+    axis.set_xlabel("mean uncertainty (SD) per decile")
+    axis.set_ylabel("mean absolute error")
+    axis.legend(fontsize=6)
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
@@ -163,18 +188,36 @@ def _figures(name: str, hr: np.ndarray, outputs: dict[str, np.ndarray], k: int, 
     _save(fig, folder / f"{name}_through_plane.png")
 
 
-def uncertainty_spearman(hr: np.ndarray, prediction: np.ndarray, spread: np.ndarray, k: int) -> float:
-    """Spearman correlation between the uncertainty map and the absolute error over the foreground voxels
-    (HR above FOREGROUND_LEVEL of its range) of the missing slices: does the map point at the errors?"""
-    from scipy.stats import spearmanr
-
+def _uncertainty_and_error(hr: np.ndarray, prediction: np.ndarray, spread: np.ndarray,
+                           k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(uncertainty, absolute error) over the foreground voxels (HR above FOREGROUND_LEVEL of its range) of
+    the missing slices, slice-first arrays."""
     n = scored_slices(hr.shape[0], k)
     missing = np.arange(n) % k != 0
     truth = hr[:n][missing].astype(np.float64)
     low, high = float(hr.min()), float(hr.max())
     foreground = (truth - low) > FOREGROUND_LEVEL * (high - low)
     error = np.abs(prediction[:n][missing].astype(np.float64) - truth)[foreground]
-    return float(spearmanr(spread[:n][missing][foreground], error).statistic)
+    return spread[:n][missing][foreground].astype(np.float64), error
+
+
+def uncertainty_spearman(hr: np.ndarray, prediction: np.ndarray, spread: np.ndarray, k: int) -> float:
+    """Spearman correlation between the uncertainty map and the absolute error over the foreground voxels
+    of the missing slices: does the map point at the errors?"""
+    from scipy.stats import spearmanr
+
+    return float(spearmanr(*_uncertainty_and_error(hr, prediction, spread, k)).statistic)
+
+
+def uncertainty_calibration(hr: np.ndarray, prediction: np.ndarray, spread: np.ndarray, k: int,
+                            bins: int = 10) -> dict[str, list[float]]:
+    """Mean uncertainty and mean absolute error per uncertainty decile (same voxels as the Spearman):
+    a calibrated map has the error rise with the decile, in the same units."""
+    uncertainty, error = _uncertainty_and_error(hr, prediction, spread, k)
+    order = np.argsort(uncertainty, kind="stable")
+    groups = np.array_split(order, bins)
+    return {"uncertainty": [float(uncertainty[g].mean()) for g in groups if g.size],
+            "abs_error": [float(error[g].mean()) for g in groups if g.size]}
 
 
 def evaluate(hr_inputs: list[str], k: int, methods: str | list[str], output: str, slice_axis: int | str = "auto",
@@ -223,6 +266,7 @@ def evaluate(hr_inputs: list[str], k: int, methods: str | list[str], output: str
                 if spread_image is not None:
                     spread, _ = to_slice_first(np.asarray(spread_image.get_fdata(dtype=np.float32)), image.affine, axis)
                     row["uncertainty_spearman"] = uncertainty_spearman(hr, prediction, spread, k)
+                    result.calibration.setdefault(name, {})[label] = uncertainty_calibration(hr, prediction, spread, k)
                 result.rows.append(row)
             if figures:
                 spacing = voxel_spacing(volume.affine)
@@ -230,7 +274,7 @@ def evaluate(hr_inputs: list[str], k: int, methods: str | list[str], output: str
         except Exception as exc:  # a bad volume is listed; the others are still scored
             log.debug("evaluation of %s failed", path, exc_info=True)
             result.failures.append({"source": path, "error": f"{type(exc).__name__}: {exc}"})
-    _write_outputs(result, folder, k)
+    _write_outputs(result, folder, k, figures)
     return result
 
 
@@ -252,8 +296,12 @@ def read_metrics(path: Path) -> list[dict]:
                  for key, value in row.items()} for row in csv.DictReader(handle)]
 
 
-def _write_outputs(result: EvaluationResult, folder: Path, k: int) -> None:
+def _write_outputs(result: EvaluationResult, folder: Path, k: int, figures: bool = False) -> None:
     write_metrics(result.rows, folder / "metrics.csv")
+    if result.calibration:
+        (folder / "calibration.json").write_text(json.dumps(result.calibration, indent=1))
+        if figures:
+            _calibration_figure(result.calibration, folder / "uncertainty_calibration.png")
     lines = [f"# Evaluation (K = {k})", "",
              "Mean ± SD over volumes. Missing = the slices the degradation removed (primary); all = every slice "
              "from the first to the last kept one. HR min-max normalisation, SSIM per slice with data_range=1.",

@@ -1,11 +1,19 @@
 import csv
+import json
 
 import numpy as np
 import pytest
 from scipy.ndimage import uniform_filter
 
 from slicesr.cli import main
-from slicesr.evaluate import evaluate, parse_methods, read_metrics, score, uncertainty_spearman
+from slicesr.evaluate import (
+    evaluate,
+    parse_methods,
+    read_metrics,
+    score,
+    uncertainty_calibration,
+    uncertainty_spearman,
+)
 from tests.conftest import write_nifti
 
 
@@ -101,9 +109,22 @@ def test_tta_and_uncertainty_rows(tmp_path):
     hr_path = write_nifti(tmp_path / "hr.nii.gz", np.random.default_rng(1).random((10, 9, 13)).astype(np.float32) + 0.2,
                           np.diag([1.0, 1.0, 1.0, 1.0]))
     model = model_dir(tmp_path / "sr", "throughplane2d")
-    result = evaluate([hr_path], 3, ["linear", f"mine={model}"], str(tmp_path / "out"), slice_axis=2, figures=False,
+    result = evaluate([hr_path], 3, ["linear", f"mine={model}"], str(tmp_path / "out"), slice_axis=2, figures=True,
                       progress=False, uncertainty=True)
     assert result.methods == ["linear", "mine (TTA)"] and not result.failures
     rows = read_metrics(tmp_path / "out" / "metrics.csv")
     assert rows[0]["uncertainty_spearman"] == ""  # linear has no map
     assert -1.0 <= rows[1]["uncertainty_spearman"] <= 1.0
+    curve = json.loads((tmp_path / "out" / "calibration.json").read_text())["hr"]["mine (TTA)"]
+    assert len(curve["uncertainty"]) == len(curve["abs_error"]) == 10
+    assert curve["uncertainty"] == sorted(curve["uncertainty"])  # deciles in rising uncertainty
+    assert (tmp_path / "out" / "uncertainty_calibration.png").stat().st_size > 0
+
+
+def test_calibration_deciles_follow_the_error():
+    rng = np.random.default_rng(2)
+    hr = rng.random((9, 8, 8)) + 0.5
+    spread = rng.random(hr.shape)
+    prediction = hr + spread * rng.choice([-1.0, 1.0], size=hr.shape)  # error = uncertainty exactly
+    curve = uncertainty_calibration(hr, prediction, spread, 4)
+    np.testing.assert_allclose(curve["abs_error"], curve["uncertainty"])
