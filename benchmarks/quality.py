@@ -141,11 +141,14 @@ def train_sr(config_path: str, settings: dict, seed: int, k: int, store: str, su
 
 
 # --------------------------------------------------------------------------- scoring
-def score_set(volumes: list[str], k: int, methods: list[str], output: Path, axis: int, figures: bool = False) -> list[dict]:
-    """`slicesr evaluate` over `volumes`; the rows of its metrics.csv (with its figures when asked)."""
+def score_set(volumes: list[str], k: int, methods: list[str], output: Path, axis: int, figures: bool = False,
+              uncertainty: bool = False) -> list[dict]:
+    """`slicesr evaluate` over `volumes`; the rows of its metrics.csv (with its figures when asked; with
+    `uncertainty`, the trained methods with test-time augmentation and their maps' Spearman)."""
     from slicesr.evaluate import evaluate
 
-    result = evaluate(volumes, k, methods, str(output), slice_axis=str(axis), figures=figures, progress=False)
+    result = evaluate(volumes, k, methods, str(output), slice_axis=str(axis), figures=figures, progress=False,
+                      uncertainty=uncertainty)
     if result.failures:
         raise RuntimeError(f"evaluation in {output}: {result.failures}")
     return result.rows
@@ -207,7 +210,9 @@ def method_labels(plan: dict) -> list[str]:
     return [LINEAR, CUBIC, VAE, *[f"Proposed with {g}" for g in generators],
             f"Proposed with {display_name(plan['recipe']['generator'])}{RECIPE}",
             *[beyond_label(row) for row in plan.get("beyond", {}).get("brain", [])],
-            *[f"{g} only" for g in generators], *[ablation_label(plan, label) for label, _ in ABLATIONS]]
+            *[f"{g} only" for g in generators], *[ablation_label(plan, label) for label, _ in ABLATIONS],
+            *[f"{beyond_label(row)} (TTA)" for row in plan.get("beyond", {}).get("brain", [])
+              if plan["beyond"].get("uncertainty")]]
 
 
 def beyond_label(row: dict) -> str:
@@ -264,12 +269,14 @@ def run(args) -> int:
                              recipe["generator"] + "-recipe", *recipe["set"])
     brain_methods.append(f"{recipe_label}={recipe_model}")
     beyond = plan.get("beyond", {})
+    beyond_brain, beyond_knee = [], []
     for row in beyond.get("brain", []):  # in-plane pairs (issue 13): alone from the LR store, or with synthesis
         label, name = beyond_label(row), f"{row['generator']}-{row['supervision']}"
         store = lr_brain if row["supervision"] == "inplane" else synthetic
         model = parts.run(label, train_sr, plan["sr_config"], beyond_settings(plan, row), seed, k, store,
                           row["supervision"], runs, name, *beyond["set"])
-        brain_methods.append(f"{label}={model}")
+        beyond_brain.append(f"{label}={model}")
+    brain_methods += beyond_brain
     brain_methods += bounds
     ablation_methods = [f"{ablation_label(plan, label)}={path}" for label, path in ablations.items()]
 
@@ -292,13 +299,21 @@ def run(args) -> int:
         model = parts.run("knee " + label, train_sr, plan["sr_config"], beyond_settings(plan, row), seed, k, store,
                           row["supervision"], runs, name, "train.val_fraction=0",
                           *[s for s in beyond["set"] if not s.startswith("sr.validation")])
-        knee_methods.append(f"{label}={model}")
+        beyond_knee.append(f"{label}={model}")
+    knee_methods += beyond_knee
 
     eval_volumes = [*args.brain_eval, *sorted(str(p) for p in Path(args.eval_dir).glob("*.nii*"))] if args.eval_dir \
         else list(args.brain_eval)
     output = Path(args.output) if args.output else workdir / "eval"
     brain_rows = score_methods(parts, "brain", eval_volumes, k, brain_methods + ablation_methods, output, brain_axis)
     knee_rows = score_methods(parts, "knee", [args.knee], k, knee_methods, output, knee_axis)
+    if beyond.get("uncertainty"):  # the beyond rows again with test-time augmentation and uncertainty maps
+        for set_name, methods, volumes, axis in (("brain", beyond_brain, eval_volumes, brain_axis),
+                                                 ("knee", beyond_knee, [args.knee], knee_axis)):
+            rows = [parts.run(f"score {m.split('=', 1)[0]} with uncertainty ({set_name})", score_set, volumes, k, [m],
+                              output / f"{set_name}-uncertainty" / str(i), axis, True, True)
+                    for i, m in enumerate(methods)]
+            (brain_rows if set_name == "brain" else knee_rows).extend(row for part in rows for row in part)
     figure_methods = [m for m in brain_methods if m.split("=", 1)[0] in FIGURE_ROWS]
     parts.run("figures (first held-out brain)", score_set, eval_volumes[:1], k, figure_methods,
               output / "figures", brain_axis, True)
@@ -313,6 +328,9 @@ def run(args) -> int:
     figures = figures_dir(args)
     for figure in sorted((output / "figures").glob("*.png")) + sorted((output / "knee-figures").glob("*.png")):
         shutil.copy(figure, figures / f"quality_{figure.name}")
+    for set_name in ("brain", "knee"):
+        for index, figure in enumerate(sorted((output / f"{set_name}-uncertainty").glob("*/uncertainty_calibration.png"))):
+            shutil.copy(figure, figures / f"quality_{set_name}_uncertainty_calibration_{index}.png")
     publish(args, "quality", "Quality: Table 1 on the brain and knee volumes, trained without HR",
             table(args, plan, parts, brain_rows, knee_rows, distances, eval_volumes))
     return 0
@@ -358,6 +376,12 @@ def table(args, plan: dict, parts: Parts, brain_rows: list[dict], knee_rows: lis
             row, base = scores.get((volume, method)), scores.get((volume, LINEAR))
             cells.append(f"{row['psnr_missing'] - base['psnr_missing']:+.2f}" if row and base else "-")
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    spearman = [row for row in brain_rows + knee_rows if isinstance(row.get("uncertainty_spearman"), float)]
+    if spearman:
+        lines += ["", "Uncertainty maps (`--uncertainty`): Spearman correlation with the absolute error over the "
+                  "foreground of the missing slices (figures: quality_*_uncertainty_calibration_*.png):", "",
+                  "| method | volume | Spearman |", "|---|---|---:|"]
+        lines += [f"| {row['method']} | {row['volume']} | {row['uncertainty_spearman']:.3f} |" for row in spearman]
     first, second = [key for key in distances if key not in ("p", "n")]
     lines += ["", f"Fig. 9 on the held-out brains (ablation stage I runs of {plan['ablation_vae']['steps']} steps, "
               "paired t-test over the same slices):", "",

@@ -109,11 +109,15 @@ def test_quality_quick(untouched_results, capsys):
     output = run_quick(quality, capsys)
     plan = quality.load_plan(quality.PLAN, quick=True)
     blocks = [block for block in output.split("\n\n") if "|---" in block]
-    assert len(blocks) == 3, output
+    assert len(blocks) == 4, output
     labels = quality.method_labels(plan)
     check_table(blocks[0], [(label,) for label in labels])  # every volume scored, the knee for its rows only
     check_table(blocks[1], [(label,) for label in labels if label != quality.LINEAR])
-    fig9 = data_rows(blocks[2])
+    tta = [f"{quality.beyond_label(row)} (TTA)" for row in plan["beyond"]["brain"]]
+    spearman = data_rows(blocks[2])  # every beyond row on the brain volume, the knee's on the knee
+    assert [row[0] for row in spearman] == [*tta, f"{quality.beyond_label(plan['beyond']['knee'][0])} (TTA)"]
+    assert all(-1 <= float(row[2]) <= 1 for row in spearman)
+    fig9 = data_rows(blocks[3])
     assert [row[0] for row in fig9][:2] == ["with L_comp", "without L_comp (eta = 0)"]
     assert all(math.isfinite(float(cell)) for row in fig9[:2] for cell in row[1:])
     assert "Time per part" in output and "stage I ablation (without L_comp, eta 0)" in output
