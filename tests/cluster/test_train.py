@@ -32,6 +32,18 @@ def test_two_worker_run(stage, strategy, cluster_config, tmp_path):
         assert list((checkpoints[-1] / "deepspeed").rglob("*optim_states.pt"))
 
 
+def test_two_worker_run_with_both_pair_sources(cluster_config):
+    """DDP with synthetic patches and in-plane planes mixed: each rank draws its own source every step."""
+    config = cluster_config("sr", "cluster.strategy=ddp", "train.max_steps=4", "sr.supervision=both",
+                            "model.name=throughplane2d", "run.name=both-ddp")
+    result = train(config)
+    assert result.metrics["step"] == 4
+    model, saved, metadata = load_generator(Path(result.best_dir))
+    assert metadata["method"] == "Proposed with through-plane 2D + in-plane pairs"
+    assert metadata["inplane"]["fraction"] == 0.5 and metadata["inplane"]["lr_store"].endswith("lr.zarr")
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
 def _mlflow_run(tmp_path, run_id):
     from mlflow import MlflowClient
 
