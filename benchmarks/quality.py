@@ -211,8 +211,7 @@ def method_labels(plan: dict) -> list[str]:
             f"Proposed with {display_name(plan['recipe']['generator'])}{RECIPE}",
             *[beyond_label(row) for row in plan.get("beyond", {}).get("brain", [])],
             *[f"{g} only" for g in generators], *[ablation_label(plan, label) for label, _ in ABLATIONS],
-            *[f"{beyond_label(row)} (TTA)" for row in plan.get("beyond", {}).get("brain", [])
-              if plan["beyond"].get("uncertainty")]]
+            *[f"{beyond_label(row)} (TTA)" for row in plan.get("beyond", {}).get("brain", []) if row.get("uncertainty")]]
 
 
 def beyond_label(row: dict) -> str:
@@ -307,13 +306,14 @@ def run(args) -> int:
     output = Path(args.output) if args.output else workdir / "eval"
     brain_rows = score_methods(parts, "brain", eval_volumes, k, brain_methods + ablation_methods, output, brain_axis)
     knee_rows = score_methods(parts, "knee", [args.knee], k, knee_methods, output, knee_axis)
-    if beyond.get("uncertainty"):  # the beyond rows again with test-time augmentation and uncertainty maps
-        for set_name, methods, volumes, axis in (("brain", beyond_brain, eval_volumes, brain_axis),
-                                                 ("knee", beyond_knee, [args.knee], knee_axis)):
-            rows = [parts.run(f"score {m.split('=', 1)[0]} with uncertainty ({set_name})", score_set, volumes, k, [m],
-                              output / f"{set_name}-uncertainty" / str(i), axis, True, True)
-                    for i, m in enumerate(methods)]
-            (brain_rows if set_name == "brain" else knee_rows).extend(row for part in rows for row in part)
+    # beyond rows marked `uncertainty` again with test-time augmentation and uncertainty maps
+    for set_name, methods, volumes, axis in (("brain", beyond_brain, eval_volumes, brain_axis),
+                                             ("knee", beyond_knee, [args.knee], knee_axis)):
+        for i, (row, method) in enumerate(zip(beyond.get(set_name, []), methods)):
+            if row.get("uncertainty"):
+                (brain_rows if set_name == "brain" else knee_rows).extend(parts.run(
+                    f"score {method.split('=', 1)[0]} with uncertainty ({set_name})", score_set, volumes, k, [method],
+                    output / f"{set_name}-uncertainty" / str(i), axis, True, True))
     figure_methods = [m for m in brain_methods if m.split("=", 1)[0] in FIGURE_ROWS]
     parts.run("figures (first held-out brain)", score_set, eval_volumes[:1], k, figure_methods,
               output / "figures", brain_axis, True)

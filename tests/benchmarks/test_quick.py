@@ -113,7 +113,7 @@ def test_quality_quick(untouched_results, capsys):
     labels = quality.method_labels(plan)
     check_table(blocks[0], [(label,) for label in labels])  # every volume scored, the knee for its rows only
     check_table(blocks[1], [(label,) for label in labels if label != quality.LINEAR])
-    tta = [f"{quality.beyond_label(row)} (TTA)" for row in plan["beyond"]["brain"]]
+    tta = [f"{quality.beyond_label(row)} (TTA)" for row in plan["beyond"]["brain"] if row.get("uncertainty")]
     spearman = data_rows(blocks[2])  # every beyond row on the brain volume, the knee's on the knee
     assert [row[0] for row in spearman] == [*tta, f"{quality.beyond_label(plan['beyond']['knee'][0])} (TTA)"]
     assert all(-1 <= float(row[2]) <= 1 for row in spearman)
