@@ -6,7 +6,7 @@
     slicesr train-sr --config FILE [--set a.b=value ...] [--no-resume]
     slicesr synthesize --model DIR --input STORE --output STORE [--k K] [--keep-acquired] [--overwrite]
     slicesr infer IN [IN ...] --output OUT --model MODEL [--k K] [--slice-axis auto|0|1|2] [--no-keep-acquired]
-                  [--tta] [--uncertainty] [--adapt-steps N]
+                  [--tta] [--uncertainty] [--adapt-steps N] [--labels SEG]
     slicesr evaluate HR [HR ...] --k K --methods linear,cubic,MODEL,... --output DIR [--slice-axis auto|0|1|2]
                      [--no-figures] [--tta] [--uncertainty]
     slicesr latent-analysis --model DIR [--model DIR ...] --hr HR.nii.gz [...] [--k 4] [--slice-axis auto|0|1|2]
@@ -97,7 +97,7 @@ def _infer(args: argparse.Namespace) -> int:
     if args.tta or args.uncertainty:
         check_tta(method)
     report = infer_files(args.inputs, args.output, method, k, args.slice_axis, keep_acquired=not args.no_keep_acquired,
-                         tta=args.tta, uncertainty=args.uncertainty, adapt_steps=args.adapt_steps)
+                         tta=args.tta, uncertainty=args.uncertainty, adapt_steps=args.adapt_steps, labels=args.labels)
     adapted = (f", adapted to each scan in {args.adapt_steps} steps: {sum(report.adapt_seconds) / len(report.adapt_seconds):.1f} s per scan"
                if report.adapt_seconds else "")
     return finish(f"super-resolved {len(report.written)} scans with {method.label} (K={k}"
@@ -193,6 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
     infer.add_argument("--adapt-steps", type=int, default=0, metavar="N",
                        help="fine-tune a copy of the model on each scan's own in-plane pairs for N steps first (the "
                        "model on disk is not changed; the time per scan is printed)")
+    infer.add_argument("--labels", default=None, metavar="SEG", help="a label image on the input's grid (one "
+                       "input): carried to the output grid as <stem>_labels.nii.gz (shape-based interpolation)")
     infer.set_defaults(handler=_infer)
     evaluation = sub.add_parser("evaluate", help="score methods on HR volumes (simulated LR: every K-th slice)")
     evaluation.add_argument("hr", nargs="+", metavar="HR", help="HR NIfTI files or folders of them")

@@ -325,6 +325,44 @@ def uncertainty_image(volume: Volume, data: np.ndarray, affine: np.ndarray) -> n
     return image
 
 
+def labels_path(output: str) -> str:
+    """`sr.nii.gz` -> `sr_labels.nii.gz`, beside the output."""
+    folder, name = os.path.split(output)
+    return os.path.join(folder, f"{strip_nifti_suffix(name)}_labels.nii.gz")
+
+
+def check_label_grid(labels: Volume, volume: Volume) -> None:
+    if labels.data.shape != volume.data.shape or not np.allclose(labels.affine, volume.affine, atol=1e-3):
+        raise InputError(f"label image {labels.source}: its grid ({labels.data.shape}, affine "
+                         f"{np.round(labels.affine, 3).tolist()}) differs from the scan's {volume.source} "
+                         f"({volume.data.shape}, affine {np.round(volume.affine, 3).tolist()}); resample it onto "
+                         "the scan first")
+    if not np.array_equal(labels.data, np.round(labels.data)):
+        raise InputError(f"label image {labels.source}: holds non-integer values; a label map holds integers")
+
+
+def carried_labels_image(labels: Volume, volume: Volume, k: int, slice_axis: int | str = "auto"):
+    """The label image `labels` (on `volume`'s grid) carried to the grid `slicesr infer` gives `volume`
+    (slicesr.labels: shape-based interpolation, no new label values), in the label file's integer type."""
+    from slicesr.labels import carry_labels, slice_positions
+
+    check_label_grid(labels, volume)
+    axis = resolve_slice_axis(volume.affine, slice_axis)
+    slices, _ = to_slice_first(labels.data, labels.affine, axis)
+    spacing = np.delete(voxel_spacing(volume.affine), axis)
+    dtype = np.dtype(labels.source_dtype) if np.dtype(labels.source_dtype).kind in "iu" else np.dtype(np.int32)
+    carried = carry_labels(slices.astype(np.int64), slice_positions(slices.shape[0], k), tuple(spacing))
+    affine = scale_axis(volume.affine, axis, 1.0 / k)
+    header = labels.header.copy() if labels.header is not None else None
+    image_class = nib.Nifti2Image if isinstance(header, nib.Nifti2Header) else nib.Nifti1Image
+    image = image_class(np.moveaxis(carried, 0, axis).astype(dtype), affine, header=header)
+    image.set_data_dtype(dtype)
+    image.header.set_slope_inter(1.0, 0.0)
+    image.set_sform(affine, code=1)
+    image.set_qform(affine, code=1)
+    return image
+
+
 def uncertainty_path(output: str) -> str:
     """`sr.nii.gz` -> `sr_uncertainty.nii.gz`, beside the output."""
     folder, name = os.path.split(output)
@@ -387,10 +425,11 @@ def output_paths(files: list[str], output: str) -> list[str]:
 
 def infer_files(inputs: list[str], output: str, method: Method, k: int, slice_axis: int | str = "auto",
                 keep_acquired: bool = True, progress: bool = True, tta: bool = False,
-                uncertainty: bool = False, adapt_steps: int = 0) -> InferenceReport:
+                uncertainty: bool = False, adapt_steps: int = 0, labels: str | None = None) -> InferenceReport:
     """Super-resolve every input into `output`; a bad file is reported and the others still done. With
     `uncertainty`, `<stem>_uncertainty.nii.gz` is written beside each output (`tta` implied); with
-    `adapt_steps`, each scan by a copy of the method fine-tuned on that scan's in-plane pairs."""
+    `adapt_steps`, each scan by a copy of the method fine-tuned on that scan's in-plane pairs; `labels`
+    (one input only): a label image on the input's grid, carried to the output's as `<stem>_labels.nii.gz`."""
     if tta or uncertainty:
         check_tta(method)
     if adapt_steps < 0:
@@ -399,6 +438,17 @@ def infer_files(inputs: list[str], output: str, method: Method, k: int, slice_ax
         check_adaptable(method)
     files = expand_inputs(inputs)
     targets = output_paths(files, output)
+    label_volume = None
+    if labels is not None:
+        if len(files) != 1:
+            raise ValueError(f"--labels {labels} belongs to one scan, but there are {len(files)} inputs")
+        label_volume = load_volume(labels)  # a bad label file stops the run before anything is written
+        try:
+            scan = load_volume(files[0])
+        except InputError:
+            scan = None  # reported as that input's failure below
+        if scan is not None:
+            check_label_grid(label_volume, scan)
     if uncertainty:
         clashes = sorted(set(map(uncertainty_path, targets)) & set(targets))
         if clashes:
@@ -410,6 +460,9 @@ def infer_files(inputs: list[str], output: str, method: Method, k: int, slice_ax
             volume = load_volume(source)
             prediction = predict(volume, method, k, slice_axis, keep_acquired, progress, tta, uncertainty, adapt_steps)
             image, spread = predicted_images(volume, prediction)
+            carried = carried_labels_image(label_volume, volume, k, slice_axis) if label_volume is not None else None
+            if carried is not None:
+                save_nifti_atomic(carried, labels_path(target))
             if spread is not None:
                 save_nifti_atomic(spread, uncertainty_path(target))
             save_nifti_atomic(image, target)
