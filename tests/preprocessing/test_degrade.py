@@ -45,3 +45,23 @@ def test_degrade_cli_exit_codes(tmp_path, capsys):
     assert main(["--input", str(tmp_path / "none"), "--output", str(tmp_path / "out"), "--k", "2"]) == 2
     assert main(["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--k", "1"]) == 2
     assert main(["--input", str(tmp_path / "in")]) == 2
+
+
+def test_degrade_with_a_thick_slice_profile(tmp_path, capsys):
+    from slicesr.degradation import profile_weights
+
+    rng = np.random.default_rng(1)
+    data = (rng.random((6, 5, 13)) * 1000).astype(np.int16)
+    affine = np.diag([0.9, 0.9, 1.5, 1.0])
+    write_nifti(tmp_path / "in" / "knee.nii.gz", data, affine)
+    assert main(["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--k", "4",
+                 "--slice-profile", "box", "--slice-thickness", "4.5"]) == 0  # 3 HR slices: a gap of one
+    lr = nib.load(tmp_path / "out" / "knee.nii.gz")
+    assert lr.shape == (6, 5, 4) and lr.get_data_dtype() == np.float32
+    np.testing.assert_allclose(lr.affine, np.diag([0.9, 0.9, 6.0, 1.0]))
+    weights = profile_weights(13, 4, "box", 3.0)
+    np.testing.assert_allclose(lr.get_fdata(), np.tensordot(data.astype(np.float64), weights.T, axes=(2, 0)), rtol=1e-5)
+    np.testing.assert_allclose(lr.get_fdata()[..., 1], data[..., 3:6].mean(axis=2), rtol=1e-5)
+    assert main(["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out2"), "--k", "4",
+                 "--slice-profile", "gaussian"]) == 2
+    assert "needs a positive --slice-thickness" in capsys.readouterr().err
