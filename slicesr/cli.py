@@ -2,13 +2,13 @@
 
     slicesr store-info DEST [--storage-option KEY=VALUE ...]
     slicesr config [--config FILE] [--set a.b=value ...]     (print the resolved config)
-    slicesr train-vae --config FILE [--set a.b=value ...] [--no-resume]
-    slicesr train-sr --config FILE [--set a.b=value ...] [--no-resume]
+    slicesr train-vae --config FILE [--set a.b=value ...] [--no-resume] [--device auto|cpu|cuda]
+    slicesr train-sr --config FILE [--set a.b=value ...] [--no-resume] [--device auto|cpu|cuda]
     slicesr synthesize --model DIR --input STORE --output STORE [--k K] [--keep-acquired] [--overwrite]
     slicesr infer IN [IN ...] --output OUT --model MODEL [--k K] [--slice-axis auto|0|1|2] [--no-keep-acquired]
-                  [--tta] [--uncertainty] [--adapt-steps N] [--labels SEG]
+                  [--tta] [--uncertainty] [--adapt-steps N] [--labels SEG] [--device auto|cpu|cuda]
     slicesr evaluate HR [HR ...] --k K --methods linear,cubic,MODEL,... --output DIR [--slice-axis auto|0|1|2]
-                     [--no-figures] [--tta] [--uncertainty]
+                     [--no-figures] [--tta] [--uncertainty] [--device auto|cpu|cuda]
     slicesr latent-analysis --model DIR [--model DIR ...] --hr HR.nii.gz [...] [--k 4] [--slice-axis auto|0|1|2]
 
 Exit codes: 0 all done, 1 some inputs failed (the rest done), 2 usage or environment error.
@@ -41,9 +41,12 @@ def _config(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+DEVICES = ["auto", "cpu", "cuda"]
+
+
 def _train(args: argparse.Namespace, stage: str) -> int:
     """train-vae / train-sr: the stage's trainer in this process, resumed from its checkpoint."""
-    config = load_config(args.config, args.set)
+    config = load_config(args.config, args.set + ([f"train.device={args.device}"] if args.device else []))
     if config.stage != stage:
         raise UsageError(f"{args.config}: {args.command} needs stage: {stage}, got {config.stage}")
     if stage == "vae":
@@ -89,7 +92,7 @@ def _synthesize(args: argparse.Namespace) -> int:
 def _infer(args: argparse.Namespace) -> int:
     from slicesr.inference import check_k, check_tta, infer_files, load_method
 
-    method = load_method(args.model)
+    method = load_method(args.model, device=args.device)
     k = args.k or method.trained_k
     if k is None:
         raise UsageError(f"--k is needed with {args.model} (it was not trained for one K)")
@@ -110,7 +113,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from slicesr.evaluate import evaluate
 
     result = evaluate(args.hr, args.k, args.methods, args.output, args.slice_axis, figures=not args.no_figures,
-                      tta=args.tta, uncertainty=args.uncertainty)
+                      tta=args.tta, uncertainty=args.uncertainty, device=args.device)
     print(result.summary_table())
     return finish(f"-> {args.output}/metrics.csv, summary.md" + ("" if args.no_figures else ", *_slices.png, *_through_plane.png"),
                   result.failures)
@@ -156,11 +159,13 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train-vae", help="train the stage I VAE-GAN in this process")
     train.add_argument("--config", required=True)
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    train.add_argument("--device", choices=DEVICES, default=None, help="sets train.device (default: the config's)")
     train.add_argument("--no-resume", action="store_true", help="start again even if a checkpoint exists")
     train.set_defaults(handler=lambda args: _train(args, "vae"))
     train_sr = sub.add_parser("train-sr", help="train a stage II generator (DeepResolve, DCSRN) in this process")
     train_sr.add_argument("--config", required=True)
     train_sr.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    train_sr.add_argument("--device", choices=DEVICES, default=None, help="sets train.device (default: the config's)")
     train_sr.add_argument("--no-resume", action="store_true", help="start again even if a checkpoint exists")
     train_sr.set_defaults(handler=lambda args: _train(args, "sr"))
     synth = sub.add_parser("synthesize", help="synthetic HR slice store from an LR store (stage I)")
@@ -195,6 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "model on disk is not changed; the time per scan is printed)")
     infer.add_argument("--labels", default=None, metavar="SEG", help="a label image on the input's grid (one "
                        "input): carried to the output grid as <stem>_labels.nii.gz (shape-based interpolation)")
+    infer.add_argument("--device", choices=DEVICES, default="auto",
+                       help="where a model runs: auto (cuda when torch sees one, else cpu; default), cpu or cuda")
     infer.set_defaults(handler=_infer)
     evaluation = sub.add_parser("evaluate", help="score methods on HR volumes (simulated LR: every K-th slice)")
     evaluation.add_argument("hr", nargs="+", metavar="HR", help="HR NIfTI files or folders of them")
@@ -208,6 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "(rows labelled '... (TTA)'); linear and cubic as they are")
     evaluation.add_argument("--uncertainty", action="store_true", help="--tta, and the Spearman correlation of "
                             "each trained method's uncertainty map with its absolute error (uncertainty_spearman)")
+    evaluation.add_argument("--device", choices=DEVICES, default="auto",
+                            help="where the trained methods run: auto (default), cpu or cuda")
     evaluation.set_defaults(handler=_evaluate)
     latent = sub.add_parser("latent-analysis", help="Fig. 9 latent distances on HR volumes")
     latent.add_argument("--model", action="append", required=True)

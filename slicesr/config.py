@@ -156,6 +156,9 @@ class TrainConfig:
     val_every: int = 100
     val_batches: int = 4
     log_every: int = 10
+    # Where an in-process run trains (slicesr train-vae / train-sr; Ray workers take cluster.use_gpu):
+    # auto = a CUDA device when torch sees one, else the CPU.
+    device: Literal["auto", "cpu", "cuda"] = "auto"
 
     def validate(self) -> None:
         _require(self.max_steps >= 1, f"train.max_steps must be >= 1, got {self.max_steps}")

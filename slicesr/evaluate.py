@@ -222,7 +222,7 @@ def uncertainty_calibration(hr: np.ndarray, prediction: np.ndarray, spread: np.n
 
 def evaluate(hr_inputs: list[str], k: int, methods: str | list[str], output: str, slice_axis: int | str = "auto",
              figures: bool = True, progress: bool = True, tta: bool = False,
-             uncertainty: bool = False) -> EvaluationResult:
+             uncertainty: bool = False, device: str = "auto") -> EvaluationResult:
     """Score every method on every HR volume; write metrics.csv, summary.md and the figures into `output`.
 
     `tta` / `uncertainty` apply to the trained methods (labelled "... (TTA)"; linear and cubic are scored
@@ -232,7 +232,7 @@ def evaluate(hr_inputs: list[str], k: int, methods: str | list[str], output: str
     tta = tta or uncertainty
     loaded: dict[str, Method] = {}
     for label, spec in parse_methods(methods):
-        method = load_method(spec)
+        method = load_method(spec, device=device)
         check_k(method, k)
         name = label or method.label
         if tta and method.supports_tta:

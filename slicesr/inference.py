@@ -83,10 +83,12 @@ class VaeUpsampling(Method):
     """Stage I alone: encode neighbouring slices, interpolate the means, decode (the paper's
     'VAE-Based Up-Sample'). Latent interpolation works for any K."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, device: torch.device | None = None):
         from slicesr.stage1.train import load_vae
 
         self.model, self.config, self.metadata = load_vae(path)
+        if device is not None:
+            self.model.to(device)
         self.label = "VAE-based up-sample"
 
     def upsample(self, slices: np.ndarray, k: int, progress: bool = False) -> np.ndarray:
@@ -107,10 +109,12 @@ class GeneratorUpsampling(Method):
 
     adaptable = True
 
-    def __init__(self, path: str, window: tuple[int, int, int] | None = None):
+    def __init__(self, path: str, window: tuple[int, int, int] | None = None, device: torch.device | None = None):
         from slicesr.stage2.train import load_generator
 
         self.model, self.config, self.metadata = load_generator(path)
+        if device is not None:
+            self.model.to(device)
         self.label = str(self.metadata.get("method", self.config.model.name))
         self.trained_k = int(self.metadata["k"])
         self.window = tuple(window or self.config.sr.window)
@@ -180,9 +184,14 @@ def generator_upsample(model: torch.nn.Module, slices: np.ndarray, k: int, windo
                                 desc="super-resolve", margin=(receptive_radius(model),) * 3, align=(k, 1, 1))
 
 
-def load_method(spec: str, window: tuple[int, int, int] | None = None, tracking_uri: str | None = None) -> Method:
+def load_method(spec: str, window: tuple[int, int, int] | None = None, tracking_uri: str | None = None,
+                device: str = "auto") -> Method:
     """`linear`, `cubic`, a model directory (stage I VAE or stage II generator) or a registered model
-    (`models:/slicesr-sr@champion`, resolved through MLflow at `tracking_uri` or MLFLOW_TRACKING_URI)."""
+    (`models:/slicesr-sr@champion`, resolved through MLflow at `tracking_uri` or MLFLOW_TRACKING_URI);
+    a model runs on `device` (auto, cpu or cuda)."""
+    from slicesr.training import resolve_device
+
+    torch_device = resolve_device(device)  # a usage error before anything is read
     if spec in BASELINES:
         return Interpolation(spec)
     if spec.startswith("models:/"):
@@ -196,9 +205,9 @@ def load_method(spec: str, window: tuple[int, int, int] | None = None, tracking_
 
     _, _, metadata = read_model_dir(folder)  # validates the folder before choosing the loader
     if metadata.get("stage") == "vae":
-        return VaeUpsampling(spec)
+        return VaeUpsampling(spec, torch_device)
     if metadata.get("stage") == "sr":
-        return GeneratorUpsampling(spec, window)
+        return GeneratorUpsampling(spec, window, torch_device)
     raise ValueError(f"{spec}: unknown model stage {metadata.get('stage')!r}")
 
 

@@ -61,6 +61,18 @@ def plan_shards(store: Any, config: Config, world_size: int, min_slices: int) ->
                      [scan_id for scan_id in val_ids if scan_id in long_enough])
 
 
+def resolve_device(name: str) -> torch.device:
+    """`auto` (a CUDA device when torch sees one, else the CPU), `cpu` or `cuda`."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device cuda: torch sees no CUDA device here (torch.cuda.is_available() is False); "
+                         "use --device cpu or auto")
+    if name not in ("cpu", "cuda"):
+        raise ValueError(f"device must be auto, cpu or cuda, got {name!r}")
+    return torch.device(name)
+
+
 class Engine:
     """Owns forward, backward, step, zero_grad and optimizer state of each named network (one Adam each).
 
@@ -74,7 +86,10 @@ class Engine:
     optimizer_layout = "torch"
 
     def __init__(self, model: nn.Module, networks: dict[str, nn.Module], lr: float,
-                 betas: tuple[float, float] = (0.9, 0.999)):
+                 betas: tuple[float, float] = (0.9, 0.999), device: torch.device | None = None):
+        if device is not None:
+            model.to(device)
+            self.device = device
         self.model = model
         self.networks = networks
         self.optimizers = {name: torch.optim.Adam(net.parameters(), lr=lr, betas=betas)

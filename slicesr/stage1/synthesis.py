@@ -19,8 +19,10 @@ from slicesr.windows import Blender, covering_corners, extract_windows, pad_to
 log = logging.getLogger(__name__)
 
 
-def _batched(model_fn, inputs: torch.Tensor, batch_size: int) -> torch.Tensor:
-    return torch.cat([model_fn(inputs[i : i + batch_size]) for i in range(0, inputs.shape[0], batch_size)])
+def _batched(model_fn, inputs: torch.Tensor, batch_size: int, device: torch.device | None = None) -> torch.Tensor:
+    """`model_fn` over batches, each moved to `device` (the model's) and its result back to the CPU."""
+    return torch.cat([model_fn(inputs[i : i + batch_size].to(device)).cpu() if device is not None
+                      else model_fn(inputs[i : i + batch_size]) for i in range(0, inputs.shape[0], batch_size)])
 
 
 def _tile(model: VaeGan) -> tuple[int, int]:
@@ -35,7 +37,8 @@ def encode_slices(model: VaeGan, slices: np.ndarray, overlap: float, batch_size:
     corners = covering_corners(slices.shape[1:], tile, overlap)
     stacked = torch.from_numpy(np.stack([extract_windows(pad_to(s, tile), tile, corners) for s in slices])).float()
     n, t = stacked.shape[:2]
-    mu = _batched(lambda x: model.encoder(x)[0], stacked.reshape(n * t, 1, *tile), batch_size)
+    mu = _batched(lambda x: model.encoder(x)[0], stacked.reshape(n * t, 1, *tile), batch_size,
+                  next(model.parameters()).device)
     return mu.reshape(n, t, -1), corners
 
 
@@ -48,7 +51,7 @@ def synthesize_slices(model: VaeGan, slices: np.ndarray, k: int, batch_size: int
     mu, corners = encode_slices(model, slices, overlap, batch_size)
     codes = upsample_linear(mu, k, dim=0)  # (K*(n-1)+1, T, Z)
     tile = _tile(model)
-    decoded = _batched(model.decoder, codes.reshape(-1, mu.shape[-1]), batch_size)
+    decoded = _batched(model.decoder, codes.reshape(-1, mu.shape[-1]), batch_size, next(model.parameters()).device)
     decoded = decoded.reshape(codes.shape[0], codes.shape[1], *tile).numpy()
     padded_shape = (max(rows, tile[0]), max(cols, tile[1]))
     out = np.empty((codes.shape[0], rows, cols), dtype=np.float32)

@@ -9,6 +9,7 @@ then needs no selective `inputs=`: DDP and DeepSpeed engines (one per optimizer)
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections.abc import Callable
@@ -32,7 +33,7 @@ from slicesr.stage1.losses import (
     kl_to_standard_normal,
     weights_at,
 )
-from slicesr.training import Checkpointer, LogReporter, Reporter, TrainingLoop
+from slicesr.training import Checkpointer, LogReporter, Reporter, TrainingLoop, resolve_device
 from slicesr.training import Engine as BaseEngine
 
 log = logging.getLogger(__name__)
@@ -49,8 +50,9 @@ def size_from_config(config: Config) -> VaeGanSize:
 class Engine(BaseEngine):
     """One Adam per network of the VAE-GAN: encoder, decoder, critic."""
 
-    def __init__(self, model: VaeGan, lr: float, betas: tuple[float, float] = (0.9, 0.999)):
-        super().__init__(model, {name: getattr(model, name) for name in NETWORKS}, lr, betas)
+    def __init__(self, model: VaeGan, lr: float, betas: tuple[float, float] = (0.9, 0.999),
+                 device: torch.device | None = None):
+        super().__init__(model, {name: getattr(model, name) for name in NETWORKS}, lr, betas, device)
 
 
 @dataclass
@@ -135,11 +137,13 @@ class Stage1Trainer(TrainingLoop):
     val_metric = "val_center"
 
     def __init__(self, config: Config, reporter: Reporter | None = None,
-                 engine_factory: Callable[[VaeGan, float], Engine] = Engine,
+                 engine_factory: Callable[[VaeGan, float], Engine] | None = None,
                  shard: tuple[int, int] = (0, 1), checkpointer: Checkpointer | None = None):
         super().__init__(config, reporter, shard, checkpointer)
         torch.manual_seed(config.train.seed)  # initial weights
         # The engine may wrap the networks (DDP, DeepSpeed); the loop only touches them through it.
+        # In-process, the engine puts them on train.device.
+        engine_factory = engine_factory or functools.partial(Engine, device=resolve_device(config.train.device))
         self.engine = engine_factory(VaeGan(size_from_config(config)), config.train.lr)
         self.model = self.engine.model
         self.open_store_and_split()

@@ -6,6 +6,7 @@ X' are the synthetic HR volumes of stage I, or real HR volumes for the supervise
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections.abc import Callable
@@ -22,7 +23,7 @@ from slicesr.models.generators import GeneratorSize, build_generator, display_na
 from slicesr.stage2.data import PatchSampler
 from slicesr.stage2.inplane import InplanePairSampler
 from slicesr.store import SliceStore
-from slicesr.training import Checkpointer, Engine, Reporter, TrainingLoop
+from slicesr.training import Checkpointer, Engine, Reporter, TrainingLoop, resolve_device
 
 log = logging.getLogger(__name__)
 # generators that train on 2D planes when given in-plane pairs (their forward takes (N, 1, slices, width))
@@ -43,8 +44,8 @@ def method_label(name: str, supervision: str) -> str:
             "both": f"Proposed with {generator} + in-plane pairs"}.get(supervision, f"Proposed with {generator}")
 
 
-def generator_engine(model: nn.Module, lr: float) -> Engine:
-    return Engine(model, {"generator": model}, lr)
+def generator_engine(model: nn.Module, lr: float, device: torch.device | None = None) -> Engine:
+    return Engine(model, {"generator": model}, lr, device=device)
 
 
 def check_store_matches(store: SliceStore, ids: list[str], supervision: str, k: int) -> None:
@@ -69,10 +70,12 @@ class Stage2Trainer(TrainingLoop):
     validate_untrained = True
 
     def __init__(self, config: Config, reporter: Reporter | None = None,
-                 engine_factory: Callable[[nn.Module, float], Engine] = generator_engine,
+                 engine_factory: Callable[[nn.Module, float], Engine] | None = None,
                  shard: tuple[int, int] = (0, 1), checkpointer: Checkpointer | None = None):
         super().__init__(config, reporter, shard, checkpointer)
         torch.manual_seed(config.train.seed)  # initial weights
+        # in-process: the generator on train.device; a distributed adapter passes its own engine
+        engine_factory = engine_factory or functools.partial(generator_engine, device=resolve_device(config.train.device))
         self.engine = engine_factory(build_generator(generator_size(config)), config.train.lr)
         self.model = self.engine.model
         ids = self.open_store_and_split()

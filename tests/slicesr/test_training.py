@@ -1,6 +1,8 @@
 """The shared loop's shard plan: split, disjoint shards of usable scans, clear refusals."""
 
+import numpy as np
 import pytest
+import torch
 
 from preprocessing.to_zarr import convert
 from slicesr.config import load_config
@@ -41,3 +43,29 @@ def test_too_few_usable_scans_for_the_workers(mixed_store, tmp_path):
         plan_shards(mixed_store, config, usable + 1, min_slices=3)
     with pytest.raises(ValueError, match="holds no stored scans"):
         plan_shards(SliceStore.create(str(tmp_path / "empty.zarr")), config, 1, min_slices=3)
+
+
+def test_devices_resolve_or_refuse():
+    from slicesr.training import resolve_device
+
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto") == torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ValueError, match="auto, cpu or cuda"):
+        resolve_device("gpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA device"):
+            resolve_device("cuda")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal where there is no CUDA device")
+def test_cli_device_cuda_without_a_gpu_is_a_usage_error(tmp_path, capsys):
+    from slicesr.cli import main
+    from tests.conftest import write_nifti
+
+    path = write_nifti(tmp_path / "scan.nii.gz", np.ones((6, 6, 4), np.float32), np.diag([1.0, 1.0, 4.0, 1.0]))
+    assert main(["infer", path, "--output", str(tmp_path / "o.nii.gz"), "--model", "linear", "--k", "2",
+                 "--device", "cuda"]) == 2
+    assert "no CUDA device" in capsys.readouterr().err
+    assert main(["train-sr", "--config", "configs/debug/stage2.yaml", "--device", "cuda",
+                 "--set", f"run.storage_path={tmp_path}"]) == 2
+    assert "no CUDA device" in capsys.readouterr().err
