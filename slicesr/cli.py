@@ -5,7 +5,7 @@
     slicesr train-vae --config FILE [--set a.b=value ...] [--no-resume] [--device auto|cpu|cuda]
     slicesr train-sr --config FILE [--set a.b=value ...] [--no-resume] [--device auto|cpu|cuda]
     slicesr synthesize --model DIR --input STORE --output STORE [--k K] [--keep-acquired] [--overwrite]
-    slicesr infer IN [IN ...] --output OUT --model MODEL [--k K] [--slice-axis auto|0|1|2] [--no-keep-acquired]
+    slicesr infer IN [IN ...] --output OUT --model MODEL [--k K | --spacing MM] [--slice-axis auto|0|1|2] [--no-keep-acquired]
                   [--tta] [--uncertainty] [--adapt-steps N] [--labels SEG] [--device auto|cpu|cuda]
     slicesr evaluate HR [HR ...] --k K --methods linear,cubic,MODEL,... --output DIR [--slice-axis auto|0|1|2]
                      [--no-figures] [--tta] [--uncertainty] [--device auto|cpu|cuda]
@@ -93,17 +93,22 @@ def _infer(args: argparse.Namespace) -> int:
     from slicesr.inference import check_k, check_tta, infer_files, load_method
 
     method = load_method(args.model, device=args.device)
-    k = args.k or method.trained_k
-    if k is None:
-        raise UsageError(f"--k is needed with {args.model} (it was not trained for one K)")
-    check_k(method, k)
+    if args.spacing is not None and args.k is not None:
+        raise UsageError("give --k or --spacing, not both")
+    k = None if args.spacing is not None else args.k or method.trained_k
+    if k is None and args.spacing is None:
+        raise UsageError(f"--k or --spacing is needed with {args.model} (it was not trained for one K)")
+    if k is not None:
+        check_k(method, k)
     if args.tta or args.uncertainty:
         check_tta(method)
     report = infer_files(args.inputs, args.output, method, k, args.slice_axis, keep_acquired=not args.no_keep_acquired,
-                         tta=args.tta, uncertainty=args.uncertainty, adapt_steps=args.adapt_steps, labels=args.labels)
+                         tta=args.tta, uncertainty=args.uncertainty, adapt_steps=args.adapt_steps, labels=args.labels,
+                         spacing_mm=args.spacing)
     adapted = (f", adapted to each scan in {args.adapt_steps} steps: {sum(report.adapt_seconds) / len(report.adapt_seconds):.1f} s per scan"
                if report.adapt_seconds else "")
-    return finish(f"super-resolved {len(report.written)} scans with {method.label} (K={k}"
+    return finish(f"super-resolved {len(report.written)} scans with {method.label} ("
+                  + (f"K={k}" if k is not None else f"spacing {args.spacing:g} mm")
                   + (", test-time augmentation" if args.tta or args.uncertainty else "")
                   + (", uncertainty maps" if args.uncertainty else "") + adapted + "), "
                   f"failed {len(report.failures)} -> {args.output}", report.failures)
@@ -188,6 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "registered model (models:/slicesr-sr@champion; MLflow at MLFLOW_TRACKING_URI, default "
                        "sqlite:///mlflow.db)")
     infer.add_argument("--k", type=int, default=None, help="slices per acquired gap (default: the model's)")
+    infer.add_argument("--spacing", type=float, default=None, metavar="MM",
+                       help="the output's slice spacing in mm instead of --k (any value up to the input spacing; "
+                       "one that divides it by an integer K is --k K)")
     infer.add_argument("--slice-axis", default="auto", choices=["auto", "0", "1", "2"])
     infer.add_argument("--no-keep-acquired", action="store_true", help="take the network's output at acquired slices too")
     infer.add_argument("--tta", action="store_true", help="average the predictions over the 8 flips of the three axes "

@@ -27,7 +27,16 @@ from tqdm import tqdm
 from slicesr.errors import InputError
 from slicesr.geometry import resolve_slice_axis, scale_axis, to_slice_first, voxel_spacing
 from slicesr.intensity import denormalize, normalize, robust_intensity_params
-from slicesr.interpolation import cubic_slices, hr_num_slices, linear_slices
+from slicesr.interpolation import (
+    SPACING_RTOL,
+    cubic_at,
+    cubic_slices,
+    hr_num_slices,
+    integer_ratio,
+    linear_at,
+    linear_slices,
+    target_positions,
+)
 from slicesr.nifti import Volume, is_nifti_name, load_volume, save_nifti_atomic, strip_nifti_suffix
 from slicesr.windows import sliding_window_apply
 
@@ -55,6 +64,12 @@ class Method:
 
     adaptable = False  # whether `adapted` can fine-tune it on a scan (stage II generators)
 
+    def resample(self, slices: np.ndarray, positions: np.ndarray, progress: bool = False) -> np.ndarray:
+        """Slices at any input-slice coordinates (a target spacing that is not 1/K of the input's)."""
+        raise ValueError(f"{self.label} up-samples by an integer factor K only"
+                         + (f" (trained for K={self.trained_k})" if self.trained_k else "")
+                         + ": choose a --spacing that divides the input spacing by an integer")
+
     def adapted(self, slices: np.ndarray, spacing_mm: tuple[float, float, float], k: int, steps: int) -> Method:
         """A copy fine-tuned on this scan's own in-plane pairs (per-scan adaptation)."""
         raise NotImplementedError
@@ -78,6 +93,9 @@ class Interpolation(Method):
     def upsample(self, slices: np.ndarray, k: int, progress: bool = False) -> np.ndarray:
         return linear_slices(slices, k) if self.name == "linear" else cubic_slices(slices, k)
 
+    def resample(self, slices: np.ndarray, positions: np.ndarray, progress: bool = False) -> np.ndarray:
+        return linear_at(slices, positions) if self.name == "linear" else cubic_at(slices, positions)
+
 
 class VaeUpsampling(Method):
     """Stage I alone: encode neighbouring slices, interpolate the means, decode (the paper's
@@ -97,6 +115,13 @@ class VaeUpsampling(Method):
         synthesis = self.config.synthesis
         return synthesize_slices(self.model, slices, k, batch_size=synthesis.batch_size,
                                  overlap=synthesis.tile_overlap)
+
+    def resample(self, slices: np.ndarray, positions: np.ndarray, progress: bool = False) -> np.ndarray:
+        from slicesr.stage1.synthesis import synthesize_slices
+
+        synthesis = self.config.synthesis  # latent interpolation at any xi
+        return synthesize_slices(self.model, slices, 1, batch_size=synthesis.batch_size,
+                                 overlap=synthesis.tile_overlap, positions=positions)
 
 
 class GeneratorUpsampling(Method):
@@ -231,6 +256,47 @@ def check_tta(method: Method) -> None:
 
 
 @dataclass
+class OutputGrid:
+    """Where the output slices lie along the slice axis, in input-slice coordinates."""
+
+    positions: np.ndarray
+    ratio: float  # input spacing / output spacing
+    k: int | None  # the integer factor, when the ratio is one (the --k path)
+
+    @property
+    def acquired(self) -> tuple[np.ndarray, np.ndarray]:
+        """(output indices, input indices) of the output slices that coincide with input slices."""
+        exact = np.flatnonzero(self.positions == np.round(self.positions))  # snapped by output_grid
+        return exact, np.round(self.positions[exact]).astype(np.int64)
+
+
+def output_grid(num_slices: int, slice_spacing_mm: float, k: int | None = None,
+                spacing_mm: float | None = None) -> OutputGrid:
+    """The grid of `--k K` (K*(n-1)+1 slices) or `--spacing MM`: output slice 0 at input slice 0, slices
+    MM apart up to the last input slice (floor((n-1) * s_in / MM) + 1 of them); a spacing that divides the
+    input's by an integer (within interpolation.SPACING_RTOL) is that integer K."""
+    if spacing_mm is not None:
+        if not spacing_mm > 0:
+            raise ValueError(f"--spacing must be positive, got {spacing_mm}")
+        if spacing_mm > slice_spacing_mm * (1 + SPACING_RTOL):
+            raise ValueError(f"--spacing {spacing_mm:g} mm is over the input's slice spacing "
+                             f"({slice_spacing_mm:g} mm): nothing to super-resolve")
+        ratio = slice_spacing_mm / spacing_mm
+        k = integer_ratio(ratio)
+        if k is None:
+            positions = target_positions(num_slices, ratio)
+            # a position within rounding of an input slice is that slice (a spacing typed in mm, an oblique
+            # affine's column norm): the acquired slice is then kept exactly
+            nearest = np.round(positions)
+            near = np.abs(positions - nearest) <= SPACING_RTOL
+            positions[near] = nearest[near]
+            return OutputGrid(positions, ratio, None)
+    if k is None:
+        raise ValueError("give K or a target spacing")
+    return OutputGrid(np.arange(hr_num_slices(num_slices, k), dtype=np.float64) / k, float(k), int(k))
+
+
+@dataclass
 class Prediction:
     data: np.ndarray  # the input's axis order, float32, input intensity scale
     affine: np.ndarray
@@ -238,12 +304,13 @@ class Prediction:
     adapt_seconds: float = 0.0  # time spent adapting the method to this scan
 
 
-def predict(volume: Volume, method: Method, k: int, slice_axis: int | str = "auto", keep_acquired: bool = True,
-            progress: bool = False, tta: bool = False, uncertainty: bool = False, adapt_steps: int = 0) -> Prediction:
-    """The super-resolved volume; with `tta` the mean of the augmented predictions (`Method.augmented`),
-    with `uncertainty` (implies `tta`) also their standard deviation (zero at kept acquired slices); with
-    `adapt_steps`, by a copy of the method fine-tuned on the scan's own in-plane pairs (`Method.adapted`)."""
-    check_k(method, k)
+def predict(volume: Volume, method: Method, k: int | None, slice_axis: int | str = "auto", keep_acquired: bool = True,
+            progress: bool = False, tta: bool = False, uncertainty: bool = False, adapt_steps: int = 0,
+            spacing_mm: float | None = None) -> Prediction:
+    """The super-resolved volume on the grid of K or of `spacing_mm` (`output_grid`); with `tta` the mean
+    of the augmented predictions (`Method.augmented`), with `uncertainty` (implies `tta`) also their standard
+    deviation (zero at kept acquired slices); with `adapt_steps`, by a copy of the method fine-tuned on the
+    scan's own in-plane pairs (`Method.adapted`)."""
     tta = tta or uncertainty
     if tta:
         check_tta(method)
@@ -251,13 +318,24 @@ def predict(volume: Volume, method: Method, k: int, slice_axis: int | str = "aut
     slices, _ = to_slice_first(volume.data, volume.affine, axis)
     if slices.shape[0] < 2:
         raise InputError(f"{slices.shape[0]} slice along axis {axis}: nothing to interpolate")
+    spacing = voxel_spacing(volume.affine)
+    grid = output_grid(slices.shape[0], float(spacing[axis]), k, spacing_mm)
+    if spacing_mm is not None and spacing_mm < min(np.delete(spacing, axis)):
+        log.warning("%s: --spacing %g mm is finer than the in-plane spacing (%s mm)", volume.source, spacing_mm,
+                    " x ".join(f"{v:g}" for v in np.delete(spacing, axis)))
+    if grid.k is None:
+        if tta or adapt_steps:
+            raise ValueError("--tta, --uncertainty and --adapt-steps need a spacing that divides the input's by "
+                             "an integer")
+        return _predict_positions(volume, method, slices, grid, axis, keep_acquired, progress)
+    k = grid.k
+    check_k(method, k)
     params = robust_intensity_params(slices)
     normalised = normalize(slices, params)
     adapt_seconds = 0.0
     if adapt_steps:
         check_adaptable(method)
         started = time.perf_counter()
-        spacing = voxel_spacing(volume.affine)
         method = method.adapted(normalised, (spacing[axis], *np.delete(spacing, axis)), k, adapt_steps)
         adapt_seconds = time.perf_counter() - started
         log.info("adapted %s to the scan in %d steps: %.1f s", method.label, adapt_steps, adapt_seconds)
@@ -290,6 +368,22 @@ def predict(volume: Volume, method: Method, k: int, slice_axis: int | str = "aut
     affine = scale_axis(volume.affine, axis, 1.0 / k)
     return Prediction(np.moveaxis(out, 0, axis), affine,
                       np.moveaxis(spread, 0, axis) if uncertainty and spread is not None else None, adapt_seconds)
+
+
+def _predict_positions(volume: Volume, method: Method, slices: np.ndarray, grid: OutputGrid, axis: int,
+                       keep_acquired: bool, progress: bool) -> Prediction:
+    """A grid whose ratio is not an integer: the method at every output position."""
+    params = robust_intensity_params(slices)
+    out = method.resample(normalize(slices, params), grid.positions, progress)
+    expected = (grid.positions.size, *slices.shape[1:])
+    if out.shape != expected:
+        raise RuntimeError(f"{method.label} returned shape {out.shape}, expected {expected}")
+    out = denormalize(out, params)
+    np.clip(out, slices.min(), slices.max(), out=out)
+    if keep_acquired:
+        kept, source = grid.acquired
+        out[kept] = slices[source]
+    return Prediction(np.moveaxis(out, 0, axis), scale_axis(volume.affine, axis, 1.0 / grid.ratio))
 
 
 def super_resolve(volume: Volume, method: Method, k: int, slice_axis: int | str = "auto",
@@ -350,18 +444,20 @@ def check_label_grid(labels: Volume, volume: Volume) -> None:
         raise InputError(f"label image {labels.source}: holds non-integer values; a label map holds integers")
 
 
-def carried_labels_image(labels: Volume, volume: Volume, k: int, slice_axis: int | str = "auto"):
+def carried_labels_image(labels: Volume, volume: Volume, k: int | None, slice_axis: int | str = "auto",
+                         spacing_mm: float | None = None):
     """The label image `labels` (on `volume`'s grid) carried to the grid `slicesr infer` gives `volume`
     (slicesr.labels: shape-based interpolation, no new label values), in the label file's integer type."""
-    from slicesr.labels import carry_labels, slice_positions
+    from slicesr.labels import carry_labels
 
     check_label_grid(labels, volume)
     axis = resolve_slice_axis(volume.affine, slice_axis)
     slices, _ = to_slice_first(labels.data, labels.affine, axis)
-    spacing = np.delete(voxel_spacing(volume.affine), axis)
+    spacing = voxel_spacing(volume.affine)
+    grid = output_grid(slices.shape[0], float(spacing[axis]), k, spacing_mm)
     dtype = np.dtype(labels.source_dtype) if np.dtype(labels.source_dtype).kind in "iu" else np.dtype(np.int32)
-    carried = carry_labels(slices.astype(np.int64), slice_positions(slices.shape[0], k), tuple(spacing))
-    affine = scale_axis(volume.affine, axis, 1.0 / k)
+    carried = carry_labels(slices.astype(np.int64), grid.positions, tuple(np.delete(spacing, axis)))
+    affine = scale_axis(volume.affine, axis, 1.0 / grid.ratio)
     header = labels.header.copy() if labels.header is not None else None
     image_class = nib.Nifti2Image if isinstance(header, nib.Nifti2Header) else nib.Nifti1Image
     image = image_class(np.moveaxis(carried, 0, axis).astype(dtype), affine, header=header)
@@ -432,13 +528,29 @@ def output_paths(files: list[str], output: str) -> list[str]:
     return targets
 
 
+def check_target_spacing(files: list[str], spacing_mm: float, slice_axis: int | str = "auto") -> None:
+    """Refuse, before any work, a target spacing that is not positive or over an input's slice spacing
+    (read from the headers; an unreadable file is left to be reported as that input's failure)."""
+    if not spacing_mm > 0:
+        raise ValueError(f"--spacing must be positive, got {spacing_mm}")
+    for path in files:
+        try:
+            affine = np.asarray(nib.load(path).affine, dtype=np.float64)
+            axis = resolve_slice_axis(affine, slice_axis)
+        except Exception:  # noqa: BLE001 - reported by the inference loop with its reason
+            continue
+        output_grid(2, float(voxel_spacing(affine)[axis]), spacing_mm=spacing_mm)  # raises with the reason
+
+
 def infer_files(inputs: list[str], output: str, method: Method, k: int, slice_axis: int | str = "auto",
                 keep_acquired: bool = True, progress: bool = True, tta: bool = False,
-                uncertainty: bool = False, adapt_steps: int = 0, labels: str | None = None) -> InferenceReport:
+                uncertainty: bool = False, adapt_steps: int = 0, labels: str | None = None,
+                spacing_mm: float | None = None) -> InferenceReport:
     """Super-resolve every input into `output`; a bad file is reported and the others still done. With
     `uncertainty`, `<stem>_uncertainty.nii.gz` is written beside each output (`tta` implied); with
     `adapt_steps`, each scan by a copy of the method fine-tuned on that scan's in-plane pairs; `labels`
-    (one input only): a label image on the input's grid, carried to the output's as `<stem>_labels.nii.gz`."""
+    (one input only): a label image on the input's grid, carried to the output's as `<stem>_labels.nii.gz`;
+    `spacing_mm`: the output's slice spacing instead of K (`output_grid`; k is then None)."""
     if tta or uncertainty:
         check_tta(method)
     if adapt_steps < 0:
@@ -447,6 +559,8 @@ def infer_files(inputs: list[str], output: str, method: Method, k: int, slice_ax
         check_adaptable(method)
     files = expand_inputs(inputs)
     targets = output_paths(files, output)
+    if spacing_mm is not None:
+        check_target_spacing(files, spacing_mm, slice_axis)
     label_volume = None
     if labels is not None:
         if len(files) != 1:
@@ -467,9 +581,11 @@ def infer_files(inputs: list[str], output: str, method: Method, k: int, slice_ax
                                file=sys.stderr):
         try:
             volume = load_volume(source)
-            prediction = predict(volume, method, k, slice_axis, keep_acquired, progress, tta, uncertainty, adapt_steps)
+            prediction = predict(volume, method, k, slice_axis, keep_acquired, progress, tta, uncertainty, adapt_steps,
+                                 spacing_mm)
             image, spread = predicted_images(volume, prediction)
-            carried = carried_labels_image(label_volume, volume, k, slice_axis) if label_volume is not None else None
+            carried = (carried_labels_image(label_volume, volume, k, slice_axis, spacing_mm)
+                       if label_volume is not None else None)
             if carried is not None:
                 save_nifti_atomic(carried, labels_path(target))
             if spread is not None:

@@ -1,6 +1,7 @@
-"""Resampling along the slice axis onto the HR grid (K*(n-1)+1 slices); pure functions.
+"""Resampling along the slice axis onto the HR grid (K*(n-1)+1 slices, or any target spacing); pure functions.
 
-Slices come first: (num_slices, rows, cols). Output slice i*K is input slice i exactly.
+Slices come first: (num_slices, rows, cols). Output slice i*K is input slice i exactly; with a target
+spacing, output slice j lies at input slice j * ratio^-1 (`target_positions`).
 """
 
 from __future__ import annotations
@@ -57,4 +58,51 @@ def cubic_slices(slices: np.ndarray, k: int) -> np.ndarray:
     spline = CubicSpline(np.arange(n, dtype=np.float64), slices.astype(np.float64), axis=0)
     out = spline(np.arange(hr_num_slices(n, k), dtype=np.float64) / k).astype(np.float32)
     out[::k] = slices  # exactly the acquired data, not the spline's rounding of it
+    return out
+
+
+# A spacing ratio within this relative tolerance of an integer K is K (the --k path, acquired slices copied);
+# the output grid also ends at the last input slice when rounding puts it a hair beyond.
+SPACING_RTOL = 1e-4
+
+
+def integer_ratio(ratio: float) -> int | None:
+    """K when `ratio` (input spacing / output spacing) is an integer K >= 1 within SPACING_RTOL, else None."""
+    nearest = round(ratio)
+    return int(nearest) if nearest >= 1 and abs(ratio - nearest) <= SPACING_RTOL * ratio else None
+
+
+def target_positions(num_slices: int, ratio: float) -> np.ndarray:
+    """Input-slice coordinates of the output slices at 1/ratio of the input spacing: 0, 1/ratio, 2/ratio, ...
+    up to the last input slice: floor((n - 1) * ratio) + 1 slices."""
+    if not ratio > 0:
+        raise ValueError(f"the spacing ratio must be positive, got {ratio!r}")
+    count = int(np.floor((num_slices - 1) * ratio + SPACING_RTOL)) + 1
+    return np.minimum(np.arange(count, dtype=np.float64) / ratio, num_slices - 1)
+
+
+def linear_at(slices: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """Linear interpolation of (n, rows, cols) slices at input-slice coordinates `positions` (float32)."""
+    slices = np.asarray(slices, dtype=np.float32)
+    n = slices.shape[0]
+    if n < 2:
+        raise ValueError(f"need at least 2 slices to interpolate, got {n}")
+    lower = np.clip(np.floor(positions).astype(np.int64), 0, n - 2)
+    xi = (np.asarray(positions) - lower).astype(np.float32)[:, None, None]
+    return lerp(slices[lower], slices[lower + 1], xi).astype(np.float32)
+
+
+def cubic_at(slices: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """The not-a-knot cubic spline of `cubic_slices` at input-slice coordinates `positions` (float32);
+    integer positions are the input slices exactly."""
+    from scipy.interpolate import CubicSpline
+
+    slices = np.asarray(slices, dtype=np.float32)
+    n = slices.shape[0]
+    if n < 2:
+        raise ValueError(f"need at least 2 slices to interpolate, got {n}")
+    positions = np.asarray(positions, dtype=np.float64)
+    out = CubicSpline(np.arange(n, dtype=np.float64), slices.astype(np.float64), axis=0)(positions).astype(np.float32)
+    exact = positions == np.round(positions)
+    out[exact] = slices[np.round(positions[exact]).astype(np.int64)]
     return out

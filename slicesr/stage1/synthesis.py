@@ -44,12 +44,19 @@ def encode_slices(model: VaeGan, slices: np.ndarray, overlap: float, batch_size:
 
 @torch.no_grad()
 def synthesize_slices(model: VaeGan, slices: np.ndarray, k: int, batch_size: int = 32, overlap: float = 0.25,
-                      keep_acquired: bool = False) -> np.ndarray:
-    """(K*(n-1)+1, rows, cols): z_{n+xi} = (1-xi) mu_n + xi mu_{n+1}, xi = 0, 1/K, ..., (K-1)/K, and the last."""
+                      keep_acquired: bool = False, positions: np.ndarray | None = None) -> np.ndarray:
+    """(K*(n-1)+1, rows, cols): z_{n+xi} = (1-xi) mu_n + xi mu_{n+1}, xi = 0, 1/K, ..., (K-1)/K, and the last.
+    With `positions` (input-slice coordinates, any reals in [0, n-1]) the codes are interpolated there
+    instead, one output slice per position (K is then unused)."""
     model.eval()
     n, rows, cols = slices.shape
     mu, corners = encode_slices(model, slices, overlap, batch_size)
-    codes = upsample_linear(mu, k, dim=0)  # (K*(n-1)+1, T, Z)
+    if positions is None:
+        codes = upsample_linear(mu, k, dim=0)  # (K*(n-1)+1, T, Z)
+    else:
+        lower = np.clip(np.floor(positions).astype(np.int64), 0, n - 2)
+        xi = torch.from_numpy((np.asarray(positions) - lower).astype(np.float32)).view(-1, 1, 1)
+        codes = lerp(mu[torch.from_numpy(lower)], mu[torch.from_numpy(lower + 1)], xi)
     tile = _tile(model)
     decoded = _batched(model.decoder, codes.reshape(-1, mu.shape[-1]), batch_size, next(model.parameters()).device)
     decoded = decoded.reshape(codes.shape[0], codes.shape[1], *tile).numpy()
@@ -60,7 +67,7 @@ def synthesize_slices(model: VaeGan, slices: np.ndarray, k: int, batch_size: int
         for corner, values in zip(corners, tiles):
             blender.add(corner, values)
         out[index] = blender.result()[:rows, :cols]
-    if keep_acquired:
+    if keep_acquired and positions is None:
         out[::k] = slices
     return out
 
