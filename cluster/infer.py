@@ -56,7 +56,7 @@ class InferManyReport:
     skipped: list[str] = field(default_factory=list)  # outputs that already existed
     failures: list[dict[str, Any]] = field(default_factory=list)  # {"source", "error", ...}
     method: str = ""
-    k: int = 0
+    k: int | None = 0
     seconds: float = 0.0
 
     @property
@@ -70,13 +70,13 @@ class ModelSpec:
 
     spec: str  # MODEL as given: linear, cubic, a folder or a models:/ URI
     label: str
-    k: int
+    k: int | None  # None with --spacing: each scan's ratio
     key: str = ""  # cache key: the weights' SHA-256 plus a digest of the other files
     files: dict[str, bytes] | None = None
 
 
 # --------------------------------------------------------------------------- driver side
-def load_model(model: str, k: int | None, tracking_uri: str | None = None) -> ModelSpec:
+def load_model(model: str, k: int | None, tracking_uri: str | None = None, spacing: bool = False) -> ModelSpec:
     """Resolve and validate MODEL once, on the driver (a models:/ URI is downloaded once, to a temporary
     folder); read a model directory's files for the tasks. UsageError when it cannot be used with K."""
     from slicesr.inference import BASELINES, Interpolation, check_k, load_method
@@ -103,13 +103,16 @@ def load_model(model: str, k: int | None, tracking_uri: str | None = None) -> Mo
             # RuntimeError: weights that do not fit the config's network
             text = str(exc)
             raise UsageError(text if model in text else f"--model {model}: {text}") from None
-        k = method.trained_k if k is None else k
-        if k is None:
-            raise UsageError(f"--k is needed with {model} (it was not trained for one K)")
-        try:
-            check_k(method, k)
-        except ValueError as exc:
-            raise UsageError(str(exc)) from None
+        if spacing:  # the factor comes from each scan's spacing (--spacing); checked per scan
+            k = None
+        else:
+            k = method.trained_k if k is None else k
+            if k is None:
+                raise UsageError(f"--k or --spacing is needed with {model} (it was not trained for one K)")
+            try:
+                check_k(method, k)
+            except ValueError as exc:
+                raise UsageError(str(exc)) from None
         if folder is None:
             return ModelSpec(spec=model, label=method.label, k=k)
         files, key = model_files(folder)
@@ -178,6 +181,7 @@ def infer_many(
     progress: bool = True,
     tta: bool = False,
     uncertainty: bool = False,
+    spacing_mm: float | None = None,
 ) -> InferManyReport:
     """Super-resolve every scan named by `inputs` into OUT/<name>.nii.gz, one Ray task per scan.
 
@@ -197,7 +201,11 @@ def infer_many(
         raise UsageError("no inputs given")
     if is_nifti_name(output):
         raise UsageError(f"--output {output}: give a folder or s3:// prefix (one file per scan is written in it)")
-    spec = load_model(model, k, tracking_uri)
+    if spacing_mm is not None and k is not None:
+        raise UsageError("give --k or --spacing, not both")
+    if spacing_mm is not None and not spacing_mm > 0:
+        raise UsageError(f"--spacing must be positive, got {spacing_mm}")
+    spec = load_model(model, k, tracking_uri, spacing=spacing_mm is not None)
     if (tta or uncertainty) and spec.files is None:
         raise UsageError(f"{spec.label} gives the same result under every flip: --tta and --uncertainty need a "
                          "trained model")
@@ -218,12 +226,12 @@ def infer_many(
             report.skipped.append(job.target)
         else:
             todo.append(job)
-    log.info("%d scans found: %d to super-resolve with %s (K=%d), %d already done", len(jobs), len(todo),
+    log.info("%d scans found: %d to super-resolve with %s (K=%s), %d already done", len(jobs), len(todo),
              spec.label, spec.k, len(report.skipped))
     if todo:
         connect_ray(address)
     settings = {"k": spec.k, "slice_axis": slice_axis, "keep_acquired": keep_acquired, "tta": tta,
-                "uncertainty": uncertainty,
+                "uncertainty": uncertainty, "spacing_mm": spacing_mm,
                 "storage_options": storage_options, "threads": max(1, int(cpus_per_task))}
     try:
         with tqdm(total=len(todo), unit="scan", desc="infer", disable=not progress or not todo,
@@ -266,6 +274,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="CPUs reserved (and torch threads) per scan task (default 1)")
     parser.add_argument("--tracking-uri", default=None, metavar="URI",
                         help="MLflow tracking URI for models:/ (default MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
+    parser.add_argument("--spacing", type=float, default=None, metavar="MM",
+                        help="the outputs' slice spacing in mm instead of --k (see slicesr infer)")
     parser.add_argument("--tta", action="store_true",
                         help="average over the 8 flips (and a through-plane 2D generator's orientations)")
     parser.add_argument("--uncertainty", action="store_true",
@@ -280,8 +290,10 @@ def _infer_many(args: argparse.Namespace) -> int:
         keep_acquired=not args.no_keep_acquired, address=args.address, cpus_per_task=args.cpus_per_task,
         storage_options=parse_storage_options(args.storage_option), tracking_uri=args.tracking_uri,
         overwrite=args.overwrite, progress=not args.no_progress, tta=args.tta, uncertainty=args.uncertainty,
+        spacing_mm=args.spacing,
     )
-    return finish(f"super-resolved {len(report.written)} scans with {report.method} (K={report.k}), already done "
+    grid = f"K={report.k}" if args.spacing is None else f"spacing {args.spacing:g} mm"
+    return finish(f"super-resolved {len(report.written)} scans with {report.method} ({grid}), already done "
                   f"{len(report.skipped)}, failed {len(report.failures)} -> {args.output} ({report.seconds:.1f} s)",
                   report.failures)
 

@@ -109,11 +109,13 @@ def run_job(job: Job, model: dict[str, Any], box: list | None, settings: dict[st
         if stored_axis is not None and slice_axis == "auto":
             slice_axis = stored_axis  # a store scan: the axis the store was built along
         spread = None
+        spacing_mm = settings.get("spacing_mm")
         if settings.get("uncertainty"):
-            image, spread = infer_volume_uncertainty(volume, method, settings["k"], slice_axis, settings["keep_acquired"])
+            image, spread = infer_volume_uncertainty(volume, method, settings["k"], slice_axis, settings["keep_acquired"],
+                                                     spacing_mm=spacing_mm)
         else:
             image = infer_volume(volume, method, settings["k"], slice_axis, settings["keep_acquired"],
-                                 tta=settings.get("tta", False))
+                                 tta=settings.get("tta", False), spacing_mm=spacing_mm)
         try:
             if spread is not None:  # first: an output without its map is redone by the next run
                 _write_output(spread, uncertainty_path(job.target), settings["storage_options"])

@@ -474,16 +474,18 @@ def uncertainty_path(output: str) -> str:
     return os.path.join(folder, f"{strip_nifti_suffix(name)}_uncertainty.nii.gz")
 
 
-def infer_volume(volume: Volume, method: Method, k: int, slice_axis: int | str = "auto",
-                 keep_acquired: bool = True, progress: bool = False, tta: bool = False) -> nib.Nifti1Image | nib.Nifti2Image:
-    data, affine = super_resolve(volume, method, k, slice_axis, keep_acquired, progress, tta)
-    return output_image(volume, data, affine)
+def infer_volume(volume: Volume, method: Method, k: int | None, slice_axis: int | str = "auto",
+                 keep_acquired: bool = True, progress: bool = False, tta: bool = False,
+                 spacing_mm: float | None = None) -> nib.Nifti1Image | nib.Nifti2Image:
+    prediction = predict(volume, method, k, slice_axis, keep_acquired, progress, tta, spacing_mm=spacing_mm)
+    return output_image(volume, prediction.data, prediction.affine)
 
 
 def infer_volume_uncertainty(volume: Volume, method: Method, k: int, slice_axis: int | str = "auto",
-                             keep_acquired: bool = True, progress: bool = False):
+                             keep_acquired: bool = True, progress: bool = False, spacing_mm: float | None = None):
     """(the test-time-augmented output image, its uncertainty image)."""
-    return predicted_images(volume, predict(volume, method, k, slice_axis, keep_acquired, progress, uncertainty=True))
+    return predicted_images(volume, predict(volume, method, k, slice_axis, keep_acquired, progress, uncertainty=True,
+                                            spacing_mm=spacing_mm))
 
 
 @dataclass

@@ -195,6 +195,12 @@ def test_uncertainty_maps_beside_the_outputs(ray_cluster, scans, sr_model, tmp_p
         np.testing.assert_allclose(got_map.affine, expected_map.affine, atol=1e-9)
         np.testing.assert_allclose(got_map.get_fdata(), expected_map.get_fdata(), rtol=1e-4,
                                    atol=1e-5 * (np.ptp(expected_map.get_fdata()) or 1.0))
+    spaced = infer_many([str(folder)], str(tmp_path / "spaced"), "linear", spacing_mm=1.0,
+                        address=ray_cluster["address"], progress=False)
+    assert len(spaced.written) == 3 and spaced.failures == []
+    for source in sources:  # the slice axis's spacing is 1 mm in every output
+        got = nib.load(tmp_path / "spaced" / Path(source).name)
+        assert np.linalg.norm(got.affine[:3, find_slice_axis(nib.load(source).affine)]) == pytest.approx(1.0)
     os.unlink(out / "scan001_uncertainty.nii.gz")  # an output without its map is redone
     again = infer_many([str(folder)], str(out), sr_model, uncertainty=True, address=ray_cluster["address"],
                        progress=False)
