@@ -7,7 +7,8 @@
     slicesr synthesize --model DIR --input STORE --output STORE [--k K] [--keep-acquired] [--overwrite]
     slicesr infer IN [IN ...] --output OUT --model MODEL [--k K | --spacing MM] [--slice-axis auto|0|1|2] [--no-keep-acquired]
                   [--tta] [--uncertainty] [--adapt-steps N] [--labels SEG] [--device auto|cpu|cuda]
-    slicesr evaluate HR [HR ...] --k K --methods linear,cubic,MODEL,... --output DIR [--slice-axis auto|0|1|2]
+    slicesr evaluate HR [HR ...] (--k K | --lr-spacing MM) --methods linear,cubic,MODEL,... --output DIR
+                     [--slice-profile point|box|gaussian --slice-thickness MM] [--slice-axis auto|0|1|2]
                      [--no-figures] [--tta] [--uncertainty] [--device auto|cpu|cuda]
     slicesr latent-analysis --model DIR [--model DIR ...] --hr HR.nii.gz [...] [--k 4] [--slice-axis auto|0|1|2]
 
@@ -117,8 +118,11 @@ def _infer(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     from slicesr.evaluate import evaluate
 
+    if (args.k is None) == (args.lr_spacing is None):
+        raise UsageError("give --k K or --lr-spacing MM (one of them)")
     result = evaluate(args.hr, args.k, args.methods, args.output, args.slice_axis, figures=not args.no_figures,
-                      tta=args.tta, uncertainty=args.uncertainty, device=args.device)
+                      tta=args.tta, uncertainty=args.uncertainty, device=args.device, lr_spacing=args.lr_spacing,
+                      profile=args.slice_profile, thickness_mm=args.slice_thickness)
     print(result.summary_table())
     return finish(f"-> {args.output}/metrics.csv, summary.md" + ("" if args.no_figures else ", *_slices.png, *_through_plane.png"),
                   result.failures)
@@ -213,7 +217,14 @@ def build_parser() -> argparse.ArgumentParser:
     infer.set_defaults(handler=_infer)
     evaluation = sub.add_parser("evaluate", help="score methods on HR volumes (simulated LR: every K-th slice)")
     evaluation.add_argument("hr", nargs="+", metavar="HR", help="HR NIfTI files or folders of them")
-    evaluation.add_argument("--k", type=int, required=True)
+    evaluation.add_argument("--k", type=int, default=None, help="keep every K-th slice (or --lr-spacing)")
+    evaluation.add_argument("--lr-spacing", type=float, default=None, metavar="MM",
+                            help="the simulated LR slice spacing in mm (any multiple of the HR spacing, non-integer "
+                            "included) instead of --k")
+    evaluation.add_argument("--slice-profile", default="point", choices=["point", "box", "gaussian"],
+                            help="what a simulated LR slice integrates (slicesr.degradation)")
+    evaluation.add_argument("--slice-thickness", type=float, default=None, metavar="MM",
+                            help="slice thickness for the box and gaussian profiles")
     evaluation.add_argument("--slice-axis", default="auto", choices=["auto", "0", "1", "2"])
     evaluation.add_argument("--methods", required=True,
                             help="comma-separated: linear, cubic, model directories; LABEL=MODEL names a row")

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from slicesr.degradation import keep_every_kth, num_kept_slices
+from slicesr.degradation import PROFILES, degrade_profile, keep_every_kth, num_kept_slices, num_lr_slices
 from slicesr.geometry import resolve_slice_axis, to_slice_first, voxel_spacing
 from slicesr.inference import (
     Method,
@@ -32,20 +32,34 @@ from slicesr.inference import (
     load_method,
 )
 from slicesr.intensity import FOREGROUND_LEVEL
+from slicesr.interpolation import SPACING_RTOL, integer_ratio
 from slicesr.nifti import load_volume, strip_nifti_suffix
 
 log = logging.getLogger(__name__)
 METRICS = ("psnr_missing", "ssim_missing", "psnr_all", "ssim_all")
 OPTIONAL_METRICS = ("uncertainty_spearman",)  # columns present when some row has them (--uncertainty)
+SETTINGS = ("ratio", "profile", "thickness_mm")  # how the LR scan was simulated (ratio: LR / HR spacing)
+FLOAT_COLUMNS = ("ratio", "thickness_mm", *OPTIONAL_METRICS)
 
 
-def scored_slices(num_slices: int, k: int) -> int:
-    """Slices from the first to the last kept slice: K*(m-1)+1 with m kept slices."""
-    return k * (num_kept_slices(num_slices, k) - 1) + 1
+def scored_slices(num_slices: int, k: float) -> int:
+    """HR slices from the first to the last acquired centre: K*(m-1)+1 with m kept slices (any real ratio:
+    the HR slices up to the last centre)."""
+    if float(k).is_integer():
+        return int(k) * (num_kept_slices(num_slices, int(k)) - 1) + 1
+    return int(np.floor((num_lr_slices(num_slices, k) - 1) * k + 1e-6)) + 1
 
 
-def score(hr: np.ndarray, prediction: np.ndarray, k: int) -> dict[str, float]:
-    """PSNR/SSIM of `prediction` against `hr`, both slice-first; see the module docstring."""
+def missing_slices(num_scored: int, k: float) -> np.ndarray:
+    """The scored HR slices that are not within half an HR slice of an acquired centre (0, K, 2K, ...;
+    for an integer K the slices that are not multiples of K)."""
+    j = np.arange(num_scored, dtype=np.float64)
+    return np.abs(j - np.round(j / k) * k) >= 0.5 - 1e-9
+
+
+def score(hr: np.ndarray, prediction: np.ndarray, k: float) -> dict[str, float]:
+    """PSNR/SSIM of `prediction` against `hr`, both slice-first; `k` is the spacing ratio (an integer K
+    or any real); see the module docstring."""
     from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
     n = scored_slices(hr.shape[0], k)
@@ -56,7 +70,7 @@ def score(hr: np.ndarray, prediction: np.ndarray, k: int) -> dict[str, float]:
         raise ValueError("the HR volume is constant: PSNR and SSIM are undefined")
     truth = ((hr[:n].astype(np.float64) - low) / (high - low))
     guess = ((prediction[:n].astype(np.float64) - low) / (high - low))
-    missing = np.arange(n) % k != 0
+    missing = missing_slices(n, k)
 
     def psnr(index: np.ndarray) -> float:
         return float(peak_signal_noise_ratio(truth[index], guess[index], data_range=1.0))
@@ -193,7 +207,7 @@ def _uncertainty_and_error(hr: np.ndarray, prediction: np.ndarray, spread: np.nd
     """(uncertainty, absolute error) over the foreground voxels (HR above FOREGROUND_LEVEL of its range) of
     the missing slices, slice-first arrays."""
     n = scored_slices(hr.shape[0], k)
-    missing = np.arange(n) % k != 0
+    missing = missing_slices(n, k)
     truth = hr[:n][missing].astype(np.float64)
     low, high = float(hr.min()), float(hr.max())
     foreground = (truth - low) > FOREGROUND_LEVEL * (high - low)
@@ -220,20 +234,31 @@ def uncertainty_calibration(hr: np.ndarray, prediction: np.ndarray, spread: np.n
             "abs_error": [float(error[g].mean()) for g in groups if g.size]}
 
 
-def evaluate(hr_inputs: list[str], k: int, methods: str | list[str], output: str, slice_axis: int | str = "auto",
-             figures: bool = True, progress: bool = True, tta: bool = False,
-             uncertainty: bool = False, device: str = "auto") -> EvaluationResult:
+def evaluate(hr_inputs: list[str], k: int | None, methods: str | list[str], output: str, slice_axis: int | str = "auto",
+             figures: bool = True, progress: bool = True, tta: bool = False, uncertainty: bool = False,
+             device: str = "auto", lr_spacing: float | None = None, profile: str = "point",
+             thickness_mm: float | None = None) -> EvaluationResult:
     """Score every method on every HR volume; write metrics.csv, summary.md and the figures into `output`.
 
+    The LR scan keeps every K-th slice, or with `lr_spacing` (mm, any multiple of the HR spacing) has its
+    slices at i * lr_spacing; `profile` / `thickness_mm` is the slice profile of T
+    (slicesr.degradation.degrade_profile; acquired slices are copied back only with the point profile).
     `tta` / `uncertainty` apply to the trained methods (labelled "... (TTA)"; linear and cubic are scored
     as they are); `uncertainty` adds `uncertainty_spearman` to their rows."""
-    if k < 2:
+    if lr_spacing is None and (k is None or k < 2):
         raise ValueError(f"K must be 2 or more, got {k}")
+    if lr_spacing is not None and not lr_spacing > 0:
+        raise ValueError(f"--lr-spacing must be positive, got {lr_spacing}")
+    if profile not in PROFILES:
+        raise ValueError(f"unknown slice profile {profile!r} (one of {', '.join(PROFILES)})")
+    if profile != "point" and not (thickness_mm and thickness_mm > 0):
+        raise ValueError(f"the {profile} slice profile needs a positive slice thickness (--slice-thickness MM)")
     tta = tta or uncertainty
     loaded: dict[str, Method] = {}
     for label, spec in parse_methods(methods):
         method = load_method(spec, device=device)
-        check_k(method, k)
+        if lr_spacing is None:
+            check_k(method, k)
         name = label or method.label
         if tta and method.supports_tta:
             name += " (TTA)"
@@ -249,28 +274,46 @@ def evaluate(hr_inputs: list[str], k: int, methods: str | list[str], output: str
             volume = load_volume(path)
             axis = resolve_slice_axis(volume.affine, slice_axis)
             hr, _ = to_slice_first(volume.data, volume.affine, axis)
-            if hr.shape[0] < k + 1:
-                raise ValueError(f"{hr.shape[0]} slices along axis {axis}: need at least K+1 = {k + 1}")
-            lr_data, lr_affine = keep_every_kth(volume.data, volume.affine, k, axis)
-            lr = replace(volume, data=np.ascontiguousarray(lr_data), affine=lr_affine)
+            hr_spacing = float(voxel_spacing(volume.affine)[axis])
+            ratio = lr_spacing / hr_spacing if lr_spacing is not None else float(k)
+            factor = integer_ratio(ratio)
+            if not ratio > 1 + SPACING_RTOL:
+                raise ValueError(f"--lr-spacing {lr_spacing:g} mm is not coarser than the HR spacing ({hr_spacing:g} mm)")
+            if hr.shape[0] < ratio + 1:
+                raise ValueError(f"{hr.shape[0]} slices along axis {axis}: need at least {ratio:g} + 1")
+            if profile == "point" and factor is not None:
+                lr_data, lr_affine = keep_every_kth(volume.data, volume.affine, factor, axis)  # bit-exact
+            else:
+                lr_data, lr_affine = degrade_profile(volume.data, volume.affine, factor or ratio, axis, profile,
+                                                     None if thickness_mm is None else thickness_mm / hr_spacing)
+            lr = replace(volume, data=np.ascontiguousarray(lr_data, dtype=np.float32), affine=lr_affine)
+            keep = profile == "point"  # a thick slice is an average over its thickness, not the HR slice
+            grid = {"k": factor} if factor is not None else {"k": None, "spacing_mm": hr_spacing}
+            scored_ratio = float(factor) if factor is not None else ratio
             outputs = {}
             for label, method in loaded.items():
                 augmented = tta and method.supports_tta
                 if uncertainty and augmented:
-                    image, spread_image = infer_volume_uncertainty(lr, method, k, axis, keep_acquired=True)
+                    image, spread_image = infer_volume_uncertainty(lr, method, grid["k"], axis, keep_acquired=keep,
+                                                                   spacing_mm=grid.get("spacing_mm"))
                 else:
-                    image, spread_image = infer_volume(lr, method, k, axis, keep_acquired=True, tta=augmented), None
+                    image = infer_volume(lr, method, grid["k"], axis, keep_acquired=keep, tta=augmented,
+                                         spacing_mm=grid.get("spacing_mm"))
+                    spread_image = None
                 prediction, _ = to_slice_first(np.asarray(image.get_fdata(dtype=np.float32)), image.affine, axis)
                 outputs[label] = prediction
-                row = {"volume": name, "method": label, **score(hr, prediction, k)}
+                row = {"volume": name, "method": label, "ratio": scored_ratio, "profile": profile,
+                       "thickness_mm": "" if profile == "point" else float(thickness_mm),
+                       **score(hr, prediction, scored_ratio)}
                 if spread_image is not None:
                     spread, _ = to_slice_first(np.asarray(spread_image.get_fdata(dtype=np.float32)), image.affine, axis)
-                    row["uncertainty_spearman"] = uncertainty_spearman(hr, prediction, spread, k)
-                    result.calibration.setdefault(name, {})[label] = uncertainty_calibration(hr, prediction, spread, k)
+                    row["uncertainty_spearman"] = uncertainty_spearman(hr, prediction, spread, scored_ratio)
+                    result.calibration.setdefault(name, {})[label] = uncertainty_calibration(hr, prediction, spread,
+                                                                                             scored_ratio)
                 result.rows.append(row)
-            if figures:
+            if figures and factor is not None:  # the slice figure is laid out for an integer factor
                 spacing = voxel_spacing(volume.affine)
-                _figures(name, hr, outputs, k, np.array([spacing[axis], *np.delete(spacing, axis)]), folder)
+                _figures(name, hr, outputs, factor, np.array([spacing[axis], *np.delete(spacing, axis)]), folder)
         except Exception as exc:  # a bad volume is listed; the others are still scored
             log.debug("evaluation of %s failed", path, exc_info=True)
             result.failures.append({"source": path, "error": f"{type(exc).__name__}: {exc}"})
@@ -282,7 +325,7 @@ def write_metrics(rows: list[dict], path: Path) -> None:
     """metrics.csv: one row per (volume, method) with the four scores (the `slicesr evaluate` format)."""
     extra = [key for key in OPTIONAL_METRICS if any(key in row for row in rows)]
     with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["volume", "method", *METRICS, *extra], restval="")
+        writer = csv.DictWriter(handle, fieldnames=["volume", "method", *SETTINGS, *METRICS, *extra], restval="")
         writer.writeheader()
         for row in rows:
             writer.writerow({key: (f"{value:.6f}" if isinstance(value, float) and math.isfinite(value) else value)
@@ -292,7 +335,7 @@ def write_metrics(rows: list[dict], path: Path) -> None:
 def read_metrics(path: Path) -> list[dict]:
     """Rows written by `write_metrics`, scores as floats."""
     with open(path, newline="") as handle:
-        return [{key: (float(value) if key in METRICS or (key in OPTIONAL_METRICS and value) else value)
+        return [{key: (float(value) if key in METRICS or (key in FLOAT_COLUMNS and value) else value)
                  for key, value in row.items()} for row in csv.DictReader(handle)]
 
 

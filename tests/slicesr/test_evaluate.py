@@ -69,7 +69,9 @@ def test_outputs_csv_summary_figures_and_failures(tmp_path, capsys):
     assert "bad.nii.gz" in capsys.readouterr().err
     with open(out / "metrics.csv") as handle:
         rows = list(csv.DictReader(handle))
-    assert list(rows[0]) == ["volume", "method", "psnr_missing", "ssim_missing", "psnr_all", "ssim_all"]
+    assert list(rows[0]) == ["volume", "method", "ratio", "profile", "thickness_mm", "psnr_missing", "ssim_missing",
+                             "psnr_all", "ssim_all"]
+    assert (float(rows[0]["ratio"]), rows[0]["profile"], rows[0]["thickness_mm"]) == (4.0, "point", "")
     assert {(r["volume"], r["method"]) for r in rows} == {(v, m) for v in "ab" for m in ("linear", "cubic", "spline")}
     summary = (out / "summary.md").read_text()
     assert "| linear |" in summary and "±" in summary and "bad.nii.gz" in summary
@@ -128,3 +130,27 @@ def test_calibration_deciles_follow_the_error():
     prediction = hr + spread * rng.choice([-1.0, 1.0], size=hr.shape)  # error = uncertainty exactly
     curve = uncertainty_calibration(hr, prediction, spread, 4)
     np.testing.assert_allclose(curve["abs_error"], curve["uncertainty"])
+
+
+def test_lr_spacing_and_slice_profiles(tmp_path, capsys):
+    """A non-integer LR spacing (2.5 HR slices) and a thick-slice profile: the HR grid is reconstructed and
+    scored on the slices that are not within half a slice of an acquired centre."""
+    from slicesr.evaluate import missing_slices, scored_slices
+
+    assert scored_slices(24, 2.5) == 23 and scored_slices(24, 4) == 21  # up to the last acquired centre
+    np.testing.assert_array_equal(np.flatnonzero(~missing_slices(11, 2.5)), [0, 5, 10])  # centres 0, 2.5 (x), 5, ...
+    path = write_nifti(tmp_path / "hr.nii.gz", _phantom(), np.diag([1.0, 1.0, 2.0, 1.0]))  # 2 mm slices, axis 2
+    out = tmp_path / "eval"
+    assert main(["evaluate", path, "--lr-spacing", "5", "--slice-axis", "2", "--methods", "linear,cubic",
+                 "--output", str(out), "--no-figures"]) == 0
+    rows = read_metrics(out / "metrics.csv")
+    assert [r["ratio"] for r in rows] == [2.5, 2.5] and all(np.isfinite(r["psnr_missing"]) for r in rows)
+    assert main(["evaluate", path, "--k", "4", "--slice-profile", "box", "--slice-thickness", "6", "--slice-axis", "2",
+                 "--methods", "linear", "--output", str(tmp_path / "box"), "--no-figures"]) == 0
+    box = read_metrics(tmp_path / "box" / "metrics.csv")[0]
+    assert box["profile"] == "box" and box["thickness_mm"] == 6.0
+    assert box["psnr_all"] < 60  # the acquired slices are averages now, not copies of the HR slices
+    assert main(["evaluate", path, "--k", "4", "--lr-spacing", "5", "--methods", "linear", "--output", str(out)]) == 2
+    assert main(["evaluate", path, "--k", "4", "--slice-profile", "gaussian", "--methods", "linear",
+                 "--output", str(out)]) == 2
+    assert "slice thickness" in capsys.readouterr().err
