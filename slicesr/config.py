@@ -118,6 +118,9 @@ class SrConfig:
     # supervised upper bound).
     supervision: Literal["synthetic", "inplane", "both", "real"] = "synthetic"
     inplane_fraction: float = 0.5
+    # [low, high]: each training pair is degraded at its own spacing ratio drawn uniformly from this range
+    # (real numbers), so that one model serves every ratio in it (infer --spacing); empty: the ratio sr.k.
+    ratio_range: list[float] = field(default_factory=list)
     # Which slices of a patch the L1 counts: all (the paper's eq. 12) or only the missing ones (slicesr
     # recipe): at the acquired slices, 0, K, 2K, ..., the input equals the target and the loss there only
     # teaches the identity.
@@ -139,6 +142,13 @@ class SrConfig:
                  f"e.g. {2 * self.k + 1}: a patch starts and ends on an acquired slice")
         _require(0 <= self.window_overlap < 1, f"sr.window_overlap must be in [0, 1), got {self.window_overlap}")
         _require(0 <= self.min_foreground <= 1, f"sr.min_foreground must be in [0, 1], got {self.min_foreground}")
+        if self.ratio_range:
+            _require(len(self.ratio_range) == 2 and 1 < self.ratio_range[0] <= self.ratio_range[1],
+                     f"sr.ratio_range must be [low, high] with 1 < low <= high, got {self.ratio_range}")
+            _require(self.patch_size[0] >= self.ratio_range[1] + 1,
+                     f"sr.patch_size[0] ({self.patch_size[0]}) must span the largest ratio of sr.ratio_range + 1")
+            _require(self.loss_slices == "all", "sr.loss_slices: missing is for a single ratio (sr.k); with "
+                     "sr.ratio_range use all")
         _require(0 < self.inplane_fraction < 1, f"sr.inplane_fraction must be in (0, 1), got {self.inplane_fraction}"
                  " (for only one source set sr.supervision to synthetic or inplane)")
         _require(len(self.holdout_crop) == 2 and min(self.holdout_crop) >= 1,

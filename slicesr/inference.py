@@ -57,6 +57,7 @@ class Method:
 
     label: str = ""
     trained_k: int | None = None  # a generator works for the K it was trained for only
+    ratio_range: tuple[float, float] | None = None  # ... or for the spacing ratios of its training range
     supports_tta = True  # whether its predictions change under flips (interpolation's do not)
 
     def upsample(self, slices: np.ndarray, k: int, progress: bool = False) -> np.ndarray:
@@ -141,12 +142,24 @@ class GeneratorUpsampling(Method):
         if device is not None:
             self.model.to(device)
         self.label = str(self.metadata.get("method", self.config.model.name))
-        self.trained_k = int(self.metadata["k"])
+        if self.metadata.get("ratio_range"):
+            self.ratio_range = tuple(float(r) for r in self.metadata["ratio_range"])
+        else:
+            self.trained_k = int(self.metadata["k"])
         self.window = tuple(window or self.config.sr.window)
         self.overlap = self.config.sr.window_overlap
 
     def upsample(self, slices: np.ndarray, k: int, progress: bool = False) -> np.ndarray:
         return generator_upsample(self.model, slices, k, self.window, self.overlap, progress)
+
+    def resample(self, slices: np.ndarray, positions: np.ndarray, progress: bool = False) -> np.ndarray:
+        """A model trained over a ratio range, at any ratio in it: linear interpolation onto the positions,
+        then the generator in windows (not aligned: the acquired slices fall anywhere)."""
+        if self.ratio_range is None:
+            return super().resample(slices, positions, progress)
+        check_ratio(self, 1.0 / float(positions[1] - positions[0]))
+        return generator_on_grid(self.model, linear_at(slices, positions), self.window, self.overlap, (1, 1, 1),
+                                 progress)
 
     def adapted(self, slices: np.ndarray, spacing_mm: tuple[float, float, float], k: int, steps: int) -> Method:
         """A copy of this method whose generator is fine-tuned for `steps` steps (the training config's Adam,
@@ -196,6 +209,15 @@ def generator_upsample(model: torch.nn.Module, slices: np.ndarray, k: int, windo
     up-sampling, then the generator in K-aligned windows with its receptive-field margins discarded.
     Runs on the model's device and parameter type (a model in training too). `orientation`: one of a
     through-plane 2D generator's orientations alone (test-time augmentation)."""
+
+    return generator_on_grid(model, linear_slices(slices, k), window, overlap, (k, 1, 1), progress, orientation)
+
+
+@torch.inference_mode()
+def generator_on_grid(model: torch.nn.Module, grid_input: np.ndarray, window: tuple[int, int, int], overlap: float,
+                      align: tuple[int, int, int], progress: bool = False, orientation: int | None = None) -> np.ndarray:
+    """A generator over its interpolated input on the output grid, in windows whose starts are multiples
+    of `align`, the receptive-field margins of inner window edges discarded."""
     from slicesr.models.generators import receptive_radius
 
     parameter = next(model.parameters())
@@ -205,8 +227,8 @@ def generator_upsample(model: torch.nn.Module, slices: np.ndarray, k: int, windo
         out = model(x) if orientation is None else model(x, orientation=orientation)
         return out[0, 0].float().cpu().numpy()
 
-    return sliding_window_apply(run, linear_slices(slices, k), window, overlap, progress=progress,
-                                desc="super-resolve", margin=(receptive_radius(model),) * 3, align=(k, 1, 1))
+    return sliding_window_apply(run, grid_input, window, overlap, progress=progress, desc="super-resolve",
+                                margin=(receptive_radius(model),) * 3, align=align)
 
 
 def load_method(spec: str, window: tuple[int, int, int] | None = None, tracking_uri: str | None = None,
@@ -236,9 +258,19 @@ def load_method(spec: str, window: tuple[int, int, int] | None = None, tracking_
     raise ValueError(f"{spec}: unknown model stage {metadata.get('stage')!r}")
 
 
+def check_ratio(method: Method, ratio: float) -> None:
+    """A model trained over a ratio range refuses a spacing ratio outside it."""
+    if method.ratio_range is not None:
+        low, high = method.ratio_range
+        if not low * (1 - SPACING_RTOL) <= ratio <= high * (1 + SPACING_RTOL):
+            raise ValueError(f"{method.label} was trained for spacing ratios {low:g} to {high:g} (sr.ratio_range); "
+                             f"this scan needs {ratio:.3g}")
+
+
 def check_k(method: Method, k: int) -> None:
     if k < 2:
         raise ValueError(f"K must be 2 or more, got {k}")
+    check_ratio(method, float(k))
     if method.trained_k is not None and method.trained_k != k:
         raise ValueError(f"{method.label} was trained for K={method.trained_k} and cannot up-sample by K={k}; "
                          f"pass --k {method.trained_k} or train a model for K={k}")

@@ -20,6 +20,51 @@ def degraded_pair(hr: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]
     return upsample_linear(keep_every_kth_tensor(hr, k, dim=2), k, dim=2), hr
 
 
+def ratio_matrix(length: int, ratio: float) -> tuple[np.ndarray, int]:
+    """(length x length) matrix M with input = M @ target along the slice axis for a spacing ratio of any
+    real `ratio`: T (point profile: the lines at 0, ratio, 2 ratio, ..., linear between grid lines), then
+    linear interpolation back onto lines 0 .. length-1; and the number of lines up to the last acquired
+    centre (the ones a pair covers: beyond it the input would be an extrapolation)."""
+    from slicesr.degradation import profile_weights
+
+    degrade = profile_weights(length, ratio)  # (m, length)
+    m = degrade.shape[0]
+    covered = int(np.floor((m - 1) * ratio + 1e-6)) + 1
+    positions = np.minimum(np.arange(length, dtype=np.float64) / ratio, m - 1)  # lines past the last centre: flat
+    lower = np.clip(np.floor(positions).astype(np.int64), 0, max(m - 2, 0))
+    xi = positions - lower
+    upsample = np.zeros((length, m))
+    upsample[np.arange(length), lower] = 1 - xi
+    upsample[np.arange(length), np.minimum(lower + 1, m - 1)] += xi
+    return upsample @ degrade, covered
+
+
+def degraded_pair_ratios(hr: torch.Tensor, ratios: list[float]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input, target) for patches or planes (B, 1, slices, ...), each degraded at its own spacing ratio
+    (`ratio_matrix`). Past a pair's last acquired centre the input is an extrapolation, so the target there
+    is the input itself (nothing to learn, like at the acquired slices). At an integer ratio K whose grid
+    ends on a centre this is `degraded_pair`'s pair."""
+    length = hr.shape[2]
+    inputs, target = torch.empty_like(hr), hr.clone()
+    for index, ratio in enumerate(ratios):
+        matrix, lines = ratio_matrix(length, ratio)
+        inputs[index] = torch.tensordot(torch.from_numpy(matrix).to(hr.dtype), hr[index].movedim(1, 0),
+                                        dims=1).movedim(0, 1)
+        target[index, :, lines:] = inputs[index, :, lines:]
+    return inputs, target
+
+
+def pair(hr: torch.Tensor, k: int, ratio_range: tuple[float, float] | None,
+         generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (input, target) of HR patches or planes: at the ratio K, or with `ratio_range` at a ratio drawn
+    uniformly from it per pair (from `generator`)."""
+    if not ratio_range:
+        return degraded_pair(hr, k)
+    low, high = ratio_range
+    ratios = (low + (high - low) * torch.rand(hr.shape[0], generator=generator, dtype=torch.float64)).tolist()
+    return degraded_pair_ratios(hr, ratios)
+
+
 class PatchSampler(WindowSampler):
     """Random (input, target) pairs of shape (B, 1, slices, rows, cols), built by `degraded_pair`.
 
@@ -30,10 +75,11 @@ class PatchSampler(WindowSampler):
     """
 
     def __init__(self, store: SliceStore, scan_ids: list[str], patch_size: tuple[int, int, int], k: int,
-                 aligned: bool, min_foreground: float = 0.0):
+                 aligned: bool, min_foreground: float = 0.0, ratio_range: tuple[float, float] | None = None):
         super().__init__(store, scan_ids, tuple(patch_size), stride=k if aligned else 1,
                          too_short="lower sr.patch_size[0]")
         self.patch_size, self.k, self.aligned, self.min_foreground = self.window, k, aligned, min_foreground
+        self.ratio_range = ratio_range
 
     def sample(self, batch_size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         target = np.zeros((batch_size, 1, *self.window), dtype=np.float32)
@@ -43,4 +89,4 @@ class PatchSampler(WindowSampler):
                 if foreground_fraction(patch) >= self.min_foreground:
                     break
             place(slot[0], patch)
-        return degraded_pair(torch.from_numpy(target), self.k)
+        return pair(torch.from_numpy(target), self.k, self.ratio_range, generator)

@@ -25,7 +25,7 @@ import torch
 
 from slicesr.intensity import foreground_fraction
 from slicesr.sampling import WindowSampler, randint_below
-from slicesr.stage2.data import MAX_REDRAWS, degraded_pair
+from slicesr.stage2.data import MAX_REDRAWS, pair
 from slicesr.store import SliceStore
 
 # LR slices read per draw of planes: each gives one plane per orientation (fewer, larger reads)
@@ -58,10 +58,10 @@ class InplanePairSampler(WindowSampler):
     """
 
     def __init__(self, store: SliceStore, scan_ids: list[str], patch_size: tuple[int, int, int], k: int,
-                 min_foreground: float = 0.0, planes: bool = False):
+                 min_foreground: float = 0.0, planes: bool = False, ratio_range: tuple[float, float] | None = None):
         super().__init__(store, scan_ids, (1, 1, 1), too_short="")
         self.patch_size, self.k, self.min_foreground = tuple(int(n) for n in patch_size), int(k), min_foreground
-        self.planes = planes
+        self.planes, self.ratio_range = planes, ratio_range
         records = store.records(self.scan_ids)
         self.scales = {scan_id: inplane_scale(records[scan_id].spacing_mm, k) for scan_id in self.scan_ids}
 
@@ -75,6 +75,7 @@ class InplanePairSampler(WindowSampler):
         sampler.arrays, sampler.weights = {"scan": slices}, torch.ones(1, dtype=torch.float64)
         sampler.patch_size, sampler.k, sampler.min_foreground = tuple(int(n) for n in patch_size), int(k), min_foreground
         sampler.planes, sampler.scales = planes, {"scan": inplane_scale(tuple(spacing_mm), k)}
+        sampler.ratio_range = None
         return sampler
 
     def read(self, scan_id: str, depth: int, size: tuple[int, int], generator: torch.Generator) -> np.ndarray:
@@ -120,7 +121,7 @@ class InplanePairSampler(WindowSampler):
                     plane = plane[:: -1 if flips[0] else 1, :: -1 if flips[1] else 1]
                     planes[filled, 0, : plane.shape[0], : plane.shape[1]] = plane
                     filled += 1
-        return degraded_pair(torch.from_numpy(planes), self.k)
+        return pair(torch.from_numpy(planes), self.k, self.ratio_range, generator)
 
     def sample_volumes(self, batch_size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """`batch_size` pairs of (D, R, C) volumes (degraded in-plane axis, other in-plane axis, LR slices)."""
@@ -134,4 +135,4 @@ class InplanePairSampler(WindowSampler):
             flips = torch.randint(0, 2, (3,), generator=generator).tolist()
             volume = volume[tuple(slice(None, None, -1 if flip else 1) for flip in flips)]
             slot[0][tuple(slice(0, n) for n in volume.shape)] = volume  # zero padding where the scan is smaller
-        return degraded_pair(torch.from_numpy(volumes), self.k)
+        return pair(torch.from_numpy(volumes), self.k, self.ratio_range, generator)

@@ -87,10 +87,11 @@ class Stage2Trainer(TrainingLoop):
         self.lr_store_url = ""
         if sr.supervision != "inplane":
             aligned = sr.supervision in ("synthetic", "both")
+            ratios = tuple(sr.ratio_range) or None
             self.sampler = PatchSampler(self.store, self.shard_ids, tuple(sr.patch_size), sr.k, aligned,
-                                        sr.min_foreground)
+                                        sr.min_foreground, ratios)
             self.val_sampler = (PatchSampler(self.store, self.val_sample_ids, tuple(sr.patch_size), sr.k, aligned,
-                                             sr.min_foreground) if self.val_sample_ids else None)
+                                             sr.min_foreground, ratios) if self.val_sample_ids else None)
         if sr.supervision in ("inplane", "both"):
             lr_store, train_lr_ids, val_lr_ids = self.lr_scans()
             self.lr_store_url = lr_store.url
@@ -110,7 +111,8 @@ class Stage2Trainer(TrainingLoop):
     def inplane_sampler(self, store: SliceStore, scan_ids: list[str]) -> InplanePairSampler:
         sr = self.config.sr
         return InplanePairSampler(store, scan_ids, tuple(sr.patch_size), sr.k, sr.min_foreground,
-                                  planes=self.config.model.name in PLANE_GENERATORS)
+                                  planes=self.config.model.name in PLANE_GENERATORS,
+                                  ratio_range=tuple(sr.ratio_range) or None)
 
     def lr_scans(self) -> tuple[SliceStore, list[str], list[str]]:
         """The LR store of the in-plane pairs and the LR scan ids of this shard's training scans and of the
@@ -145,6 +147,7 @@ class Stage2Trainer(TrainingLoop):
                 "normalisation": "slicesr.intensity.robust_intensity_params (per scan)",
                 "model_size": asdict(generator_size(self.config)), "training_store": self.store.url,
                 "train_scans": self.train_ids, "val_scans": self.val_ids, f"best_{self.val_metric}": self.best_val,
+                **({"ratio_range": [float(r) for r in sr.ratio_range]} if sr.ratio_range else {}),
                 **({"inplane": {"lr_store": self.lr_store_url, "fraction": 1.0 if sr.supervision == "inplane"
                                 else sr.inplane_fraction}} if self.inplane is not None else {})}
 
@@ -157,6 +160,8 @@ class Stage2Trainer(TrainingLoop):
                 sr[key] = getattr(c.sr, key)
         if c.sr.supervision == "both":
             sr["inplane_fraction"], sr["lr_store"] = c.sr.inplane_fraction, self.lr_store_url
+        if c.sr.ratio_range:
+            sr["ratio_range"] = list(c.sr.ratio_range)
         if c.sr.validation != "patches":
             sr["holdout_crop"] = c.sr.holdout_crop
         return {"data.store": c.data.store, "model": asdict(c.model), "sr": sr,

@@ -1,0 +1,62 @@
+"""One stage II model for a range of spacing ratios (sr.ratio_range)."""
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from slicesr.cli import main
+from slicesr.config import load_config
+from slicesr.stage2.data import degraded_pair, degraded_pair_ratios, ratio_matrix
+from slicesr.stage2.train import Stage2Trainer
+from tests.slicesr.test_inference import _lr_file
+
+
+def test_pairs_at_any_ratio():
+    hr = torch.rand(3, 1, 17, 4, 5)
+    exact, _ = degraded_pair(hr, 4)
+    inputs, target = degraded_pair_ratios(hr, [4.0, 2.5, 6.0])
+    torch.testing.assert_close(inputs[0], exact[0])
+    torch.testing.assert_close(target[0], hr[0], rtol=0, atol=0)
+    torch.testing.assert_close(inputs[1, :, [0, 5, 10, 15]], hr[1, :, [0, 5, 10, 15]])  # acquired lines
+    torch.testing.assert_close(inputs[1, :, 1], 0.6 * hr[1, :, 0] + 0.4 * (0.5 * hr[1, :, 2] + 0.5 * hr[1, :, 3]))
+    _, covered = ratio_matrix(17, 6.0)  # centres 0, 6, 12: lines past 12 are extrapolated, nothing to learn
+    assert covered == 13
+    torch.testing.assert_close(target[2, :, 13:], inputs[2, :, 13:], rtol=0, atol=0)
+    torch.testing.assert_close(target[2, :, :13], hr[2, :, :13], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["sr.ratio_range=[1, 4]"], "1 < low <= high"),
+    (["sr.ratio_range=[2, 9]"], "must span the largest ratio"),
+    (["sr.ratio_range=[2, 4]", "sr.loss_slices=missing"], "sr.loss_slices: missing"),
+])
+def test_bad_ratio_ranges(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        load_config("configs/debug/stage2.yaml", overrides)
+
+
+def test_one_model_for_a_range_of_ratios(sr_config, tmp_path, capsys):
+    trainer = Stage2Trainer(sr_config("sr.ratio_range=[2, 5]", "run.name=range", "model.name=throughplane2d"))
+    inputs, target = trainer.sampler.sample(8, torch.Generator().manual_seed(0))
+    exact, _ = degraded_pair(target, 4)
+    assert (inputs - exact).abs().amax(dim=(1, 3, 4)).max() > 1e-3  # not all at the ratio K
+    trainer.fit()
+    best = trainer.best_dir
+    metadata = json.loads((best / "metadata.json").read_text())
+    assert metadata["ratio_range"] == [2.0, 5.0]
+    path, data, affine = _lr_file(tmp_path, "oblique", 2, n=5)  # 4 mm slices
+    out = tmp_path / "sr.nii.gz"
+    assert main(["infer", path, "--output", str(out), "--model", str(best), "--spacing", "1.6"]) == 0  # ratio 2.5
+    image = nib.load(out)
+    assert image.shape[2] == 11
+    np.testing.assert_array_equal(np.asarray(image.dataobj)[..., [0, 5, 10]], data[..., [0, 2, 4]])
+    assert main(["infer", path, "--output", str(out), "--model", str(best), "--k", "3"]) == 0
+    capsys.readouterr()
+    assert main(["infer", path, "--output", str(tmp_path / "x.nii.gz"), "--model", str(best), "--k", "6"]) == 2
+    assert "trained for spacing ratios 2 to 5" in capsys.readouterr().err
+    assert main(["infer", path, "--output", str(tmp_path / "x.nii.gz"), "--model", str(best), "--spacing", "0.5"]) == 1
+    assert "trained for spacing ratios 2 to 5" in capsys.readouterr().err
+    assert main(["infer", path, "--output", str(tmp_path / "x.nii.gz"), "--model", str(best)]) == 2  # no K of its own
