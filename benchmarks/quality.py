@@ -228,6 +228,8 @@ def beyond_settings(plan: dict, row: dict) -> dict:
 def run(args) -> int:
     setup_logging()
     plan = load_plan(Path(args.plan), args.quick)
+    if args.no_beyond:
+        plan.pop("beyond", None)
     k = plan["k"]
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -348,7 +350,8 @@ def table(args, plan: dict, parts: Parts, brain_rows: list[dict], knee_rows: lis
     scores = {(row["volume"], row["method"]): row for row in brain_rows + knee_rows}
     config_files = [plan["vae"].get("config", ""), plan["sr_config"]]
     lines = [
-        f"Command: `python benchmarks/quality.py{' --quick' if args.quick else ''}`  ",
+        f"Command: `python benchmarks/quality.py{' --quick' if args.quick else ''}"
+        f"{' --no-beyond' if args.no_beyond else ''}`  ",
         f"Plan {Path(args.plan).name} ({digest(Path(args.plan).read_text())}), configs "
         + ", ".join(f"{c} ({digest(Path(c).read_text())})" for c in config_files)
         + f"; torch {torch.__version__}, numpy {np.__version__}, {torch.get_num_threads()} threads, seed {plan['seed']}.  ",
@@ -409,6 +412,8 @@ def main(argv=None) -> int:
                         "(default WORKDIR/eval)")
     parser.add_argument("--eval-dir", default=None, help="every NIfTI here joins the held-out brains (slice axis 2)")
     parser.add_argument("--plan", default=str(PLAN))
+    parser.add_argument("--no-beyond", action="store_true",
+                        help="leave out the plan's beyond section (the in-plane rows): the paper's table only")
     parser.add_argument("--brain-train", nargs="+", default=["../shared/data/brain/train"])
     parser.add_argument("--brain-eval", nargs="+",
                         default=sorted(str(p) for p in Path("../shared/data/brain/eval").glob("*.nii.gz")))
