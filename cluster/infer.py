@@ -219,6 +219,12 @@ def infer_many(
     todo = []
     from slicesr.inference import uncertainty_path
 
+    if uncertainty:
+        targets = {os.path.basename(job.target) for job in jobs}
+        clashes = sorted(t for t in targets if os.path.basename(uncertainty_path(t)) in targets)
+        if clashes:
+            raise UsageError(f"the uncertainty map of {clashes[0]} would overwrite another scan's output: rename "
+                             "that input")
     for job in jobs:
         done = os.path.basename(job.target) in existing and (
             not uncertainty or os.path.basename(uncertainty_path(job.target)) in existing)

@@ -373,18 +373,26 @@ def predict(volume: Volume, method: Method, k: int | None, slice_axis: int | str
         log.info("adapted %s to the scan in %d steps: %.1f s", method.label, adapt_steps, adapt_seconds)
     spread = None
     if tta:
-        count, out, squares = 0, None, None  # Welford's running mean and sum of squared deviations
+        # Welford's running mean and sum of squared deviations, float32 and in place: 3 volumes besides the
+        # sample, whatever the number of augmentations (float32 is ample for 8 or 16 of them)
+        count, out, squares, delta = 0, None, None, None
         for sample in method.augmented(normalised, k, progress):
             count += 1
-            sample = sample.astype(np.float64)
+            sample = np.asarray(sample, dtype=np.float32)
+            if not sample.flags.writeable:
+                sample = sample.copy()
             if out is None:
-                out, squares = sample.copy(), np.zeros_like(sample)
+                out, squares, delta = sample.copy(), np.zeros_like(sample), np.empty_like(sample)
                 continue
-            delta = sample - out
-            out += delta / count
-            squares += delta * (sample - out)
-        out = out.astype(np.float32)
-        spread = (np.sqrt(squares / count) * abs(params.scale)).astype(np.float32)  # intensity units
+            np.subtract(sample, out, out=delta)
+            out += delta / np.float32(count)
+            np.subtract(sample, out, out=sample)
+            sample *= delta
+            squares += sample
+        spread = squares
+        spread /= np.float32(count)
+        np.sqrt(spread, out=spread)
+        spread *= np.float32(abs(params.scale))  # intensity units
     else:
         out = method.upsample(normalised, k, progress=progress)
     expected = (hr_num_slices(slices.shape[0], k), *slices.shape[1:])
@@ -573,7 +581,11 @@ def check_target_spacing(files: list[str], spacing_mm: float, slice_axis: int | 
             axis = resolve_slice_axis(affine, slice_axis)
         except Exception:  # noqa: BLE001 - reported by the inference loop with its reason
             continue
-        output_grid(2, float(voxel_spacing(affine)[axis]), spacing_mm=spacing_mm)  # raises with the reason
+        slice_spacing = float(voxel_spacing(affine)[axis])
+        grid = output_grid(2, slice_spacing, spacing_mm=spacing_mm)  # raises with the reason
+        if grid.ratio < 1 + SPACING_RTOL:
+            raise ValueError(f"--spacing {spacing_mm:g} mm is the slice spacing of {path} ({slice_spacing:g} mm): "
+                             "nothing to super-resolve")
 
 
 def infer_files(inputs: list[str], output: str, method: Method, k: int, slice_axis: int | str = "auto",

@@ -1,9 +1,9 @@
 """Label maps carried to the super-resolved grid by shape-based interpolation.
 
 Each label's region is turned, slice by slice, into a signed distance map (positive inside, negative
-outside, in millimetres of the in-plane spacing); the maps are interpolated linearly along the slice axis
-and every output voxel takes the label whose interpolated distance is largest, if positive (else
-background, 0). A region then morphs smoothly from one acquired slice to the next instead of jumping
+outside, in millimetres of the in-plane spacing); the maps are interpolated linearly along the slice axis.
+The union of all regions is interpolated the same way: inside it, every output voxel takes the label whose
+interpolated distance is largest; outside it, the background (0). A region then morphs smoothly from one acquired slice to the next instead of jumping
 halfway as with nearest-neighbour, at an acquired slice the labels are copied exactly, and no label value
 is invented; beyond its last slice a region shrinks to nothing halfway to the next slice. Labels are processed one at a time within their bounding box, keeping only the running best
 distance and label per output voxel: memory does not grow with the number of labels.
@@ -52,7 +52,13 @@ def carry_labels(labels: np.ndarray, positions: np.ndarray, spacing_mm: tuple[fl
     lower = np.minimum(np.floor(positions).astype(np.int64), num_slices - 2)
     weight = (positions - lower).astype(np.float32)[:, None, None]
     out = np.full((positions.size, *labels.shape[1:]), BACKGROUND, dtype=labels.dtype)
-    best = np.zeros(out.shape, dtype=np.float32)  # a label wins a voxel only inside its region (> 0)
+    # Where some label is: the union of every region, shape-interpolated as one region. Inside it each voxel
+    # takes the label of the largest interpolated distance (even if no single region reaches it, as on the
+    # boundary between two touching labels that moves from slice to slice), outside it the background.
+    union = _signed_distance(labels != BACKGROUND, spacing_mm)
+    foreground = (1 - weight) * union[lower] + weight * union[lower + 1] > 0
+    del union
+    best = np.full(out.shape, -np.inf, dtype=np.float32)
     values = np.unique(labels)
     values = values[values != BACKGROUND]
     # one label image of consecutive ids for find_objects: bounding boxes of every label in one pass
@@ -79,4 +85,5 @@ def carry_labels(labels: np.ndarray, positions: np.ndarray, spacing_mm: tuple[fl
         wins = interpolated > target_best
         target_best[wins], target_out[wins] = interpolated[wins], value
         best[j, rows, cols], out[j, rows, cols] = target_best, target_out
+    out[~foreground] = BACKGROUND
     return out

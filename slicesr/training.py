@@ -302,7 +302,8 @@ class TrainingLoop:
 
     def read_checkpoint(self, directory: Path) -> None:
         directory = Path(directory)
-        state = torch.load(directory / TRAINING_STATE, weights_only=True)
+        # map_location: a run saved on a GPU resumes on a CPU-only machine (Adam's state follows the parameters)
+        state = torch.load(directory / TRAINING_STATE, weights_only=True, map_location="cpu")
         saved = json.loads(state["identity"])
         current = json.loads(json.dumps(self.identity(), sort_keys=True))
         changed = sorted(key for key in set(saved) | set(current) if saved.get(key) != current.get(key))
@@ -324,7 +325,8 @@ class TrainingLoop:
         self.model.load_state_dict(weights)
         self.engine.load_state_dict(state["optimizers"])
         self.engine.load_shards(directory, self.rank)
-        rank_state = state if self.rank == 0 else torch.load(directory / f"rank{self.rank}_state.pt", weights_only=True)
+        rank_state = state if self.rank == 0 else torch.load(directory / f"rank{self.rank}_state.pt",
+                                                             weights_only=True, map_location="cpu")
         for name, generator in self.generators.items():
             generator.set_state(rank_state["generators"][name])
         torch.set_rng_state(rank_state["torch_rng"])

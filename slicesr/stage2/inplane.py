@@ -3,8 +3,9 @@
 An LR scan's in-plane axes already have the resolution its slice axis lacks. Degrading one in-plane
 axis with the operator T the slice axis went through (keep every K-th line) and learning to restore it
 gives pairs whose targets are real anatomy (the idea behind SMORE and ECLARE). In-plane axes finer than
-the target spacing (slice spacing / K) are first resampled to it (antialiased), so that the pairs
-show the generator the scale it restores at inference; coarser ones are used as they are.
+the target spacing (slice spacing / K) are first resampled to it (antialiased) along the degraded axis,
+so that the pairs show the generator the scale it restores at inference while the other in-plane axis
+keeps its own spacing, as it does at inference; coarser ones are used as they are.
 
 Two shapes of pair, one per kind of generator:
 - planes (N, 1, D, W) for the through-plane 2D generator: a line-length D (= sr.patch_size[0]) along
@@ -78,23 +79,28 @@ class InplanePairSampler(WindowSampler):
         sampler.ratio_range = None
         return sampler
 
-    def read(self, scan_id: str, depth: int, size: tuple[int, int], generator: torch.Generator) -> np.ndarray:
-        """A (<= depth, <= size[0], <= size[1]) window at the target in-plane spacing: the store crop is
-        larger by 1 / scale where the scan is resampled. Redrawn while below `min_foreground`."""
+    def read(self, scan_id: str, depth: int, size: tuple[int, int], degraded_axis: int,
+             generator: torch.Generator) -> np.ndarray:
+        """A (<= depth, <= size[0], <= size[1]) window (slices, rows, cols) whose `degraded_axis` (1: rows,
+        2: cols) is at the target spacing: the store crop along it is larger by 1 / scale where the scan is
+        finer, and resampled. The other in-plane axis keeps its own spacing, as at inference (a through-plane
+        plane is (slices at the target spacing, an in-plane axis as acquired)). Redrawn while below
+        `min_foreground`."""
         num_slices, rows, cols = self.shapes[scan_id]
-        scale_r, scale_c = self.scales[scan_id]
-        crop_r, crop_c = min(rows, math.ceil(size[0] / scale_r)), min(cols, math.ceil(size[1] / scale_c))
+        scale = self.scales[scan_id][degraded_axis - 1]
+        crop = [min(rows, size[0]), min(cols, size[1])]
+        crop[degraded_axis - 1] = min((rows, cols)[degraded_axis - 1], math.ceil(size[degraded_axis - 1] / scale))
         depth = min(depth, num_slices)
         for _ in range(MAX_REDRAWS):
             start = randint_below(num_slices - depth + 1, generator)
-            top, left = randint_below(rows - crop_r + 1, generator), randint_below(cols - crop_c + 1, generator)
-            window = np.asarray(self.array(scan_id)[start : start + depth, top : top + crop_r, left : left + crop_c],
+            top, left = randint_below(rows - crop[0] + 1, generator), randint_below(cols - crop[1] + 1, generator)
+            window = np.asarray(self.array(scan_id)[start : start + depth, top : top + crop[0], left : left + crop[1]],
                                 dtype=np.float32)
             if foreground_fraction(window) >= self.min_foreground:
                 break
-        out_r = min(size[0], max(1, round(crop_r * scale_r)))
-        out_c = min(size[1], max(1, round(crop_c * scale_c)))
-        return resample_inplane(window, (out_r, out_c))
+        out = list(window.shape[1:])
+        out[degraded_axis - 1] = min(size[degraded_axis - 1], max(1, round(crop[degraded_axis - 1] * scale)))
+        return resample_inplane(window, tuple(out))
 
     def sample(self, batch_size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         if self.planes:
@@ -102,25 +108,22 @@ class InplanePairSampler(WindowSampler):
         return self.sample_volumes(batch_size, generator)
 
     def sample_planes(self, num_planes: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """`num_planes` pairs of (D, W) planes: (num_planes, 1, D, W), degraded along D."""
+        """`num_planes` pairs of (D, W) planes: (num_planes, 1, D, W), degraded along D. Each draw reads a
+        few LR slices and gives one plane per slice, all degraded along rows or all along cols."""
         length, width = self.patch_size[0], self.patch_size[2]
-        side = max(length, width)
         planes = np.zeros((num_planes, 1, length, width), dtype=np.float32)
         filled = 0
         while filled < num_planes:
             scan_id = self.pick_scans(1, generator)[0]
-            window = self.read(scan_id, PLANE_DRAW_SLICES, (side, side), generator)
-            for image in window:
-                for transpose in (False, True):
-                    if filled == num_planes:
-                        break
-                    plane = image.T if transpose else image  # the degraded axis: rows, then cols
-                    offset = randint_below(max(1, plane.shape[0] - length + 1), generator)
-                    plane = plane[offset : offset + length, :width]
-                    flips = torch.randint(0, 2, (2,), generator=generator).tolist()
-                    plane = plane[:: -1 if flips[0] else 1, :: -1 if flips[1] else 1]
-                    planes[filled, 0, : plane.shape[0], : plane.shape[1]] = plane
-                    filled += 1
+            transpose = bool(randint_below(2, generator))  # degraded along cols (planes transposed) or rows
+            size = (width, length) if transpose else (length, width)
+            window = self.read(scan_id, PLANE_DRAW_SLICES, size, 2 if transpose else 1, generator)
+            for image in window[: num_planes - filled]:
+                plane = image.T if transpose else image
+                flips = torch.randint(0, 2, (2,), generator=generator).tolist()
+                plane = plane[:: -1 if flips[0] else 1, :: -1 if flips[1] else 1]
+                planes[filled, 0, : plane.shape[0], : plane.shape[1]] = plane
+                filled += 1
         return pair(torch.from_numpy(planes), self.k, self.ratio_range, generator)
 
     def sample_volumes(self, batch_size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -130,7 +133,7 @@ class InplanePairSampler(WindowSampler):
         for slot, scan_id in zip(volumes, self.pick_scans(batch_size, generator)):
             transpose = bool(randint_below(2, generator))
             size = (other, length) if transpose else (length, other)
-            window = self.read(scan_id, depth, size, generator)  # (slices, rows, cols)
+            window = self.read(scan_id, depth, size, 2 if transpose else 1, generator)  # (slices, rows, cols)
             volume = window.transpose(2, 1, 0) if transpose else window.transpose(1, 2, 0)  # (degraded, other, slices)
             flips = torch.randint(0, 2, (3,), generator=generator).tolist()
             volume = volume[tuple(slice(None, None, -1 if flip else 1) for flip in flips)]

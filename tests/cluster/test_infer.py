@@ -238,6 +238,12 @@ def test_usage_errors_stop_before_any_task(scans, sr_model, tmp_path, capsys):
     assert code == 2 and "--cpus-per-task" in err
     code, err = run(str(folder), "--model", "linear", "--k", "2", "--uncertainty")
     assert code == 2 and "need a trained model" in err
+    clash = tmp_path / "clash"
+    clash.mkdir()
+    for name in ("a.nii.gz", "a_uncertainty.nii.gz"):
+        shutil.copy(next(folder.glob("*.nii.gz")), clash / name)
+    code, err = run(str(clash), "--model", sr_model, "--uncertainty")
+    assert code == 2 and "would overwrite another scan's output" in err
     assert main([str(folder), "--model", "linear"]) == 2  # argparse: --output missing
     capsys.readouterr()
     (tmp_path / "file").write_text("x")

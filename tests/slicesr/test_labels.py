@@ -93,3 +93,11 @@ def test_labels_on_another_grid_are_refused(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "seg.nii.gz" in err and "differs from the scan" in err
     assert not (tmp_path / "sr.nii.gz").exists() and not (tmp_path / "sr_labels.nii.gz").exists()
+
+
+def test_touching_labels_leave_no_background_seam():
+    labels = np.full((2, 6, 6), 1, dtype=np.int16)
+    labels[0, :, 3:], labels[1, :, 4:] = 2, 2  # the boundary between 1 and 2 moves by one pixel
+    out = carry_labels(labels, slice_positions(2, 4))
+    assert not np.any(out == 0)  # labelled on both slices: labelled in between
+    assert set(np.unique(out)) == {1, 2}

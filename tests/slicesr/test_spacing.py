@@ -69,6 +69,8 @@ def test_spacing_errors(tmp_path, capsys):
     assert main(["infer", path, "--output", out, "--model", "linear", "--spacing", "5"]) == 2
     assert "over the input's slice spacing" in capsys.readouterr().err
     assert main(["infer", path, "--output", out, "--model", "linear", "--spacing", "-1"]) == 2
+    assert main(["infer", path, "--output", out, "--model", "linear", "--spacing", "4"]) == 2
+    assert "nothing to super-resolve" in capsys.readouterr().err
     assert main(["infer", path, "--output", out, "--model", "linear", "--spacing", "1", "--k", "4"]) == 2
     assert "not both" in capsys.readouterr().err
     generator = model_dir(tmp_path / "sr", "deepresolve")  # trained for K = 3
