@@ -121,6 +121,10 @@ class SrConfig:
     # [low, high]: each training pair is degraded at its own spacing ratio drawn uniformly from this range
     # (real numbers), so that one model serves every ratio in it (infer --spacing); empty: the ratio sr.k.
     ratio_range: list[float] = field(default_factory=list)
+    # The slice profile of T in the training pairs (slicesr.degradation): point (the paper), or box /
+    # gaussian (FWHM) of slice_thickness mm: a model for thick clinical slices (it copies nothing back).
+    slice_profile: Literal["point", "box", "gaussian"] = "point"
+    slice_thickness: float = 0.0
     # Which slices of a patch the L1 counts: all (the paper's eq. 12) or only the missing ones (slicesr
     # recipe): at the acquired slices, 0, K, 2K, ..., the input equals the target and the loss there only
     # teaches the identity.
@@ -149,6 +153,10 @@ class SrConfig:
                      f"sr.patch_size[0] ({self.patch_size[0]}) must span the largest ratio of sr.ratio_range + 1")
             _require(self.loss_slices == "all", "sr.loss_slices: missing is for a single ratio (sr.k); with "
                      "sr.ratio_range use all")
+        _require(self.slice_profile == "point" or self.slice_thickness > 0,
+                 f"sr.slice_profile {self.slice_profile} needs sr.slice_thickness > 0 (mm)")
+        _require(self.slice_profile == "point" or self.loss_slices == "all",
+                 "sr.loss_slices: missing needs the point profile (a thick acquired slice is not the HR slice)")
         _require(0 < self.inplane_fraction < 1, f"sr.inplane_fraction must be in (0, 1), got {self.inplane_fraction}"
                  " (for only one source set sr.supervision to synthetic or inplane)")
         _require(len(self.holdout_crop) == 2 and min(self.holdout_crop) >= 1,

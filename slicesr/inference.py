@@ -58,6 +58,7 @@ class Method:
     label: str = ""
     trained_k: int | None = None  # a generator works for the K it was trained for only
     ratio_range: tuple[float, float] | None = None  # ... or for the spacing ratios of its training range
+    copies_acquired = True  # False for a model of thick slices: an acquired slice is then not an HR slice
     supports_tta = True  # whether its predictions change under flips (interpolation's do not)
 
     def upsample(self, slices: np.ndarray, k: int, progress: bool = False) -> np.ndarray:
@@ -146,6 +147,8 @@ class GeneratorUpsampling(Method):
             self.ratio_range = tuple(float(r) for r in self.metadata["ratio_range"])
         else:
             self.trained_k = int(self.metadata["k"])
+        self.slice_profile = str(self.metadata.get("slice_profile", "point"))
+        self.copies_acquired = self.slice_profile == "point"
         self.window = tuple(window or self.config.sr.window)
         self.overlap = self.config.sr.window_overlap
 
@@ -346,6 +349,10 @@ def predict(volume: Volume, method: Method, k: int | None, slice_axis: int | str
     tta = tta or uncertainty
     if tta:
         check_tta(method)
+    if keep_acquired and not method.copies_acquired:
+        log.info("%s: trained for %s slices of %s mm: the acquired slices are not copied back", method.label,
+                 getattr(method, "slice_profile", "thick"), method.metadata.get("slice_thickness_mm"))
+        keep_acquired = False
     axis = resolve_slice_axis(volume.affine, slice_axis)
     slices, _ = to_slice_first(volume.data, volume.affine, axis)
     if slices.shape[0] < 2:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
@@ -20,14 +22,15 @@ def degraded_pair(hr: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]
     return upsample_linear(keep_every_kth_tensor(hr, k, dim=2), k, dim=2), hr
 
 
-def ratio_matrix(length: int, ratio: float) -> tuple[np.ndarray, int]:
+def ratio_matrix(length: int, ratio: float, profile: str = "point", thickness: float | None = None) -> tuple[np.ndarray, int]:
     """(length x length) matrix M with input = M @ target along the slice axis for a spacing ratio of any
-    real `ratio`: T (point profile: the lines at 0, ratio, 2 ratio, ..., linear between grid lines), then
+    real `ratio`: T (slicesr.degradation.profile_weights: the point profile takes the lines at 0, ratio,
+    2 ratio, ..., linear between grid lines; box and gaussian average `thickness` lines around them), then
     linear interpolation back onto lines 0 .. length-1; and the number of lines up to the last acquired
     centre (the ones a pair covers: beyond it the input would be an extrapolation)."""
     from slicesr.degradation import profile_weights
 
-    degrade = profile_weights(length, ratio)  # (m, length)
+    degrade = profile_weights(length, ratio, profile, thickness)  # (m, length)
     m = degrade.shape[0]
     covered = int(np.floor((m - 1) * ratio + 1e-6)) + 1
     positions = np.minimum(np.arange(length, dtype=np.float64) / ratio, m - 1)  # lines past the last centre: flat
@@ -39,30 +42,46 @@ def ratio_matrix(length: int, ratio: float) -> tuple[np.ndarray, int]:
     return upsample @ degrade, covered
 
 
-def degraded_pair_ratios(hr: torch.Tensor, ratios: list[float]) -> tuple[torch.Tensor, torch.Tensor]:
+def degraded_pair_ratios(hr: torch.Tensor, ratios: list[float], profile: str = "point",
+                         thicknesses: list[float] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(input, target) for patches or planes (B, 1, slices, ...), each degraded at its own spacing ratio
-    (`ratio_matrix`). Past a pair's last acquired centre the input is an extrapolation, so the target there
-    is the input itself (nothing to learn, like at the acquired slices). At an integer ratio K whose grid
-    ends on a centre this is `degraded_pair`'s pair."""
+    (`ratio_matrix`; with a box or Gaussian `profile` of `thicknesses` lines, one per pair). Past a pair's
+    last acquired centre the input is an extrapolation, so the target there is the input itself (nothing
+    to learn, like at the acquired slices). At an integer ratio K whose grid ends on a centre and the point
+    profile this is `degraded_pair`'s pair."""
     length = hr.shape[2]
     inputs, target = torch.empty_like(hr), hr.clone()
     for index, ratio in enumerate(ratios):
-        matrix, lines = ratio_matrix(length, ratio)
+        matrix, lines = ratio_matrix(length, ratio, profile, None if thicknesses is None else thicknesses[index])
         inputs[index] = torch.tensordot(torch.from_numpy(matrix).to(hr.dtype), hr[index].movedim(1, 0),
                                         dims=1).movedim(0, 1)
         target[index, :, lines:] = inputs[index, :, lines:]
     return inputs, target
 
 
-def pair(hr: torch.Tensor, k: int, ratio_range: tuple[float, float] | None,
-         generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """The (input, target) of HR patches or planes: at the ratio K, or with `ratio_range` at a ratio drawn
-    uniformly from it per pair (from `generator`)."""
-    if not ratio_range:
-        return degraded_pair(hr, k)
-    low, high = ratio_range
-    ratios = (low + (high - low) * torch.rand(hr.shape[0], generator=generator, dtype=torch.float64)).tolist()
-    return degraded_pair_ratios(hr, ratios)
+@dataclass(frozen=True)
+class Degradation:
+    """How stage II degrades its training pairs: the ratio K or a range of ratios, and the slice profile
+    (`thickness_mm` for box and gaussian)."""
+
+    k: int
+    ratio_range: tuple[float, float] | None = None
+    profile: str = "point"
+    thickness_mm: float = 0.0
+
+    def pair(self, hr: torch.Tensor, line_spacing_mm: list[float], generator: torch.Generator
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The (input, target) of HR patches or planes whose lines are `line_spacing_mm` apart (one per
+        pair): at the ratio K, or at a ratio drawn uniformly from `ratio_range` per pair (`generator`)."""
+        if not self.ratio_range and self.profile == "point":
+            return degraded_pair(hr, self.k)
+        if self.ratio_range:
+            low, high = self.ratio_range
+            ratios = (low + (high - low) * torch.rand(hr.shape[0], generator=generator, dtype=torch.float64)).tolist()
+        else:
+            ratios = [float(self.k)] * hr.shape[0]
+        thicknesses = None if self.profile == "point" else [self.thickness_mm / s for s in line_spacing_mm]
+        return degraded_pair_ratios(hr, ratios, self.profile, thicknesses)
 
 
 class PatchSampler(WindowSampler):
@@ -75,18 +94,21 @@ class PatchSampler(WindowSampler):
     """
 
     def __init__(self, store: SliceStore, scan_ids: list[str], patch_size: tuple[int, int, int], k: int,
-                 aligned: bool, min_foreground: float = 0.0, ratio_range: tuple[float, float] | None = None):
+                 aligned: bool, min_foreground: float = 0.0, degradation: Degradation | None = None):
         super().__init__(store, scan_ids, tuple(patch_size), stride=k if aligned else 1,
                          too_short="lower sr.patch_size[0]")
         self.patch_size, self.k, self.aligned, self.min_foreground = self.window, k, aligned, min_foreground
-        self.ratio_range = ratio_range
+        self.degradation = degradation or Degradation(k)
+        self.line_spacing = ({s: r.spacing_mm[0] for s, r in store.records(self.scan_ids).items()}
+                             if self.degradation.profile != "point" else {})
 
     def sample(self, batch_size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         target = np.zeros((batch_size, 1, *self.window), dtype=np.float32)
-        for slot, scan_id in zip(target, self.pick_scans(batch_size, generator)):
+        scans = self.pick_scans(batch_size, generator)
+        for slot, scan_id in zip(target, scans):
             for _ in range(MAX_REDRAWS):
                 patch = self.draw(scan_id, generator)
                 if foreground_fraction(patch) >= self.min_foreground:
                     break
             place(slot[0], patch)
-        return pair(torch.from_numpy(target), self.k, self.ratio_range, generator)
+        return self.degradation.pair(torch.from_numpy(target), [self.line_spacing.get(s, 1.0) for s in scans], generator)

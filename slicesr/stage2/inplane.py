@@ -26,7 +26,7 @@ import torch
 
 from slicesr.intensity import foreground_fraction
 from slicesr.sampling import WindowSampler, randint_below
-from slicesr.stage2.data import MAX_REDRAWS, pair
+from slicesr.stage2.data import MAX_REDRAWS, Degradation
 from slicesr.store import SliceStore
 
 # LR slices read per draw of planes: each gives one plane per orientation (fewer, larger reads)
@@ -59,12 +59,14 @@ class InplanePairSampler(WindowSampler):
     """
 
     def __init__(self, store: SliceStore, scan_ids: list[str], patch_size: tuple[int, int, int], k: int,
-                 min_foreground: float = 0.0, planes: bool = False, ratio_range: tuple[float, float] | None = None):
+                 min_foreground: float = 0.0, planes: bool = False, degradation: Degradation | None = None):
         super().__init__(store, scan_ids, (1, 1, 1), too_short="")
         self.patch_size, self.k, self.min_foreground = tuple(int(n) for n in patch_size), int(k), min_foreground
-        self.planes, self.ratio_range = planes, ratio_range
+        self.planes, self.degradation = planes, degradation or Degradation(int(k))
         records = store.records(self.scan_ids)
         self.scales = {scan_id: inplane_scale(records[scan_id].spacing_mm, k) for scan_id in self.scan_ids}
+        # the degraded lines are at the target spacing (slice spacing / K) after resampling
+        self.line_spacing = {scan_id: records[scan_id].spacing_mm[0] / k for scan_id in self.scan_ids}
 
     @classmethod
     def from_scan(cls, slices: np.ndarray, spacing_mm: tuple[float, float, float], patch_size: tuple[int, int, int],
@@ -76,7 +78,7 @@ class InplanePairSampler(WindowSampler):
         sampler.arrays, sampler.weights = {"scan": slices}, torch.ones(1, dtype=torch.float64)
         sampler.patch_size, sampler.k, sampler.min_foreground = tuple(int(n) for n in patch_size), int(k), min_foreground
         sampler.planes, sampler.scales = planes, {"scan": inplane_scale(tuple(spacing_mm), k)}
-        sampler.ratio_range = None
+        sampler.degradation, sampler.line_spacing = Degradation(int(k)), {"scan": spacing_mm[0] / k}
         return sampler
 
     def read(self, scan_id: str, depth: int, size: tuple[int, int], degraded_axis: int,
@@ -112,6 +114,7 @@ class InplanePairSampler(WindowSampler):
         few LR slices and gives one plane per slice, all degraded along rows or all along cols."""
         length, width = self.patch_size[0], self.patch_size[2]
         planes = np.zeros((num_planes, 1, length, width), dtype=np.float32)
+        spacing = [0.0] * num_planes
         filled = 0
         while filled < num_planes:
             scan_id = self.pick_scans(1, generator)[0]
@@ -123,14 +126,16 @@ class InplanePairSampler(WindowSampler):
                 flips = torch.randint(0, 2, (2,), generator=generator).tolist()
                 plane = plane[:: -1 if flips[0] else 1, :: -1 if flips[1] else 1]
                 planes[filled, 0, : plane.shape[0], : plane.shape[1]] = plane
+                spacing[filled] = self.line_spacing[scan_id]
                 filled += 1
-        return pair(torch.from_numpy(planes), self.k, self.ratio_range, generator)
+        return self.degradation.pair(torch.from_numpy(planes), spacing, generator)
 
     def sample_volumes(self, batch_size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """`batch_size` pairs of (D, R, C) volumes (degraded in-plane axis, other in-plane axis, LR slices)."""
         length, other, depth = self.patch_size
         volumes = np.zeros((batch_size, 1, length, other, depth), dtype=np.float32)
-        for slot, scan_id in zip(volumes, self.pick_scans(batch_size, generator)):
+        scans = self.pick_scans(batch_size, generator)
+        for slot, scan_id in zip(volumes, scans):
             transpose = bool(randint_below(2, generator))
             size = (other, length) if transpose else (length, other)
             window = self.read(scan_id, depth, size, 2 if transpose else 1, generator)  # (slices, rows, cols)
@@ -138,4 +143,4 @@ class InplanePairSampler(WindowSampler):
             flips = torch.randint(0, 2, (3,), generator=generator).tolist()
             volume = volume[tuple(slice(None, None, -1 if flip else 1) for flip in flips)]
             slot[0][tuple(slice(0, n) for n in volume.shape)] = volume  # zero padding where the scan is smaller
-        return pair(torch.from_numpy(volumes), self.k, self.ratio_range, generator)
+        return self.degradation.pair(torch.from_numpy(volumes), [self.line_spacing[s] for s in scans], generator)

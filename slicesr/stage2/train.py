@@ -20,7 +20,7 @@ from torch import nn
 from slicesr.config import Config
 from slicesr.modeldir import load_model_dir
 from slicesr.models.generators import GeneratorSize, build_generator, display_name
-from slicesr.stage2.data import PatchSampler
+from slicesr.stage2.data import Degradation, PatchSampler
 from slicesr.stage2.inplane import InplanePairSampler
 from slicesr.store import SliceStore
 from slicesr.training import Checkpointer, Engine, Reporter, TrainingLoop, resolve_device
@@ -84,14 +84,14 @@ class Stage2Trainer(TrainingLoop):
         # Pair sources: `sampler` (volumes of data.store, degraded along the slice axis) and `inplane` (the
         # LR scans' own in-plane axes); `both` draws from each, a fraction sr.inplane_fraction of steps in-plane.
         self.sampler = self.val_sampler = self.inplane = self.inplane_val = None
+        self.degradation = Degradation(sr.k, tuple(sr.ratio_range) or None, sr.slice_profile, sr.slice_thickness)
         self.lr_store_url = ""
         if sr.supervision != "inplane":
             aligned = sr.supervision in ("synthetic", "both")
-            ratios = tuple(sr.ratio_range) or None
             self.sampler = PatchSampler(self.store, self.shard_ids, tuple(sr.patch_size), sr.k, aligned,
-                                        sr.min_foreground, ratios)
+                                        sr.min_foreground, self.degradation)
             self.val_sampler = (PatchSampler(self.store, self.val_sample_ids, tuple(sr.patch_size), sr.k, aligned,
-                                             sr.min_foreground, ratios) if self.val_sample_ids else None)
+                                             sr.min_foreground, self.degradation) if self.val_sample_ids else None)
         if sr.supervision in ("inplane", "both"):
             lr_store, train_lr_ids, val_lr_ids = self.lr_scans()
             self.lr_store_url = lr_store.url
@@ -111,8 +111,7 @@ class Stage2Trainer(TrainingLoop):
     def inplane_sampler(self, store: SliceStore, scan_ids: list[str]) -> InplanePairSampler:
         sr = self.config.sr
         return InplanePairSampler(store, scan_ids, tuple(sr.patch_size), sr.k, sr.min_foreground,
-                                  planes=self.config.model.name in PLANE_GENERATORS,
-                                  ratio_range=tuple(sr.ratio_range) or None)
+                                  planes=self.config.model.name in PLANE_GENERATORS, degradation=self.degradation)
 
     def lr_scans(self) -> tuple[SliceStore, list[str], list[str]]:
         """The LR store of the in-plane pairs and the LR scan ids of this shard's training scans and of the
@@ -148,6 +147,8 @@ class Stage2Trainer(TrainingLoop):
                 "model_size": asdict(generator_size(self.config)), "training_store": self.store.url,
                 "train_scans": self.train_ids, "val_scans": self.val_ids, f"best_{self.val_metric}": self.best_val,
                 **({"ratio_range": [float(r) for r in sr.ratio_range]} if sr.ratio_range else {}),
+                "slice_profile": sr.slice_profile,
+                **({"slice_thickness_mm": sr.slice_thickness} if sr.slice_profile != "point" else {}),
                 **({"inplane": {"lr_store": self.lr_store_url, "fraction": 1.0 if sr.supervision == "inplane"
                                 else sr.inplane_fraction}} if self.inplane is not None else {})}
 
@@ -162,6 +163,8 @@ class Stage2Trainer(TrainingLoop):
             sr["inplane_fraction"], sr["lr_store"] = c.sr.inplane_fraction, self.lr_store_url
         if c.sr.ratio_range:
             sr["ratio_range"] = list(c.sr.ratio_range)
+        if c.sr.slice_profile != "point":
+            sr["slice_profile"], sr["slice_thickness"] = c.sr.slice_profile, c.sr.slice_thickness
         if c.sr.validation != "patches":
             sr["holdout_crop"] = c.sr.holdout_crop
         return {"data.store": c.data.store, "model": asdict(c.model), "sr": sr,

@@ -60,3 +60,26 @@ def test_one_model_for_a_range_of_ratios(sr_config, tmp_path, capsys):
     assert main(["infer", path, "--output", str(tmp_path / "x.nii.gz"), "--model", str(best), "--spacing", "0.5"]) == 1
     assert "trained for spacing ratios 2 to 5" in capsys.readouterr().err
     assert main(["infer", path, "--output", str(tmp_path / "x.nii.gz"), "--model", str(best)]) == 2  # no K of its own
+
+
+def test_a_model_for_thick_slices(sr_config, tmp_path):
+    """Pairs degraded with a box profile (acquired lines are averages over the thickness); the model's
+    metadata says so, and inference then copies nothing back."""
+    from slicesr.store import SliceStore
+
+    config = sr_config("sr.slice_profile=box", "sr.slice_thickness=1e9", "run.name=thick")  # wider than a patch
+    trainer = Stage2Trainer(config)
+    inputs, target = trainer.sampler.sample(2, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(inputs[:, :, 0], target.mean(dim=2))  # every line is the patch's mean
+    spacing = SliceStore.open(config.data.store).records()
+    assert trainer.sampler.line_spacing == {s: r.spacing_mm[0] for s, r in spacing.items() if s in trainer.shard_ids}
+    trainer = Stage2Trainer(sr_config("sr.slice_profile=gaussian", "sr.slice_thickness=2", "run.name=gauss"))
+    trainer.fit()
+    metadata = json.loads((trainer.best_dir / "metadata.json").read_text())
+    assert metadata["slice_profile"] == "gaussian" and metadata["slice_thickness_mm"] == 2.0
+    path, data, _ = _lr_file(tmp_path, "ras", 2, n=5)
+    assert main(["infer", path, "--output", str(tmp_path / "o.nii.gz"), "--model", str(trainer.best_dir)]) == 0
+    out = np.asarray(nib.load(tmp_path / "o.nii.gz").dataobj)
+    assert not np.array_equal(out[..., ::4], data)  # not copied back
+    with pytest.raises(ValueError, match="sr.slice_thickness"):
+        load_config("configs/debug/stage2.yaml", ["sr.slice_profile=box"])
