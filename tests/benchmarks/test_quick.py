@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import inference, learning, preprocess, results, stage1, training
+from benchmarks import clinical, inference, learning, preprocess, results, stage1, training
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
@@ -127,3 +127,15 @@ def test_learning_quick(untouched_results, capsys):
     output = run_quick(learning, capsys)
     table = output[output.index("Command:"):]
     check_table(table, [(name,) for name in learning.CASES])
+
+
+def test_clinical_quick(untouched_results, capsys):
+    output = run_quick(clinical, capsys)
+    plan = clinical.load_plan(clinical.PLAN, quick=True)
+    blocks = [block for block in output.split("\n\n") if "|---" in block]
+    assert len(blocks) == 2, output
+    ratios = data_rows(blocks[0])
+    assert [float(row[0]) for row in ratios] == [float(r) for r in plan["ratios"]]
+    assert all(row[5] != "-" for row in ratios if float(row[0]) in plan["fixed"])  # the fixed-ratio models scored
+    profiles = [row[0] for row in data_rows(blocks[1])]
+    assert profiles.count("point") == 2 and len(profiles) == 2 * (1 + len(plan["thickness"]["profiles"]))

@@ -1,0 +1,192 @@
+"""Clinical spacing: one model for every spacing ratio, and thick slices, on the real volumes.
+
+    python benchmarks/clinical.py [--workdir runs/clinical] [--plan benchmarks/clinical.yaml]
+    python benchmarks/clinical.py --quick
+
+Ratios: one stage II model trained once over `ratio_range` (sr.ratio_range) and models trained for one
+ratio alone (`fixed`; their LR training scans decimated by that ratio), the same steps each, all without
+HR (the plan's supervision: in-plane pairs of the LR training scans). Each is scored with `slicesr
+evaluate --lr-spacing` at every ratio of `ratios` on each held-out brain (LR slices at i x ratio HR
+slices; non-integer ratios included), beside linear and cubic.
+Thickness (at K = `thickness.k`): the LR scans simulated with each slice profile (box of n HR slices: a
+gap when n < K; Gaussian of FWHM n); linear, cubic, the model trained for point sampling and the model
+trained for that profile (sr.slice_profile), on each held-out brain and on the DESS knee (trained on its
+own LR scan). Started again with the same --workdir, finished parts are skipped (benchmarks/quality.py's
+bookkeeping); `--quick`: the plan's quick section on phantoms.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import yaml
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+from benchmarks import datasets  # noqa: E402
+from benchmarks.quality import Parts, digest, make_lr_store, train_sr  # noqa: E402
+from benchmarks.results import benchmark_parser, parse_arguments, publish  # noqa: E402
+from slicesr.cli_common import setup_logging  # noqa: E402
+
+PLAN = HERE / "clinical.yaml"
+LINEAR, CUBIC = "linear", "cubic"
+
+
+def load_plan(path: Path, quick: bool) -> dict:
+    plan = yaml.safe_load(path.read_text())
+    quick_part = plan.pop("quick", {})
+    if quick:
+        plan.update(quick_part)
+    return plan
+
+
+def score(volumes: list[str], methods: list[str], output: Path, axis: int, lr_spacing: float | None, k: int | None,
+          profile: str, thickness_lines: float) -> list[dict]:
+    """`slicesr evaluate` with a simulated LR spacing or K and a slice profile; the thickness is given in
+    HR slices and converted with each volume's HR spacing (one call per volume)."""
+    from slicesr.evaluate import evaluate
+    from slicesr.geometry import resolve_slice_axis, voxel_spacing
+    from slicesr.nifti import load_volume
+
+    rows = []
+    for volume in volumes:
+        image = load_volume(volume)
+        hr_spacing = float(voxel_spacing(image.affine)[resolve_slice_axis(image.affine, axis)])
+        result = evaluate([volume], k, methods, str(output / Path(volume).name.split(".")[0]), slice_axis=str(axis),
+                          figures=False, progress=False,
+                          lr_spacing=None if lr_spacing is None else lr_spacing * hr_spacing, profile=profile,
+                          thickness_mm=thickness_lines * hr_spacing if profile != "point" else None)
+        if result.failures:
+            raise RuntimeError(f"evaluation in {output}: {result.failures}")
+        rows += result.rows
+    return rows
+
+
+def run(args) -> int:
+    setup_logging()
+    plan = load_plan(Path(args.plan), args.quick)
+    workdir = Path(args.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    runs, parts, axis = workdir / "runs", Parts(workdir), args.brain_axis
+    settings = {"steps": plan["steps"], "set": plan["set"]}
+    seed, supervision = plan["seed"], plan["supervision"]
+
+    def lr_store(factor: int, inputs: list[str], name: str, slice_axis: int) -> str:
+        return parts.run(f"{name} LR store (1 slice of every {factor})", make_lr_store, inputs, workdir,
+                         f"{name}_k{factor}", factor, slice_axis)
+
+    def model(name: str, store: str, k: int, *extra: str) -> str:
+        return parts.run(name, train_sr, plan["sr_config"], settings, seed, k, store, supervision, runs,
+                         name.replace(" ", "-").replace(",", ""), *extra)
+
+    # one model over the ratio range, and models for one ratio each
+    low, high = plan["ratio_range"]
+    range_k = plan.get("range_k", 4)
+    range_model = model(f"ratios {low:g} to {high:g}", lr_store(range_k, args.brain_train, "brain", axis), range_k,
+                        f"sr.ratio_range=[{low}, {high}]")
+    fixed = {r: model(f"ratio {r}", lr_store(r, args.brain_train, "brain", axis), r) for r in plan["fixed"]}
+    ratio_rows = []
+    for ratio in plan["ratios"]:
+        methods = [LINEAR, CUBIC, f"one model for {low:g}-{high:g}={range_model}"]
+        if ratio in fixed:
+            methods.append(f"trained for ratio {ratio:g}={fixed[ratio]}")
+        ratio_rows += parts.run(f"score ratio {ratio}", score, args.brain_eval, methods,
+                                workdir / "eval" / f"ratio{ratio}", axis, float(ratio), None, "point", 0.0)
+
+    # thick slices at K: the model for point sampling vs the model for that profile
+    k = plan["thickness"]["k"]
+    thickness_rows = []
+    sets = [("brain", args.brain_train, args.brain_eval, axis), ("knee", [args.knee], [args.knee], args.knee_axis)]
+    for name, train, held_out, slice_axis in sets:
+        store = lr_store(k, train, name, slice_axis)
+        val = ["train.val_fraction=0"] if name == "knee" else []
+        point = model(f"{name} point K{k}", store, k, *val) if name == "knee" or k not in fixed else fixed[k]
+        thickness_rows += parts.run(f"score {name} point", score, held_out, [LINEAR, CUBIC, f"slicesr, point={point}"],
+                                    workdir / "eval" / f"{name}-point", slice_axis, None, k, "point", 0.0)
+        hr_mm = slice_spacing(store) / k  # the training scans' HR spacing: the thickness in mm follows it
+        for profile, lines in plan["thickness"]["profiles"]:
+            trained = model(f"{name} {profile} {lines} K{k}", store, k, *val, f"sr.slice_profile={profile}",
+                            f"sr.slice_thickness={lines * hr_mm}")
+            thickness_rows += parts.run(f"score {name} {profile} {lines}", score, held_out,
+                                        [LINEAR, CUBIC, f"slicesr, point={point}", f"slicesr, {profile}={trained}"],
+                                        workdir / "eval" / f"{name}-{profile}{lines}", slice_axis, None, k, profile,
+                                        float(lines))
+    publish(args, "clinical", "Clinical spacing: one model for every ratio, thick slices",
+            table(args, plan, parts, ratio_rows, thickness_rows))
+    return 0
+
+
+def slice_spacing(store: str) -> float:
+    """The slice spacing (mm) of a store's first scan."""
+    from slicesr.store import SliceStore
+
+    return float(next(iter(SliceStore.open(store).records().values())).spacing_mm[0])
+
+
+def table(args, plan: dict, parts: Parts, ratio_rows: list[dict], thickness_rows: list[dict]) -> str:
+    volumes = list(dict.fromkeys(row["volume"] for row in ratio_rows))
+    low, high = plan["ratio_range"]
+    lines = [f"Command: `python benchmarks/clinical.py{' --quick' if args.quick else ''}`  ",
+             f"Plan {Path(args.plan).name} ({digest(Path(args.plan).read_text())}), supervision {plan['supervision']}, "
+             f"{plan['steps']} steps per model. PSNR (dB) on the missing HR slices (more than half a slice from an "
+             "acquired centre); gain over linear in brackets.", "",
+             "| ratio | volume | linear | cubic | one model " + f"{low:g}-{high:g} | trained for that ratio | gap |",
+             "|---:|---|---:|---:|---:|---:|---:|"]
+    by = {(r["ratio"], r["volume"], r["method"]): r["psnr_missing"] for r in ratio_rows}
+    for ratio in plan["ratios"]:
+        for volume in volumes:
+            base = by.get((float(ratio), volume, LINEAR))
+            one = by.get((float(ratio), volume, f"one model for {low:g}-{high:g}"))
+            alone = by.get((float(ratio), volume, f"trained for ratio {ratio:g}"))
+            cells = [f"{by.get((float(ratio), volume, CUBIC), float('nan')):.2f}",
+                     f"{one:.2f} ({one - base:+.2f})" if one is not None else "-",
+                     f"{alone:.2f} ({alone - base:+.2f})" if alone is not None else "-",
+                     f"{one - alone:+.2f}" if one is not None and alone is not None else "-"]
+            lines.append(f"| {ratio:g} | {volume} | {base:.2f} | " + " | ".join(cells) + " |")
+    lines += ["", f"Thick slices at K = {plan['thickness']['k']} (profile: thickness in HR slices):", "",
+              "| profile | volume | linear | cubic | slicesr trained for point | slicesr trained for the profile |",
+              "|---|---|---:|---:|---:|---:|"]
+    for row_set in _group(thickness_rows):
+        profile, volume, values = row_set
+        base = values.get(LINEAR)
+        trained = next((v for m, v in values.items() if m.startswith("slicesr, ") and m != "slicesr, point"), None)
+        cells = [f"{values.get(CUBIC, float('nan')):.2f}", f"{values['slicesr, point']:.2f} "
+                 f"({values['slicesr, point'] - base:+.2f})", f"{trained:.2f} ({trained - base:+.2f})" if trained else "-"]
+        lines.append(f"| {profile} | {volume} | {base:.2f} | " + " | ".join(cells) + " |")
+    lines += ["", "Time per part (seconds): " + ", ".join(f"{n} {s:.0f}" for n, s in parts.seconds().items()) + "."]
+    return "\n".join(lines)
+
+
+def _group(rows: list[dict]) -> list[tuple[str, str, dict]]:
+    groups: dict[tuple[str, str], dict] = {}
+    for row in rows:
+        label = row["profile"] if row["profile"] == "point" else f"{row['profile']} {row['thickness_mm']:g} mm"
+        groups.setdefault((label, row["volume"]), {})[row["method"]] = row["psnr_missing"]
+    return [(label, volume, values) for (label, volume), values in groups.items()]
+
+
+def quick_settings(scratch: Path) -> dict:
+    return {"workdir": str(scratch / "clinical"),
+            "brain_train": lambda args: [datasets.hr_train(scratch)],
+            "brain_eval": lambda args: datasets.hr_volumes(scratch / "hr_eval", 1, seed=2),
+            "knee": lambda args: datasets.hr_volumes(scratch / "knee", 1, seed=3, prefix="knee")[0]}
+
+
+def main(argv=None) -> int:
+    parser = benchmark_parser(__doc__)
+    parser.add_argument("--workdir", default="runs/clinical", help="resumable work folder")
+    parser.add_argument("--plan", default=str(PLAN))
+    parser.add_argument("--brain-train", nargs="+", default=["../shared/data/brain/train"])
+    parser.add_argument("--brain-eval", nargs="+",
+                        default=sorted(str(p) for p in Path("../shared/data/brain/eval").glob("*.nii.gz")))
+    parser.add_argument("--knee", default="../shared/data/knee/pykneer_dess_echo1.nii.gz")
+    parser.add_argument("--brain-axis", type=int, default=2)
+    parser.add_argument("--knee-axis", type=int, default=2)
+    with parse_arguments(parser, argv, quick_settings) as args:
+        return run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
