@@ -147,9 +147,11 @@ def _calibration_figure(calibration: dict, path: Path) -> None:
     top = 0.0
     for volume, methods in calibration.items():
         for method, curve in methods.items():
+            if not curve["uncertainty"]:  # no foreground voxel on the missing slices
+                continue
             axis.plot(curve["uncertainty"], curve["abs_error"], marker="o", label=f"{volume}: {method}")
             top = max(top, *curve["uncertainty"], *curve["abs_error"])
-    axis.plot([0, top], [0, top], color="grey", linestyle=":", label="error = uncertainty")
+    axis.plot([0, top or 1.0], [0, top or 1.0], color="grey", linestyle=":", label="error = uncertainty")
     axis.set_xlabel("mean uncertainty (SD) per decile")
     axis.set_ylabel("mean absolute error")
     axis.legend(fontsize=6)
@@ -281,6 +283,9 @@ def evaluate(hr_inputs: list[str], k: int | None, methods: str | list[str], outp
                 raise ValueError(f"--lr-spacing {lr_spacing:g} mm is not coarser than the HR spacing ({hr_spacing:g} mm)")
             if hr.shape[0] < ratio + 1:
                 raise ValueError(f"{hr.shape[0]} slices along axis {axis}: need at least {ratio:g} + 1")
+            if not missing_slices(scored_slices(hr.shape[0], ratio), ratio).any():
+                raise ValueError(f"a ratio of {ratio:.3g} leaves no HR slice more than half a slice from an acquired "
+                                 "one: nothing to score")
             if profile == "point" and factor is not None:
                 lr_data, lr_affine = keep_every_kth(volume.data, volume.affine, factor, axis)  # bit-exact
             else:
