@@ -213,18 +213,20 @@ def infer_many(
     if not jobs:
         details = "; ".join(f"{p['source']}: {p['error']}" for p in problems)
         raise UsageError(f"no NIfTI inputs found ({details})" if details else "no NIfTI inputs found")
+    if uncertainty:
+        from slicesr.inference import uncertainty_path
+
+        targets = {os.path.basename(job.target) for job in jobs}
+        clashes = sorted(t for t in targets if os.path.basename(uncertainty_path(t)) in targets)
+        if clashes:
+            raise UsageError(f"the uncertainty map of {clashes[0]} would overwrite another scan's output: rename "
+                             "that input")
     existing = prepare_output(output, storage_options)
 
     report = InferManyReport(failures=list(problems), method=spec.label, k=spec.k)
     todo = []
     from slicesr.inference import uncertainty_path
 
-    if uncertainty:
-        targets = {os.path.basename(job.target) for job in jobs}
-        clashes = sorted(t for t in targets if os.path.basename(uncertainty_path(t)) in targets)
-        if clashes:
-            raise UsageError(f"the uncertainty map of {clashes[0]} would overwrite another scan's output: rename "
-                             "that input")
     for job in jobs:
         done = os.path.basename(job.target) in existing and (
             not uncertainty or os.path.basename(uncertainty_path(job.target)) in existing)

@@ -224,7 +224,7 @@ def test_usage_errors_stop_before_any_task(scans, sr_model, tmp_path, capsys):
     code, err = run(str(folder), "--model", str(broken))
     assert code == 2 and "missing model.safetensors" in err
     code, err = run(str(folder), "--model", "linear")
-    assert code == 2 and "--k is needed" in err
+    assert code == 2 and "--k or --spacing is needed" in err
     code, err = run(str(folder), "--model", "linear", "--k", "1")
     assert code == 2 and "K must be 2 or more" in err
     code, err = run(str(folder), "--model", sr_model, "--k", "3")
