@@ -85,3 +85,21 @@ def synthesize_hr(vae: str, lr_store: str, output: str, k: int, keep_acquired: b
     if report.failures:
         raise RuntimeError(f"synthesis into {output}: {report.failures}")
     return output
+
+
+def add_volume_arguments(parser) -> None:
+    """The real volumes a quality benchmark trains and scores on (../shared/data), slice axis 2."""
+    parser.add_argument("--brain-train", nargs="+", default=["../shared/data/brain/train"])
+    parser.add_argument("--brain-eval", nargs="+",
+                        default=sorted(str(p) for p in Path("../shared/data/brain/eval").glob("*.nii.gz")))
+    parser.add_argument("--knee", default="../shared/data/knee/pykneer_dess_echo1.nii.gz")
+    parser.add_argument("--brain-axis", type=int, default=2)
+    parser.add_argument("--knee-axis", type=int, default=2)
+
+
+def quick_volumes(scratch: Path, workdir: str) -> dict:
+    """`--quick` values of `add_volume_arguments` (phantoms in the scratch folder) and of --workdir."""
+    return {"workdir": str(scratch / workdir),
+            "brain_train": lambda args: [hr_train(scratch)],
+            "brain_eval": lambda args: hr_volumes(scratch / "hr_eval", 1, seed=2),
+            "knee": lambda args: hr_volumes(scratch / "knee", 1, seed=3, prefix="knee")[0]}

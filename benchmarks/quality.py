@@ -399,10 +399,7 @@ def table(args, plan: dict, parts: Parts, brain_rows: list[dict], knee_rows: lis
 
 
 def quick_settings(scratch: Path) -> dict:
-    return {"workdir": str(scratch / "quality"),
-            "brain_train": lambda args: [datasets.hr_train(scratch)],
-            "brain_eval": lambda args: datasets.hr_volumes(scratch / "hr_eval", 1, seed=2),
-            "knee": lambda args: datasets.hr_volumes(scratch / "knee", 1, seed=3, prefix="knee")[0]}
+    return datasets.quick_volumes(scratch, "quality")
 
 
 def main(argv=None) -> int:
@@ -414,12 +411,7 @@ def main(argv=None) -> int:
     parser.add_argument("--plan", default=str(PLAN))
     parser.add_argument("--no-beyond", action="store_true",
                         help="leave out the plan's beyond section (the in-plane rows): the paper's table only")
-    parser.add_argument("--brain-train", nargs="+", default=["../shared/data/brain/train"])
-    parser.add_argument("--brain-eval", nargs="+",
-                        default=sorted(str(p) for p in Path("../shared/data/brain/eval").glob("*.nii.gz")))
-    parser.add_argument("--knee", default="../shared/data/knee/pykneer_dess_echo1.nii.gz")
-    parser.add_argument("--brain-axis", type=int, default=2)
-    parser.add_argument("--knee-axis", type=int, default=2)
+    datasets.add_volume_arguments(parser)
     with parse_arguments(parser, argv, quick_settings) as args:
         return run(args)
 
