@@ -475,10 +475,14 @@ def uncertainty_image(volume: Volume, data: np.ndarray, affine: np.ndarray) -> n
     return image
 
 
-def labels_path(output: str) -> str:
-    """`sr.nii.gz` -> `sr_labels.nii.gz`, beside the output."""
+def beside(output: str, suffix: str) -> str:
+    """A file written beside an output: `sr.nii.gz` -> `sr_<suffix>.nii.gz`."""
     folder, name = os.path.split(output)
-    return os.path.join(folder, f"{strip_nifti_suffix(name)}_labels.nii.gz")
+    return os.path.join(folder, f"{strip_nifti_suffix(name)}_{suffix}.nii.gz")
+
+
+def labels_path(output: str) -> str:
+    return beside(output, "labels")
 
 
 def check_label_grid(labels: Volume, volume: Volume) -> None:
@@ -516,9 +520,7 @@ def carried_labels_image(labels: Volume, volume: Volume, k: int | None, slice_ax
 
 
 def uncertainty_path(output: str) -> str:
-    """`sr.nii.gz` -> `sr_uncertainty.nii.gz`, beside the output."""
-    folder, name = os.path.split(output)
-    return os.path.join(folder, f"{strip_nifti_suffix(name)}_uncertainty.nii.gz")
+    return beside(output, "uncertainty")
 
 
 def infer_volume(volume: Volume, method: Method, k: int | None, slice_axis: int | str = "auto",
@@ -618,6 +620,8 @@ def infer_files(inputs: list[str], output: str, method: Method, k: int, slice_ax
     if labels is not None:
         if len(files) != 1:
             raise ValueError(f"--labels {labels} belongs to one scan, but there are {len(files)} inputs")
+        if os.path.abspath(labels_path(targets[0])) == os.path.abspath(labels):
+            raise ValueError(f"--labels {labels} is where the carried labels would be written: choose another --output")
         label_volume = load_volume(labels)  # a bad label file stops the run before anything is written
         try:
             scan = load_volume(files[0])

@@ -29,16 +29,14 @@ def ratio_matrix(length: int, ratio: float, profile: str = "point", thickness: f
     linear interpolation back onto lines 0 .. length-1; and the number of lines up to the last acquired
     centre (the ones a pair covers: beyond it the input would be an extrapolation)."""
     from slicesr.degradation import profile_weights
+    from slicesr.interpolation import linear_at
 
     degrade = profile_weights(length, ratio, profile, thickness)  # (m, length)
     m = degrade.shape[0]
     covered = int(np.floor((m - 1) * ratio + 1e-6)) + 1
     positions = np.minimum(np.arange(length, dtype=np.float64) / ratio, m - 1)  # lines past the last centre: flat
-    lower = np.clip(np.floor(positions).astype(np.int64), 0, max(m - 2, 0))
-    xi = positions - lower
-    upsample = np.zeros((length, m))
-    upsample[np.arange(length), lower] = 1 - xi
-    upsample[np.arange(length), np.minimum(lower + 1, m - 1)] += xi
+    # the interpolation weights: linear interpolation of the identity's rows at the positions
+    upsample = linear_at(np.eye(m, dtype=np.float32)[:, :, None], positions)[:, :, 0].astype(np.float64)
     return upsample @ degrade, covered
 
 

@@ -101,3 +101,13 @@ def test_touching_labels_leave_no_background_seam():
     out = carry_labels(labels, slice_positions(2, 4))
     assert not np.any(out == 0)  # labelled on both slices: labelled in between
     assert set(np.unique(out)) == {1, 2}
+
+
+def test_labels_refused_where_they_would_be_overwritten(tmp_path, capsys):
+    affine = np.diag([1.0, 1.0, 4.0, 1.0])
+    image = write_nifti(tmp_path / "scan.nii.gz", np.ones((10, 10, 3), np.float32), affine)
+    nib.save(nib.Nifti1Image(np.zeros((10, 10, 3), np.int16), affine), tmp_path / "sr_labels.nii.gz")
+    assert main(["infer", image, "--output", str(tmp_path / "sr.nii.gz"), "--model", "linear", "--k", "2",
+                 "--labels", str(tmp_path / "sr_labels.nii.gz")]) == 2
+    assert "where the carried labels would be written" in capsys.readouterr().err
+    assert not (tmp_path / "sr.nii.gz").exists()
