@@ -96,15 +96,18 @@ def test_two_ranks_match_the_in_process_step(stage, strategy, zero, tmp_path):
     model = _model(stage, config)
     engine = VaeEngine(model, 1e-3) if stage == "vae" else generator_engine(model, 1e-3)
     inputs, other = _inputs(stage)
+    largest_gradient = {}
     for _ in range(2):
         _step(stage, engine, inputs, other)
+        for name, p in model.named_parameters():
+            if p.grad is not None:
+                largest_gradient[name] = max(largest_gradient.get(name, 0.0), p.grad.abs().max().item())
     reference = model.state_dict()
     initial = _model(stage, config).state_dict()
     # A conv bias right before an instance norm has a zero gradient in exact arithmetic; Adam turns
-    # its rounding noise into +-lr steps whose sign depends on the summation order. Those are skipped.
-    null_gradient = {name
-                     for name, p in model.named_parameters() if p.grad is not None and p.grad.abs().max() < 1e-7}
-    assert all(name.endswith(".bias") for name in null_gradient)
+    # its rounding noise into +-lr steps whose sign depends on the summation order. Those are skipped,
+    # judged on both steps (rounding noise in the first step alone already moves them).
+    null_gradient = {name for name, largest in largest_gradient.items() if largest < 1e-6 and name.endswith(".bias")}
 
     out = tmp_path / "rank0.pt"
     mp.start_processes(_worker, args=(stage, strategy, zero, _free_port(), out), nprocs=WORLD, start_method="spawn")
