@@ -38,12 +38,14 @@ from slicesr.stage1.train import size_from_config  # noqa: E402
 from slicesr.stage2.train import generator_size, method_label  # noqa: E402
 
 CPU_STAGE1, CPU_STAGE2, REFERENCE_STAGE2 = "configs/cpu/stage1.yaml", "configs/cpu/stage2.yaml", "configs/stage2.yaml"
+THROUGH_PLANE = ["model.name=throughplane2d", "model.num_layers=8", "model.num_filters=48"]
 # The rows: label, the config of the model (None: an interpolation baseline, the label is its name), overrides
 CASES = [("linear", None, []), ("cubic", None, []),
          ("VAE-based up-sample (cpu stage I)", CPU_STAGE1, []),
          ("DeepResolve (cpu)", CPU_STAGE2, []),
          ("DCSRN (cpu)", CPU_STAGE2, ["model.name=dcsrn"]),
-         ("through-plane 2D 8 x 48 (quality.yaml)", CPU_STAGE2, ["model.name=throughplane2d", "model.num_filters=48"])]
+         ("through-plane 2D (quality.yaml)", CPU_STAGE2, THROUGH_PLANE),
+         ("through-plane 2D (quality.yaml), --precision bfloat16", CPU_STAGE2, THROUGH_PLANE)]
 REFERENCE_CASES = [("DCSRN (reference)", REFERENCE_STAGE2, ["model.name=dcsrn"]),
                    ("DeepResolve (reference)", REFERENCE_STAGE2, [])]
 # --quick: the same rows with the debug models
@@ -72,10 +74,10 @@ def make_model(config: Config, folder: Path) -> str:
     return str(folder)
 
 
-def run_infer(lr_path: str, model: str, output: str, k: int) -> tuple[float, float]:
+def run_infer(lr_path: str, model: str, output: str, k: int, options: list[str]) -> tuple[float, float]:
     started = time.perf_counter()
     process = subprocess.Popen([sys.executable, "-m", "slicesr.cli", "infer", lr_path, "--output", output,
-                                "--model", model, "--k", str(k)], cwd=ROOT, stdout=subprocess.DEVNULL,
+                                "--model", model, "--k", str(k), *options], cwd=ROOT, stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE)
     _, status, usage = os.wait4(process.pid, 0)
     seconds = time.perf_counter() - started
@@ -110,13 +112,14 @@ def run(args) -> None:
     lr_path = str(work / "knee_lr.nii.gz")
     nib.save(lr_image, lr_path)
     configs = QUICK_CONFIGS if args.quick else {}
-    cases = []  # label, model, size
+    cases = []  # label, model, size, options of `slicesr infer`
     for index, (label, config_path, overrides) in enumerate(CASES + ([] if args.skip_reference else REFERENCE_CASES)):
         if config_path is None:
-            cases.append((label, label, "-"))
+            cases.append((label, label, "-", []))
         else:
             config = load_config(configs.get(config_path, config_path), overrides)
-            cases.append((label, make_model(config, work / f"model{index}"), model_size(config)))
+            options = ["--precision", "bfloat16"] if "bfloat16" in label else []
+            cases.append((label, make_model(config, work / f"model{index}"), model_size(config), options))
     sr = load_config(configs.get(CPU_STAGE2, CPU_STAGE2)).sr
     out_shape = list(lr_data.shape)
     out_shape[2] = args.k * (out_shape[2] - 1) + 1
@@ -125,13 +128,14 @@ def run(args) -> None:
         f"Input: {Path(args.hr).name} with every {args.k}th slice of axis 2 kept: {'x'.join(map(str, lr_data.shape))} "
         f"{lr_data.dtype} -> {'x'.join(map(str, out_shape))}; one `slicesr infer` process per method, "
         f"{torch.get_num_threads()} torch threads on 2 CPU cores, no GPU. Windows and overlap from the model's "
-        f"config (sr.window [{', '.join(map(str, sr.window))}], overlap {sr.window_overlap:g}).",
+        f"config (sr.window [{', '.join(map(str, sr.window))}], overlap {sr.window_overlap:g}); the through-plane "
+        "2D generator takes whole planes, no windows.",
         "",
         "| method | size | seconds | peak memory (MiB) |",
         "|---|---|---:|---:|",
     ]
-    for label, model, size in cases:
-        seconds, peak = run_infer(lr_path, model, str(work / "out.nii.gz"), args.k)
+    for label, model, size, options in cases:
+        seconds, peak = run_infer(lr_path, model, str(work / "out.nii.gz"), args.k, options)
         lines.append(f"| {label} | {size} | {seconds:.1f} | {peak:.0f} |")
         print(lines[-1], flush=True)
     publish(args, "inference", "Inference: one 512x512x20 knee scan, K = 4", "\n".join(lines))

@@ -136,10 +136,18 @@ class GeneratorUpsampling(Method):
 
     adaptable = True
 
-    def __init__(self, path: str, window: tuple[int, int, int] | None = None, device: torch.device | None = None):
+    def __init__(self, path: str, window: tuple[int, int, int] | None = None, device: torch.device | None = None,
+                 precision: str = "float32"):
         from slicesr.stage2.train import load_generator
 
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        self.precision = precision
+
         self.model, self.config, self.metadata = load_generator(path)
+        if precision != "float32" and not hasattr(self.model, "plane_residual"):
+            raise ValueError(f"{path}: --precision {precision} is for through-plane 2D generators; this one is "
+                             f"{self.config.model.name}")
         if device is not None:
             self.model.to(device)
         self.label = str(self.metadata.get("method", self.config.model.name))
@@ -153,7 +161,8 @@ class GeneratorUpsampling(Method):
         self.overlap = self.config.sr.window_overlap
 
     def upsample(self, slices: np.ndarray, k: int, progress: bool = False) -> np.ndarray:
-        return generator_upsample(self.model, slices, k, self.window, self.overlap, progress)
+        return generator_upsample(self.model, slices, k, self.window, self.overlap, progress,
+                                  precision=self.precision)
 
     def resample(self, slices: np.ndarray, positions: np.ndarray, progress: bool = False) -> np.ndarray:
         """A model trained over a ratio range, at any ratio in it: linear interpolation onto the positions,
@@ -162,7 +171,7 @@ class GeneratorUpsampling(Method):
             return super().resample(slices, positions, progress)
         check_ratio(self, 1.0 / float(positions[1] - positions[0]))
         return generator_on_grid(self.model, linear_at(slices, positions), self.window, self.overlap, (1, 1, 1),
-                                 progress)
+                                 progress, precision=self.precision)
 
     def adapted(self, slices: np.ndarray, spacing_mm: tuple[float, float, float], k: int, steps: int) -> Method:
         """A copy of this method whose generator is fine-tuned for `steps` steps (the training config's Adam,
@@ -202,27 +211,34 @@ class GeneratorUpsampling(Method):
             flipped = np.ascontiguousarray(flip(slices, flips))
             for orientation in orientations:
                 yield flip(generator_upsample(self.model, flipped, k, self.window, self.overlap, progress,
-                                              orientation), flips)
+                                              orientation, self.precision), flips)
 
 
 @torch.inference_mode()
 def generator_upsample(model: torch.nn.Module, slices: np.ndarray, k: int, window: tuple[int, int, int],
-                       overlap: float, progress: bool = False, orientation: int | None = None) -> np.ndarray:
+                       overlap: float, progress: bool = False, orientation: int | None = None,
+                       precision: str = "float32") -> np.ndarray:
     """A stage II generator on normalised slices (n, rows, cols) -> (K*(n-1)+1, rows, cols): linear
     up-sampling, then the generator in K-aligned windows with its receptive-field margins discarded.
     Runs on the model's device and parameter type (a model in training too). `orientation`: one of a
-    through-plane 2D generator's orientations alone (test-time augmentation)."""
+    through-plane 2D generator's orientations alone (test-time augmentation); `precision`: see
+    `planes_on_grid` (through-plane 2D generators only)."""
 
-    return generator_on_grid(model, linear_slices(slices, k), window, overlap, (k, 1, 1), progress, orientation)
+    return generator_on_grid(model, linear_slices(slices, k), window, overlap, (k, 1, 1), progress, orientation,
+                             precision)
 
 
 @torch.inference_mode()
 def generator_on_grid(model: torch.nn.Module, grid_input: np.ndarray, window: tuple[int, int, int], overlap: float,
-                      align: tuple[int, int, int], progress: bool = False, orientation: int | None = None) -> np.ndarray:
+                      align: tuple[int, int, int], progress: bool = False, orientation: int | None = None,
+                      precision: str = "float32") -> np.ndarray:
     """A generator over its interpolated input on the output grid, in windows whose starts are multiples
-    of `align`, the receptive-field margins of inner window edges discarded."""
+    of `align`, the receptive-field margins of inner window edges discarded. A through-plane 2D generator
+    takes whole planes instead (`planes_on_grid`: no window, no margin recomputed)."""
     from slicesr.models.generators import receptive_radius
 
+    if hasattr(model, "plane_residual"):
+        return planes_on_grid(model, grid_input, orientation, precision, progress)
     parameter = next(model.parameters())
 
     def run(part: np.ndarray) -> np.ndarray:
@@ -234,11 +250,54 @@ def generator_on_grid(model: torch.nn.Module, grid_input: np.ndarray, window: tu
                                 margin=(receptive_radius(model),) * 3, align=align)
 
 
+# Voxels of one batch of planes: 8 planes of 80 x 512 (the knee) were the fastest batch measured here.
+PLANE_BATCH_VOXELS = 8 * 80 * 512
+PRECISIONS = ("float32", "bfloat16")
+
+
+@torch.inference_mode()
+def planes_on_grid(model: torch.nn.Module, grid_input: np.ndarray, orientation: int | None = None,
+                   precision: str = "float32", progress: bool = False) -> np.ndarray:
+    """A through-plane 2D generator over its interpolated input (slices, rows, cols): every whole
+    (slices, rows) and (slices, cols) plane through its network, the orientations' residuals averaged
+    (or `orientation` alone), which is what its forward computes on a volume, without windows.
+
+    `precision` "bfloat16" runs the network in bfloat16 (about 3 times faster on a CPU with AVX-512
+    BF16, residuals within about 2% of float32's); the residual is added to the input in float32."""
+    import copy
+
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    parameter = next(model.parameters())
+    dtype = torch.bfloat16 if precision == "bfloat16" else parameter.dtype
+    network = model
+    if dtype != parameter.dtype or parameter.device.type == "cpu":
+        # oneDNN's convolutions are 2-3 times faster on channels-last tensors on a CPU
+        network = copy.deepcopy(model).to(dtype=dtype, memory_format=torch.channels_last)
+    volume = torch.from_numpy(np.ascontiguousarray(grid_input, dtype=np.float32))
+    residual = torch.zeros_like(volume)
+    orientations = model.orientations if orientation is None else (orientation,)
+    if any(o not in model.orientations for o in orientations):
+        raise ValueError(f"orientation must be one of {model.orientations} or None, got {orientation!r}")
+    for o in orientations:
+        # orientation 0: the (slices, rows) plane at each column; 1: the (slices, cols) plane at each row
+        planes = volume.permute(2, 0, 1) if o == 0 else volume.permute(1, 0, 2)
+        target = residual.permute(2, 0, 1) if o == 0 else residual.permute(1, 0, 2)
+        batch = max(1, PLANE_BATCH_VOXELS // (planes.shape[1] * planes.shape[2]))
+        for start in tqdm(range(0, planes.shape[0], batch), desc=f"super-resolve (planes {o})", unit="batch",
+                          disable=not progress, file=sys.stderr, leave=False):
+            chunk = planes[start:start + batch, None].to(parameter.device, dtype)
+            chunk = chunk.contiguous(memory_format=torch.channels_last)
+            target[start:start + batch] += network.plane_residual(chunk)[:, 0].float().cpu()
+    return (volume + residual / len(orientations)).numpy()
+
+
 def load_method(spec: str, window: tuple[int, int, int] | None = None, tracking_uri: str | None = None,
-                device: str = "auto") -> Method:
+                device: str = "auto", precision: str = "float32") -> Method:
     """`linear`, `cubic`, a model directory (stage I VAE or stage II generator) or a registered model
     (`models:/slicesr-sr@champion`, resolved through MLflow at `tracking_uri` or MLFLOW_TRACKING_URI);
-    a model runs on `device` (auto, cpu or cuda)."""
+    a model runs on `device` (auto, cpu or cuda); a through-plane 2D generator in `precision` (float32 or
+    bfloat16, see `planes_on_grid`)."""
     from slicesr.training import resolve_device
 
     torch_device = resolve_device(device)  # a usage error before anything is read
@@ -257,7 +316,7 @@ def load_method(spec: str, window: tuple[int, int, int] | None = None, tracking_
     if metadata.get("stage") == "vae":
         return VaeUpsampling(spec, torch_device)
     if metadata.get("stage") == "sr":
-        return GeneratorUpsampling(spec, window, torch_device)
+        return GeneratorUpsampling(spec, window, torch_device, precision)
     raise ValueError(f"{spec}: unknown model stage {metadata.get('stage')!r}")
 
 

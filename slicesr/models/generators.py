@@ -76,19 +76,23 @@ class ThroughPlane2D(nn.Module):
 
     orientations = (0, 1)  # (slices, rows) planes, (slices, cols) planes
 
+    def plane_residual(self, planes: torch.Tensor) -> torch.Tensor:
+        """The network's residual on (N, 1, slices, width) planes (inference runs whole planes through it)."""
+        return self.body(planes)
+
     def forward(self, x: torch.Tensor, orientation: int | None = None) -> torch.Tensor:
         """(B, 1, slices, rows, cols) volumes, or (N, 1, slices, width) planes: the network on each plane
         directly (training on in-plane pairs; through `forward`, so that DDP and DeepSpeed see the call).
         `orientation` 0 or 1: that orientation's result alone (test-time augmentation), not the mean."""
         if x.dim() == 4:
-            return x + self.body(x)
+            return x + self.plane_residual(x)
         b, _, d, r, c = x.shape
         residuals = []
         if orientation in (None, 0):  # planes (slices, rows) at each column, as a 2D batch
-            along_rows = self.body(x.permute(0, 4, 1, 2, 3).reshape(b * c, 1, d, r))
+            along_rows = self.plane_residual(x.permute(0, 4, 1, 2, 3).reshape(b * c, 1, d, r))
             residuals.append(along_rows.reshape(b, c, 1, d, r).permute(0, 2, 3, 4, 1))
         if orientation in (None, 1):  # planes (slices, cols) at each row
-            along_cols = self.body(x.permute(0, 3, 1, 2, 4).reshape(b * r, 1, d, c))
+            along_cols = self.plane_residual(x.permute(0, 3, 1, 2, 4).reshape(b * r, 1, d, c))
             residuals.append(along_cols.reshape(b, r, 1, d, c).permute(0, 2, 3, 1, 4))
         if not residuals:
             raise ValueError(f"orientation must be 0, 1 or None, got {orientation!r}")

@@ -125,3 +125,55 @@ def test_only_generators_adapt(tmp_path, capsys):
     assert "cannot be adapted" in capsys.readouterr().err
     assert main(["infer", path, "--output", str(tmp_path / "o.nii.gz"), "--model", model_dir(tmp_path / "sr", "dcsrn"),
                  "--adapt-steps", "-1"]) == 2
+
+
+@pytest.mark.parametrize("orientation", [None, 0, 1])
+def test_whole_planes_equal_the_network_on_the_volume(orientation):
+    """Inference runs whole planes through a through-plane 2D generator, without windows: the same numbers
+    as its forward on the whole volume (and as the windowed path, which any window cut must not change)."""
+    from slicesr.inference import planes_on_grid, sliding_window_apply
+
+    torch.manual_seed(0)
+    model = ThroughPlane2D(4, 6).eval()
+    for parameter in model.parameters():
+        torch.nn.init.normal_(parameter, std=0.2)
+    grid = np.random.default_rng(1).random((13, 20, 17)).astype(np.float32)
+    with torch.no_grad():
+        expected = model(torch.from_numpy(grid)[None, None], orientation=orientation)[0, 0].numpy()
+    np.testing.assert_allclose(planes_on_grid(model, grid, orientation), expected, atol=1e-5)
+
+    def run(part):
+        with torch.no_grad():
+            return model(torch.from_numpy(np.ascontiguousarray(part))[None, None], orientation=orientation)[0, 0].numpy()
+
+    windowed = sliding_window_apply(run, grid, (9, 12, 12), 0.25, margin=(4, 4, 4), align=(1, 1, 1))
+    np.testing.assert_allclose(windowed, expected, atol=1e-5)
+
+
+def test_bfloat16_planes_stay_close_to_float32(tmp_path):
+    float32 = load_method(model_dir(tmp_path / "sr", "throughplane2d"))
+    bfloat16 = load_method(str(tmp_path / "sr"), precision="bfloat16")
+    slices = np.random.default_rng(0).random((4, 10, 9)).astype(np.float32)
+    exact, fast = float32.upsample(slices, 3), bfloat16.upsample(slices, 3)
+    residual = exact - load_method("linear").upsample(slices, 3)
+    assert np.abs(residual).max() > 1e-3  # the network does change its input
+    assert 0 < np.abs(fast - exact).max() < 0.05 * np.abs(residual).max()
+
+
+def test_bfloat16_is_refused_for_3d_generators(tmp_path):
+    with pytest.raises(ValueError, match="through-plane 2D"):
+        load_method(model_dir(tmp_path / "sr", "deepresolve"), precision="bfloat16")
+    with pytest.raises(ValueError, match="precision"):
+        load_method(model_dir(tmp_path / "tp", "throughplane2d"), precision="float16")
+
+
+def test_infer_precision_option(tmp_path):
+    path, _, _ = _lr_file(tmp_path, "oblique", 0, n=5)
+    tp2d = model_dir(tmp_path / "tp", "throughplane2d")
+    assert main(["infer", path, "--output", str(tmp_path / "a.nii.gz"), "--model", tp2d]) == 0
+    assert main(["infer", path, "--output", str(tmp_path / "b.nii.gz"), "--model", tp2d, "--precision", "bfloat16"]) == 0
+    exact, fast = (np.asarray(nib.load(tmp_path / name).dataobj, dtype=np.float64) for name in ("a.nii.gz", "b.nii.gz"))
+    assert not np.array_equal(exact, fast) and np.abs(fast - exact).max() < 0.05 * np.ptp(exact)
+    assert main(["infer", path, "--output", str(tmp_path / "c.nii.gz"), "--model", model_dir(tmp_path / "dr", "deepresolve"),
+                 "--precision", "bfloat16"]) == 2
+    assert not (tmp_path / "c.nii.gz").exists()
