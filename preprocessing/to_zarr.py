@@ -36,7 +36,7 @@ from slicesr.cli_common import (
 from slicesr.errors import InputError
 from slicesr.geometry import resolve_slice_axis, to_slice_first, voxel_spacing
 from slicesr.intensity import normalize, robust_intensity_params
-from slicesr.nifti import image_from_bytes, volume_from_image
+from slicesr.nifti import SliceSidecar, image_from_bytes, read_slice_sidecar, sidecar_path, volume_from_image
 from slicesr.store import SliceStore, is_remote
 
 log = logging.getLogger("preprocessing.to_zarr")
@@ -69,6 +69,20 @@ def _read_source(uri: str, storage_options: dict[str, Any]) -> bytes:
         raise InputError(f"cannot read: {exc}") from exc
 
 
+def _read_sidecar(uri: str, storage_options: dict[str, Any]) -> SliceSidecar | None:
+    """The scan's BIDS sidecar (`<stem>.json` beside it, local or remote), None when there is none."""
+    if not is_remote(uri):
+        return read_slice_sidecar(uri)
+    fs, path = fsspec.core.url_to_fs(sidecar_path(uri), **storage_options)
+    try:
+        text = fs.cat_file(path).decode("utf-8")
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"{sidecar_path(uri)}: cannot read the JSON sidecar: {exc}") from exc
+    return read_slice_sidecar(uri, text)
+
+
 def convert_scan(
     source: SourceScan,
     store_url: str,
@@ -94,6 +108,19 @@ def convert_scan(
             "requested_slice_axis": "auto" if slice_axis in ("auto", None) else int(slice_axis),
             "intensity": params.to_dict(),
         }
+        sidecar = _read_sidecar(source.uri, storage_options)
+        if sidecar is not None:
+            # recorded for training (a thick-slice model's sr.slice_thickness may come from here)
+            record["sidecar"] = sidecar.path
+            if sidecar.thickness_mm is not None:
+                record["slice_thickness_mm"] = sidecar.thickness_mm
+            if sidecar.spacing_between_slices_mm is not None:
+                record["spacing_between_slices_mm"] = sidecar.spacing_between_slices_mm
+                spacing = float(voxel_spacing(affine)[0])
+                if abs(sidecar.spacing_between_slices_mm - spacing) > 0.01 * spacing:
+                    log.warning("%s: SpacingBetweenSlices %g mm in %s, but the header's slice spacing is %g mm; "
+                                "the header's is used", source.uri, sidecar.spacing_between_slices_mm,
+                                sidecar.path, spacing)
         store = SliceStore(store_url, storage_options)
         try:
             store.write_scan(source.scan_id, normalize(slices, params), record)

@@ -124,7 +124,7 @@ class SrConfig:
     # The slice profile of T in the training pairs (slicesr.degradation): point (the paper), or box /
     # gaussian (FWHM) of slice_thickness mm: a model for thick clinical slices (it copies nothing back).
     slice_profile: Literal["point", "box", "gaussian"] = "point"
-    slice_thickness: float = 0.0
+    slice_thickness: float = 0.0  # mm; 0 with box / gaussian: from the scans' BIDS sidecars (SliceThickness)
     # Which slices of a patch the L1 counts: all (the paper's eq. 12) or only the missing ones (slicesr
     # recipe): at the acquired slices, 0, K, 2K, ..., the input equals the target and the loss there only
     # teaches the identity.
@@ -153,8 +153,8 @@ class SrConfig:
                      f"sr.patch_size[0] ({self.patch_size[0]}) must span the largest ratio of sr.ratio_range + 1")
             _require(self.loss_slices == "all", "sr.loss_slices: missing is for a single ratio (sr.k); with "
                      "sr.ratio_range use all")
-        _require(self.slice_profile == "point" or self.slice_thickness > 0,
-                 f"sr.slice_profile {self.slice_profile} needs sr.slice_thickness > 0 (mm)")
+        _require(self.slice_thickness >= 0, f"sr.slice_thickness must be 0 (from the scans' BIDS sidecars) or "
+                 f"a thickness in mm, got {self.slice_thickness}")
         _require(self.slice_profile == "point" or self.loss_slices == "all",
                  "sr.loss_slices: missing needs the point profile (a thick acquired slice is not the HR slice)")
         _require(0 < self.inplane_fraction < 1, f"sr.inplane_fraction must be in (0, 1), got {self.inplane_fraction}"

@@ -37,7 +37,14 @@ from slicesr.interpolation import (
     linear_slices,
     target_positions,
 )
-from slicesr.nifti import Volume, is_nifti_name, load_volume, save_nifti_atomic, strip_nifti_suffix
+from slicesr.nifti import (
+    Volume,
+    is_nifti_name,
+    load_volume,
+    read_slice_sidecar,
+    save_nifti_atomic,
+    strip_nifti_suffix,
+)
 from slicesr.windows import sliding_window_apply
 
 log = logging.getLogger(__name__)
@@ -656,6 +663,22 @@ def check_target_spacing(files: list[str], spacing_mm: float, slice_axis: int | 
                              "nothing to super-resolve")
 
 
+def log_slice_sidecar(source: str, method: Method) -> None:
+    """Log what the scan's BIDS sidecar says of its slices beside what the method was trained for (a bad
+    sidecar fails the scan, naming the file); warn when a thick-slice model meets another thickness."""
+    sidecar = read_slice_sidecar(source)
+    if sidecar is None:
+        return
+    profile = getattr(method, "slice_profile", None)
+    trained = getattr(method, "metadata", {}).get("slice_thickness_mm") if profile not in (None, "point") else None
+    log.info("%s: %s; %s", source, sidecar.describe(),
+             f"{method.label} was trained for {profile} slices of {trained:g} mm" if trained
+             else f"{method.label} assumes point-like slices" if profile == "point" else method.label)
+    if trained and sidecar.thickness_mm and abs(sidecar.thickness_mm - trained) > 0.1 * trained:
+        log.warning("%s: its slices are %g mm thick, but %s was trained for %g mm slices", source,
+                    sidecar.thickness_mm, method.label, trained)
+
+
 def infer_files(inputs: list[str], output: str, method: Method, k: int, slice_axis: int | str = "auto",
                 keep_acquired: bool = True, progress: bool = True, tta: bool = False,
                 uncertainty: bool = False, adapt_steps: int = 0, labels: str | None = None,
@@ -697,6 +720,7 @@ def infer_files(inputs: list[str], output: str, method: Method, k: int, slice_ax
                                file=sys.stderr):
         try:
             volume = load_volume(source)
+            log_slice_sidecar(source, method)
             prediction = predict(volume, method, k, slice_axis, keep_acquired, progress, tta, uncertainty, adapt_steps,
                                  spacing_mm)
             image, spread = predicted_images(volume, prediction)

@@ -145,3 +145,57 @@ def save_nifti_atomic(image: nib.Nifti1Image | nib.Nifti2Image, path: str | os.P
         if os.path.exists(temporary):
             os.unlink(temporary)
         raise
+
+
+@dataclass(frozen=True)
+class SliceSidecar:
+    """What a BIDS JSON sidecar says of a scan's slices (DICOM's SliceThickness and SpacingBetweenSlices)."""
+
+    path: str
+    thickness_mm: float | None = None
+    spacing_between_slices_mm: float | None = None
+
+    def describe(self) -> str:
+        parts = [f"slice thickness {self.thickness_mm:g} mm" if self.thickness_mm else "",
+                 f"spacing between slices {self.spacing_between_slices_mm:g} mm"
+                 if self.spacing_between_slices_mm else ""]
+        return ", ".join(p for p in parts if p) + f" (sidecar {os.path.basename(self.path)})"
+
+
+def sidecar_path(nifti_path: str | os.PathLike) -> str:
+    """The BIDS sidecar of a NIfTI file: the same name with .json for .nii / .nii.gz."""
+    return strip_nifti_suffix(os.fspath(nifti_path)) + ".json"
+
+
+def read_slice_sidecar(nifti_path: str | os.PathLike, text: str | None = None) -> SliceSidecar | None:
+    """The slice thickness and spacing of a NIfTI file's BIDS sidecar (`<stem>.json`), None when there is no
+    sidecar or it names neither. `text`: the sidecar's content, already read (remote stores). A sidecar
+    that is not a JSON object, or a value that is not a positive number of mm, raises InputError naming it."""
+    import json
+
+    path = sidecar_path(nifti_path)
+    if text is None:
+        if not os.path.isfile(path):
+            return None
+        try:
+            with open(path, encoding="utf-8") as handle:
+                text = handle.read()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InputError(f"{path}: cannot read the JSON sidecar: {exc}") from exc
+    try:
+        fields = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{path}: the JSON sidecar is not valid JSON ({exc})") from exc
+    if not isinstance(fields, dict):
+        raise InputError(f"{path}: the JSON sidecar is not a JSON object")
+    values = {}
+    for key in ("SliceThickness", "SpacingBetweenSlices"):
+        value = fields.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1000:
+            raise InputError(f"{path}: {key} must be a positive number of mm, got {value!r}")
+        values[key] = float(value)
+    if not values:
+        return None
+    return SliceSidecar(path, values.get("SliceThickness"), values.get("SpacingBetweenSlices"))

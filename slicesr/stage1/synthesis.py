@@ -105,7 +105,8 @@ def synthesize_store(model: VaeGan, source: SliceStore, output: SliceStore, k: i
             hr = synthesize_slices(model, slices, k, batch_size, overlap, keep_acquired)
             affine = synthesized_affine(record.affine, k)
             values = {key: record.values[key] for key in ("source", "source_affine", "source_shape", "source_dtype",
-                                                           "slice_axis", "intensity", "orientation")
+                                                           "slice_axis", "intensity", "orientation", "sidecar",
+                                                           "slice_thickness_mm", "spacing_between_slices_mm")
                       if key in record.values}
             values.update({"affine": affine.tolist(), "spacing_mm": [float(s) for s in voxel_spacing(affine)],
                            "lr_store": source.url, "lr_scan_id": scan_id, "synthesis": settings})

@@ -63,6 +63,23 @@ def check_store_matches(store: SliceStore, ids: list[str], supervision: str, k: 
             raise ValueError(f"data.store {store.url} was synthesised with K={synthesis['k']}, but sr.k is {k}")
 
 
+def thickness_from_sidecars(store: SliceStore, scan_ids: list[str]) -> float:
+    """The slice thickness (mm) the scans' BIDS sidecars gave at conversion (`slice_thickness_mm` of their
+    records); every scan must have one, and all must agree within 2%."""
+    records = store.records(scan_ids)
+    values = {scan_id: record.values.get("slice_thickness_mm") for scan_id, record in records.items()}
+    missing = sorted(scan_id for scan_id, value in values.items() if value is None)
+    if missing or not values:
+        raise ValueError(f"sr.slice_thickness is 0 (take it from the scans' BIDS sidecars), but the scans "
+                         f"{', '.join(missing[:5]) or '(none)'} of {store.url} have no SliceThickness sidecar: "
+                         "set sr.slice_thickness (mm)")
+    low, high = min(values.values()), max(values.values())
+    if high - low > 0.02 * high:
+        raise ValueError(f"the scans of {store.url} have slice thicknesses from {low:g} to {high:g} mm (sidecars): "
+                         "train one model per thickness, or set sr.slice_thickness")
+    return float(np.median(list(values.values())))
+
+
 class Stage2Trainer(TrainingLoop):
     val_metric = "val_l1"
     # Untrained, DeepResolve and the through-plane 2D generator are their interpolated input (zero last
@@ -84,7 +101,12 @@ class Stage2Trainer(TrainingLoop):
         # Pair sources: `sampler` (volumes of data.store, degraded along the slice axis) and `inplane` (the
         # LR scans' own in-plane axes); `both` draws from each, a fraction sr.inplane_fraction of steps in-plane.
         self.sampler = self.val_sampler = self.inplane = self.inplane_val = None
-        self.degradation = Degradation(sr.k, tuple(sr.ratio_range) or None, sr.slice_profile, sr.slice_thickness)
+        self.slice_thickness, self.thickness_source = sr.slice_thickness, "sr.slice_thickness"
+        if sr.slice_profile != "point" and not sr.slice_thickness:
+            self.slice_thickness = thickness_from_sidecars(self.store, self.train_ids + self.val_ids)
+            self.thickness_source = "BIDS sidecars (SliceThickness)"
+            log.info("slice thickness %g mm from the scans' BIDS sidecars", self.slice_thickness)
+        self.degradation = Degradation(sr.k, tuple(sr.ratio_range) or None, sr.slice_profile, self.slice_thickness)
         self.lr_store_url = ""
         if sr.supervision != "inplane":
             aligned = sr.supervision in ("synthetic", "both")
@@ -148,7 +170,8 @@ class Stage2Trainer(TrainingLoop):
                 "train_scans": self.train_ids, "val_scans": self.val_ids, f"best_{self.val_metric}": self.best_val,
                 **({"ratio_range": [float(r) for r in sr.ratio_range]} if sr.ratio_range else {}),
                 "slice_profile": sr.slice_profile,
-                **({"slice_thickness_mm": sr.slice_thickness} if sr.slice_profile != "point" else {}),
+                **({"slice_thickness_mm": self.slice_thickness, "slice_thickness_source": self.thickness_source}
+                   if sr.slice_profile != "point" else {}),
                 **({"inplane": {"lr_store": self.lr_store_url, "fraction": 1.0 if sr.supervision == "inplane"
                                 else sr.inplane_fraction}} if self.inplane is not None else {})}
 

@@ -293,3 +293,23 @@ def test_rerun_with_another_slice_axis_converts_again(tmp_path, synth_dir):
     again = convert([str(synth_dir)], out, workers=0, slice_axis="0", progress=False)
     assert len(again.stored) == 4
     assert all(SliceStore.open(out).record(i).values["slice_axis"] == 0 for i in again.stored)
+
+
+def test_bids_sidecars_are_recorded_and_a_bad_one_fails_its_scan(tmp_path, caplog):
+    folder = tmp_path / "in"
+    paths = write_synth(folder, 3)
+    sidecars = [Path(p.replace(".nii.gz", ".json")) for p in paths]
+    sidecars[0].write_text(json.dumps({"SliceThickness": 3.0, "SpacingBetweenSlices": 1000 - 1}))
+    sidecars[2].write_text("{broken")
+    out = tmp_path / "out"
+    with caplog.at_level("WARNING"):
+        assert main(["--input", str(folder), "--output", str(out), "--workers", "0", "--no-progress"]) == 1
+    store = SliceStore.open(str(out))
+    records = store.records()
+    assert records["scan000"].values["slice_thickness_mm"] == 3.0
+    assert records["scan000"].values["sidecar"] == str(sidecars[0])
+    assert "slice_thickness_mm" not in records["scan001"].values  # no sidecar: nothing recorded
+    assert "scan002" not in store.completed_ids()
+    failures = [json.loads(line) for line in (out / "failures.jsonl").read_text().splitlines()]
+    assert "scan002.json" in failures[0]["error"] and "not valid JSON" in failures[0]["error"]
+    assert "SpacingBetweenSlices 999" in caplog.text  # disagrees with the header's slice spacing

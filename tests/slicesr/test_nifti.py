@@ -39,3 +39,24 @@ def test_atomic_save_leaves_no_partial_file(tmp_path):
 def test_strip_suffix():
     assert strip_nifti_suffix("a/b.NII.GZ") == "a/b"
     assert strip_nifti_suffix("c.nii") == "c"
+
+
+def test_bids_sidecar_thickness_and_spacing(tmp_path):
+    from slicesr.nifti import read_slice_sidecar, sidecar_path
+
+    scan = tmp_path / "sub-01_T2w.nii.gz"
+    assert sidecar_path(scan) == str(tmp_path / "sub-01_T2w.json")
+    assert read_slice_sidecar(scan) is None  # no sidecar
+    (tmp_path / "sub-01_T2w.json").write_text('{"RepetitionTime": 3.2}')
+    assert read_slice_sidecar(scan) is None  # a sidecar that names neither
+    (tmp_path / "sub-01_T2w.json").write_text('{"SliceThickness": 5, "SpacingBetweenSlices": 5.5}')
+    sidecar = read_slice_sidecar(scan)
+    assert (sidecar.thickness_mm, sidecar.spacing_between_slices_mm) == (5.0, 5.5)
+    assert "slice thickness 5 mm" in sidecar.describe() and "sub-01_T2w.json" in sidecar.describe()
+    for body, message in [("{not json", "not valid JSON"), ("[1, 2]", "not a JSON object"),
+                          ('{"SliceThickness": -1}', "SliceThickness must be a positive"),
+                          ('{"SpacingBetweenSlices": "5mm"}', "SpacingBetweenSlices must be a positive")]:
+        (tmp_path / "sub-01_T2w.json").write_text(body)
+        with pytest.raises(InputError, match=message) as raised:
+            read_slice_sidecar(scan)
+        assert "sub-01_T2w.json" in str(raised.value)

@@ -1,6 +1,7 @@
 """One stage II model for a range of spacing ratios (sr.ratio_range)."""
 
 import json
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -82,4 +83,47 @@ def test_a_model_for_thick_slices(sr_config, tmp_path):
     out = np.asarray(nib.load(tmp_path / "o.nii.gz").dataobj)
     assert not np.array_equal(out[..., ::4], data)  # not copied back
     with pytest.raises(ValueError, match="sr.slice_thickness"):
-        load_config("configs/debug/stage2.yaml", ["sr.slice_profile=box"])
+        load_config("configs/debug/stage2.yaml", ["sr.slice_profile=box", "sr.slice_thickness=-1"])
+
+
+def test_thickness_from_the_scans_bids_sidecars(sr_config, tmp_path):
+    """sr.slice_thickness 0 with a thick profile: the thickness the LR scans' sidecars gave at conversion,
+    carried through synthesis; recorded in the model's metadata with where it came from."""
+    from preprocessing.to_zarr import convert
+    from slicesr.models.vae_gan import VaeGan, VaeGanSize
+    from slicesr.stage1.synthesis import synthesize_store
+    from slicesr.store import SliceStore
+    from tests.conftest import write_synth
+
+    paths = write_synth(tmp_path / "lr_sidecars", 4, shape=(22, 20, 5), seed=3)
+    for path in paths:
+        Path(path.replace(".nii.gz", ".json")).write_text(json.dumps({"SliceThickness": 3.0}))
+    convert([str(tmp_path / "lr_sidecars")], str(tmp_path / "lr_sidecars.zarr"), workers=0, progress=False)
+    torch.manual_seed(0)
+    vae = VaeGan(VaeGanSize(image_size=16, channels=4, max_channels=8, num_blocks=2, latent_dim=8, disc_channels=4))
+    synthesize_store(vae, SliceStore.open(str(tmp_path / "lr_sidecars.zarr")),
+                     SliceStore.create(str(tmp_path / "hr_sidecars.zarr")), 4, progress=False)
+    trainer = Stage2Trainer(sr_config("sr.slice_profile=box", "run.name=sidecar",
+                                      store=str(tmp_path / "hr_sidecars.zarr")))
+    assert trainer.degradation.thickness_mm == 3.0
+    metadata = trainer.metadata()
+    assert metadata["slice_thickness_mm"] == 3.0 and "sidecar" in metadata["slice_thickness_source"]
+    # the fixture's scans have no sidecar: a clear error instead of a guess
+    with pytest.raises(ValueError, match="no SliceThickness sidecar"):
+        Stage2Trainer(sr_config("sr.slice_profile=box", "run.name=nosidecar"))
+
+
+def test_infer_logs_the_sidecar_beside_the_models_thickness(sr_config, tmp_path, caplog):
+    trainer = Stage2Trainer(sr_config("sr.slice_profile=box", "sr.slice_thickness=2", "run.name=box2",
+                                      "train.max_steps=1"))
+    trainer.fit()
+    path, _, _ = _lr_file(tmp_path, "ras", 2, n=5)
+    sidecar = Path(path.replace(".nii.gz", ".json"))
+    sidecar.write_text(json.dumps({"SliceThickness": 5, "SpacingBetweenSlices": 5}))
+    with caplog.at_level("INFO"):
+        assert main(["infer", path, "--output", str(tmp_path / "o.nii.gz"), "--model", str(trainer.best_dir)]) == 0
+    assert "slice thickness 5 mm" in caplog.text and "trained for box slices of 2 mm" in caplog.text
+    assert "its slices are 5 mm thick" in caplog.text  # a warning: not the thickness it learnt
+    sidecar.write_text("{")
+    assert main(["infer", path, "--output", str(tmp_path / "p.nii.gz"), "--model", str(trainer.best_dir)]) == 1
+    assert not (tmp_path / "p.nii.gz").exists()
