@@ -70,6 +70,12 @@ class EvaluationStep:
     slice_axis: str = "auto"
     baselines: list[str] = field(default_factory=lambda: ["linear", "cubic"])
     figures: bool = True
+    # The simulated LR slice spacing in mm instead of the pipeline's K (slicesr evaluate --lr-spacing: any
+    # multiple of the HR spacing; the stage II model must hold the ratio in its sr.ratio_range), and the
+    # slice profile of the simulated LR slices.
+    lr_spacing: float | None = None
+    slice_profile: str = "point"
+    slice_thickness: float | None = None
 
 
 @dataclass
@@ -97,6 +103,13 @@ def load_pipeline_config(path: str, overrides: list[str] | None = None) -> Pipel
             raise ValueError(f"{key}.slice_axis must be auto, 0, 1 or 2, got {axis}")
     if not config.evaluation.hr:
         raise ValueError(f"{path}: evaluation.hr names no held-out HR volumes")
+    e = config.evaluation
+    if e.lr_spacing is not None and not e.lr_spacing > 0:
+        raise ValueError(f"evaluation.lr_spacing must be a positive number of mm, got {e.lr_spacing}")
+    if e.slice_profile not in ("point", "box", "gaussian"):
+        raise ValueError(f"evaluation.slice_profile must be point, box or gaussian, got {e.slice_profile}")
+    if e.slice_profile != "point" and not (e.slice_thickness and e.slice_thickness > 0):
+        raise ValueError(f"evaluation.slice_profile {e.slice_profile} needs evaluation.slice_thickness > 0 (mm)")
     unknown = [name for name in config.evaluation.baselines if name not in BASELINES]
     if unknown:
         raise ValueError(f"evaluation.baselines: unknown {', '.join(unknown)} (known: {', '.join(BASELINES)})")
@@ -107,13 +120,14 @@ def load_pipeline_config(path: str, overrides: list[str] | None = None) -> Pipel
     return config
 
 
-def evaluation_key(hr_files: list[str], k: int, slice_axis: str) -> str:
-    """Names one evaluation (the held-out volumes, by name and size, K and the slice axis): scores are
-    compared only within one."""
+def evaluation_key(hr_files: list[str], k: int, slice_axis: str, degradation: tuple = ()) -> str:
+    """Names one evaluation (the held-out volumes, by name and size, K and the slice axis, and any LR
+    spacing and slice profile): scores are compared only within one."""
     import hashlib
 
     parts = sorted(f"{Path(f).name}:{os.path.getsize(f)}" for f in hr_files)
-    return hashlib.sha256(json.dumps([parts, k, slice_axis]).encode()).hexdigest()[:16]
+    return hashlib.sha256(json.dumps([parts, k, slice_axis, *([list(degradation)] if degradation else [])])
+                          .encode()).hexdigest()[:16]
 
 
 class Pipeline:
@@ -132,6 +146,9 @@ class Pipeline:
             raise ValueError(f"{config.stage2.config}: the pipeline trains stage II without HR (sr.supervision: "
                              "synthetic, inplane or both); train the supervised upper bound on real HR with "
                              "python -m cluster.train")
+        if config.evaluation.lr_spacing is not None and not self.stage2.sr.ratio_range:
+            raise ValueError(f"evaluation.lr_spacing {config.evaluation.lr_spacing:g} mm: the stage II model must "
+                             "be trained over a range of spacing ratios for it (stage2.set: sr.ratio_range=[low,high])")
         if self.stage2.sr.supervision == "inplane":  # pairs from the LR scans themselves
             self.stage2.data.store = str(self.workdir / "lr.zarr")
         # both: the synthetic volumes' records name lr.zarr, where the in-plane pairs come from
@@ -267,13 +284,16 @@ class Pipeline:
         from slicesr.evaluate import evaluate
 
         e = self.config.evaluation
-        eval_key = evaluation_key(self.hr_files, self.k, e.slice_axis)
+        degradation = ((e.lr_spacing, e.slice_profile, e.slice_thickness)
+                       if e.lr_spacing is not None or e.slice_profile != "point" else ())
+        eval_key = evaluation_key(self.hr_files, self.k, e.slice_axis, degradation)
         rescore = self._champions_to_rescore(eval_key)
         models = {"stage1": self.state["stage1"]["best"], "stage2": self.state["stage2"]["best"]}
-        result = evaluate(self.hr_files, self.k,
+        result = evaluate(self.hr_files, None if e.lr_spacing is not None else self.k,
                           [*e.baselines, models["stage1"], models["stage2"],
                            *(f"{label}={path}" for label, path in rescore.values())],
-                          str(self.workdir / "eval"), e.slice_axis, figures=e.figures, progress=False)
+                          str(self.workdir / "eval"), e.slice_axis, figures=e.figures, progress=False,
+                          lr_spacing=e.lr_spacing, profile=e.slice_profile, thickness_mm=e.slice_thickness)
         if not result.rows:
             raise StepFailed(f"evaluation: no held-out volume could be scored (first failure: {result.failures[:1]})")
         means = {}

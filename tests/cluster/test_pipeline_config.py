@@ -40,6 +40,9 @@ def pipeline_yaml(tmp_path):
     ({"evaluation__hr": ["/nonexistent/hr.nii.gz"]}, "evaluation.hr: no such file /nonexistent/hr.nii.gz"),
     ({"stage2__config": "configs/debug/stage1.yaml"}, "the pipeline's stage2 needs stage: sr"),
     ({"stage2__set": ["sr.supervision=real"]}, "the pipeline trains stage II without HR"),
+    ({"evaluation__lr_spacing": -2}, "evaluation.lr_spacing must be a positive number"),
+    ({"evaluation__lr_spacing": 5.5}, "trained over a range of spacing ratios"),
+    ({"evaluation__slice_profile": "box"}, "evaluation.slice_profile box needs evaluation.slice_thickness"),
 ])
 def test_bad_pipeline_configs_stop_before_any_step(pipeline_yaml, tmp_path, capsys, changes, message):
     assert main(["--config", pipeline_yaml(**changes)]) == 2
@@ -54,3 +57,13 @@ def test_stage2_trains_on_the_store_of_its_pair_source(pipeline_yaml, tmp_path, 
 
     pipeline = Pipeline(load_pipeline_config(pipeline_yaml(stage2__set=[f"sr.supervision={supervision}"])))
     assert pipeline.stage2.data.store == str((tmp_path / "work" / store).resolve())
+
+
+def test_an_lr_spacing_and_profile_name_their_own_evaluation():
+    from cluster.pipeline import evaluation_key
+
+    files = ["configs/pipeline.yaml"]
+    plain = evaluation_key(files, 4, "2")
+    assert plain == evaluation_key(files, 4, "2", ())  # earlier evaluations keep their key
+    assert plain != evaluation_key(files, 4, "2", (5.5, "point", None))
+    assert evaluation_key(files, 4, "2", (None, "box", 3.0)) != evaluation_key(files, 4, "2", (None, "box", 4.0))
