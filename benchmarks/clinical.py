@@ -177,6 +177,7 @@ def main(argv=None) -> int:
     parser.add_argument("--plan", default=str(PLAN))
     datasets.add_volume_arguments(parser)
     with parse_arguments(parser, argv, quick_settings) as args:
+        datasets.check_volume_arguments(parser, args)
         return run(args)
 
 

@@ -97,6 +97,18 @@ def add_volume_arguments(parser) -> None:
     parser.add_argument("--knee-axis", type=int, default=2)
 
 
+def check_volume_arguments(parser, args) -> None:
+    """Exit 2 (argparse's usage error) naming each missing volume of `add_volume_arguments`, before any work."""
+    problems = [f"--brain-train {path}: no such file or folder" for path in args.brain_train if not Path(path).exists()]
+    if not args.brain_eval:
+        problems.append("--brain-eval: no held-out brain volume given (the default folder has no .nii.gz)")
+    problems += [f"--brain-eval {path}: no such file" for path in args.brain_eval if not Path(path).is_file()]
+    if args.knee and not Path(args.knee).is_file():
+        problems.append(f"--knee {args.knee}: no such file")
+    if problems:
+        parser.error("; ".join(problems))
+
+
 def quick_volumes(scratch: Path, workdir: str) -> dict:
     """`--quick` values of `add_volume_arguments` (phantoms in the scratch folder) and of --workdir."""
     return {"workdir": str(scratch / workdir),

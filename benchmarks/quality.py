@@ -413,6 +413,7 @@ def main(argv=None) -> int:
                         help="leave out the plan's beyond section (the in-plane rows): the paper's table only")
     datasets.add_volume_arguments(parser)
     with parse_arguments(parser, argv, quick_settings) as args:
+        datasets.check_volume_arguments(parser, args)
         return run(args)
 
 

@@ -123,6 +123,20 @@ def test_quality_quick(untouched_results, capsys):
     assert "Time per part" in output and "stage I ablation (without L_comp, eta 0)" in output
 
 
+@pytest.mark.parametrize("name", ["quality", "clinical"])
+def test_missing_volumes_are_a_usage_error_before_any_work(tmp_path, capsys, name):
+    import importlib
+
+    module = importlib.import_module(f"benchmarks.{name}")
+    with pytest.raises(SystemExit) as stopped:
+        module.main(["--workdir", str(tmp_path / "work"), "--brain-train", str(tmp_path / "missing"),
+                     "--brain-eval", str(tmp_path / "gone.nii.gz"), "--no-write"])
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err
+    assert f"--brain-train {tmp_path / 'missing'}: no such file or folder" in err and "gone.nii.gz: no such file" in err
+    assert not (tmp_path / "work").exists()
+
+
 def test_learning_quick(untouched_results, capsys):
     output = run_quick(learning, capsys)
     table = output[output.index("Command:"):]
