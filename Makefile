@@ -5,10 +5,10 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 DATA ?= ../shared/data
 DEMO_DIR ?= demo_out
-# The demo's training lengths: minutes on 2 cores, enough to see every stage work, not for quality
-# (benchmarks/quality.py runs the longer trainings).
-DEMO_VAE_STEPS ?= 300
-DEMO_SR_STEPS ?= 300
+# The demo's training lengths: about 15 minutes on 2 cores in all (benchmarks/quality.py runs the longer
+# trainings). Stage II (the through-plane 2D generator on in-plane pairs) gets most of them.
+DEMO_VAE_STEPS ?= 150
+DEMO_SR_STEPS ?= 500
 
 .PHONY: setup demo test lint bench clean
 
