@@ -124,7 +124,7 @@ def run(args) -> None:
     out_shape = list(lr_data.shape)
     out_shape[2] = args.k * (out_shape[2] - 1) + 1
     lines = [
-        "Command: `python benchmarks/inference.py`  ",
+        f"Command: `python benchmarks/inference.py{' --skip-reference' if args.skip_reference else ''}`  ",
         f"Input: {Path(args.hr).name} with every {args.k}th slice of axis 2 kept: {'x'.join(map(str, lr_data.shape))} "
         f"{lr_data.dtype} -> {'x'.join(map(str, out_shape))}; one `slicesr infer` process per method, "
         f"{torch.get_num_threads()} torch threads on 2 CPU cores, no GPU. Windows and overlap from the model's "
