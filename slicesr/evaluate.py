@@ -219,10 +219,14 @@ def _uncertainty_and_error(hr: np.ndarray, prediction: np.ndarray, spread: np.nd
 
 def uncertainty_spearman(hr: np.ndarray, prediction: np.ndarray, spread: np.ndarray, k: int) -> float:
     """Spearman correlation between the uncertainty map and the absolute error over the foreground voxels
-    of the missing slices: does the map point at the errors?"""
+    of the missing slices: does the map point at the errors? NaN where the map is constant there (an
+    untrained generator's flips all agree): it ranks nothing."""
     from scipy.stats import spearmanr
 
-    return float(spearmanr(*_uncertainty_and_error(hr, prediction, spread, k)).statistic)
+    uncertainty, error = _uncertainty_and_error(hr, prediction, spread, k)
+    if uncertainty.size < 2 or np.ptp(uncertainty) == 0 or np.ptp(error) == 0:
+        return float("nan")
+    return float(spearmanr(uncertainty, error).statistic)
 
 
 def uncertainty_calibration(hr: np.ndarray, prediction: np.ndarray, spread: np.ndarray, k: int,

@@ -116,7 +116,9 @@ def test_quality_quick(untouched_results, capsys):
     tta = [f"{quality.beyond_label(row)} (TTA)" for row in plan["beyond"]["brain"] if row.get("uncertainty")]
     spearman = data_rows(blocks[2])  # every beyond row on the brain volume, the knee's on the knee
     assert [row[0] for row in spearman] == [*tta, f"{quality.beyond_label(plan['beyond']['knee'][0])} (TTA)"]
-    assert all(-1 <= float(row[2]) <= 1 for row in spearman)
+    # a 4-step model may fall back to the untrained one (exactly linear): its flips agree, the map is
+    # constant and ranks nothing (NaN); a trained one's correlation is a number in [-1, 1]
+    assert all(-1 <= float(row[2]) <= 1 or math.isnan(float(row[2])) for row in spearman)
     fig9 = data_rows(blocks[3])
     assert [row[0] for row in fig9][:2] == ["with L_comp", "without L_comp (eta = 0)"]
     assert all(math.isfinite(float(cell)) for row in fig9[:2] for cell in row[1:])

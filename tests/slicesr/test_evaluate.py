@@ -103,6 +103,7 @@ def test_uncertainty_spearman_ranks_the_errors():
     assert uncertainty_spearman(hr, prediction, error, 4) == pytest.approx(1.0)
     assert uncertainty_spearman(hr, prediction, -error, 4) == pytest.approx(-1.0)
     assert abs(uncertainty_spearman(hr, prediction, rng.random(hr.shape), 4)) < 0.2
+    assert np.isnan(uncertainty_spearman(hr, prediction, np.zeros(hr.shape), 4))  # a constant map ranks nothing
 
 
 def test_tta_and_uncertainty_rows(tmp_path):
