@@ -216,8 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
     infer.add_argument("--device", choices=DEVICES, default="auto",
                        help="where a model runs: auto (cuda when torch sees one, else cpu; default), cpu or cuda")
     infer.add_argument("--precision", choices=["float32", "bfloat16"], default="float32",
-                       help="bfloat16 runs a through-plane 2D generator's network about 3 times faster on a CPU "
-                       "with AVX-512 BF16 (residuals within about 2%% of float32's; see benchmarks/inference.py)")
+                       help="bfloat16 runs a through-plane 2D generator's network in bfloat16: faster on a CPU "
+                       "with AVX-512 BF16 (benchmarks/inference.py), slightly different values")
     infer.set_defaults(handler=_infer)
     evaluation = sub.add_parser("evaluate", help="score methods on HR volumes (simulated LR: every K-th slice)")
     evaluation.add_argument("hr", nargs="+", metavar="HR", help="HR NIfTI files or folders of them")

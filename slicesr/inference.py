@@ -269,23 +269,21 @@ def planes_on_grid(model: torch.nn.Module, grid_input: np.ndarray, orientation: 
     (slices, rows) and (slices, cols) plane through its network, the orientations' residuals averaged
     (or `orientation` alone), which is what its forward computes on a volume, without windows.
 
-    `precision` "bfloat16" runs the network in bfloat16 (about 3 times faster on a CPU with AVX-512
-    BF16, residuals within about 2% of float32's); the residual is added to the input in float32."""
+    `precision` "bfloat16" runs a copy of the network in bfloat16 (the knee: 18 s against 66 s in float32,
+    benchmarks/inference.py); the residual is added to the input in float32. Planes go in channels-last
+    layout, as the network's weights are (oneDNN's fast path for 2D convolutions on a CPU)."""
     import copy
 
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    parameter = next(model.parameters())
-    dtype = torch.bfloat16 if precision == "bfloat16" else parameter.dtype
-    network = model
-    if dtype != parameter.dtype or parameter.device.type == "cpu":
-        # oneDNN's convolutions are 2-3 times faster on channels-last tensors on a CPU
-        network = copy.deepcopy(model).to(dtype=dtype, memory_format=torch.channels_last)
-    volume = torch.from_numpy(np.ascontiguousarray(grid_input, dtype=np.float32))
-    residual = torch.zeros_like(volume)
     orientations = model.orientations if orientation is None else (orientation,)
     if any(o not in model.orientations for o in orientations):
         raise ValueError(f"orientation must be one of {model.orientations} or None, got {orientation!r}")
+    parameter = next(model.parameters())
+    dtype = torch.bfloat16 if precision == "bfloat16" else parameter.dtype
+    network = model if dtype == parameter.dtype else copy.deepcopy(model).to(dtype=dtype)
+    volume = torch.from_numpy(np.ascontiguousarray(grid_input, dtype=np.float32))
+    residual = torch.zeros_like(volume)
     for o in orientations:
         # orientation 0: the (slices, rows) plane at each column; 1: the (slices, cols) plane at each row
         planes = volume.permute(2, 0, 1) if o == 0 else volume.permute(1, 0, 2)

@@ -72,8 +72,8 @@ class ThroughPlane2D(nn.Module):
 
     def __init__(self, num_layers: int = 8, num_filters: int = 48):
         super().__init__()
-        # channels-last weights: oneDNN's 2D convolutions on a CPU run about 1.5 times faster in training
-        # (and 2 times in inference) than on contiguous ones; the values and the state dict are the same
+        # channels-last weights: oneDNN's fast layout for 2D convolutions on a CPU (benchmarks/NOTES.md,
+        # "Third quality run"); the values and the state dict are the same
         self.body = residual_stack(conv2, num_layers, num_filters).to(memory_format=torch.channels_last)
 
     orientations = (0, 1)  # (slices, rows) planes, (slices, cols) planes
