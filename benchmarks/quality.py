@@ -42,6 +42,7 @@ from benchmarks import datasets  # noqa: E402
 from benchmarks.results import benchmark_parser, figures_dir, parse_arguments, publish  # noqa: E402
 from slicesr.cli_common import setup_logging  # noqa: E402
 from slicesr.config import load_config  # noqa: E402
+from slicesr.inference import UNCERTAINTY_SMOOTHING_VOXELS  # noqa: E402
 
 PLAN = HERE / "quality.yaml"
 LINEAR, CUBIC, VAE = "linear", "cubic", "VAE-based up-sample"
@@ -142,13 +143,16 @@ def train_sr(config_path: str, settings: dict, seed: int, k: int, store: str, su
 
 # --------------------------------------------------------------------------- scoring
 def score_set(volumes: list[str], k: int, methods: list[str], output: Path, axis: int, figures: bool = False,
-              uncertainty: bool = False) -> list[dict]:
+              uncertainty: bool = False, smoothing_voxels: float | None = None) -> list[dict]:
     """`slicesr evaluate` over `volumes`; the rows of its metrics.csv (with its figures when asked; with
-    `uncertainty`, the trained methods with test-time augmentation and their maps' Spearman)."""
+    `uncertainty`, the trained methods with test-time augmentation and their maps' Spearman, the maps
+    smoothed by `smoothing_voxels`, the library's default when None)."""
     from slicesr.evaluate import evaluate
+    from slicesr.inference import UNCERTAINTY_SMOOTHING_VOXELS
 
     result = evaluate(volumes, k, methods, str(output), slice_axis=str(axis), figures=figures, progress=False,
-                      uncertainty=uncertainty)
+                      uncertainty=uncertainty, uncertainty_smoothing_voxels=UNCERTAINTY_SMOOTHING_VOXELS
+                      if smoothing_voxels is None else smoothing_voxels)
     if result.failures:
         raise RuntimeError(f"evaluation in {output}: {result.failures}")
     return result.rows
@@ -315,7 +319,7 @@ def run(args) -> int:
             if row.get("uncertainty"):
                 (brain_rows if set_name == "brain" else knee_rows).extend(parts.run(
                     f"score {method.split('=', 1)[0]} with uncertainty ({set_name})", score_set, volumes, k, [method],
-                    output / f"{set_name}-uncertainty" / str(i), axis, True, True))
+                    output / f"{set_name}-uncertainty" / str(i), axis, True, True, UNCERTAINTY_SMOOTHING_VOXELS))
     figure_methods = [m for m in brain_methods if m.split("=", 1)[0] in FIGURE_ROWS]
     parts.run("figures (first held-out brain)", score_set, eval_volumes[:1], k, figure_methods,
               output / "figures", brain_axis, True)

@@ -24,6 +24,7 @@ from tqdm import tqdm
 from slicesr.degradation import PROFILES, degrade_profile, keep_every_kth, num_kept_slices, num_lr_slices
 from slicesr.geometry import resolve_slice_axis, to_slice_first, voxel_spacing
 from slicesr.inference import (
+    UNCERTAINTY_SMOOTHING_VOXELS,
     Method,
     check_k,
     expand_inputs,
@@ -243,14 +244,16 @@ def uncertainty_calibration(hr: np.ndarray, prediction: np.ndarray, spread: np.n
 def evaluate(hr_inputs: list[str], k: int | None, methods: str | list[str], output: str, slice_axis: int | str = "auto",
              figures: bool = True, progress: bool = True, tta: bool = False, uncertainty: bool = False,
              device: str = "auto", lr_spacing: float | None = None, profile: str = "point",
-             thickness_mm: float | None = None) -> EvaluationResult:
+             thickness_mm: float | None = None,
+             uncertainty_smoothing_voxels: float = UNCERTAINTY_SMOOTHING_VOXELS) -> EvaluationResult:
     """Score every method on every HR volume; write metrics.csv, summary.md and the figures into `output`.
 
     The LR scan keeps every K-th slice, or with `lr_spacing` (mm, any multiple of the HR spacing) has its
     slices at i * lr_spacing; `profile` / `thickness_mm` is the slice profile of T
     (slicesr.degradation.degrade_profile; acquired slices are copied back only with the point profile).
     `tta` / `uncertainty` apply to the trained methods (labelled "... (TTA)"; linear and cubic are scored
-    as they are); `uncertainty` adds `uncertainty_spearman` to their rows."""
+    as they are); `uncertainty` adds `uncertainty_spearman` to their rows (maps smoothed in-plane by
+    `uncertainty_smoothing_voxels`, slicesr.inference.predict)."""
     if lr_spacing is None and (k is None or k < 2):
         raise ValueError(f"K must be 2 or more, got {k}")
     if lr_spacing is not None and not lr_spacing > 0:
@@ -304,7 +307,8 @@ def evaluate(hr_inputs: list[str], k: int | None, methods: str | list[str], outp
                 augmented = tta and method.supports_tta
                 if uncertainty and augmented:
                     image, spread_image = infer_volume_uncertainty(lr, method, grid["k"], axis, keep_acquired=keep,
-                                                                   spacing_mm=grid.get("spacing_mm"))
+                                                                   spacing_mm=grid.get("spacing_mm"),
+                                                                   smoothing_voxels=uncertainty_smoothing_voxels)
                 else:
                     image = infer_volume(lr, method, grid["k"], axis, keep_acquired=keep, tta=augmented,
                                          spacing_mm=grid.get("spacing_mm"))

@@ -4,14 +4,23 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from scipy.ndimage import gaussian_filter
 
 from slicesr.cli import main
 from slicesr.config import load_config
 from slicesr.geometry import to_slice_first
-from slicesr.inference import FLIPS, flip, load_method, uncertainty_path
+from slicesr.inference import (
+    FLIPS,
+    UNCERTAINTY_SMOOTHING_VOXELS,
+    flip,
+    load_method,
+    predict,
+    uncertainty_path,
+)
 from slicesr.intensity import normalize, robust_intensity_params
 from slicesr.modeldir import write_model_dir
 from slicesr.models.generators import ThroughPlane2D, build_generator
+from slicesr.nifti import load_volume
 from slicesr.stage2.train import generator_size
 from tests.slicesr.test_inference import _lr_file
 
@@ -67,12 +76,19 @@ def test_uncertainty_map_beside_the_output(tmp_path, orientation, slice_axis):
     np.testing.assert_array_equal(spread.affine, image.affine)
     values = np.moveaxis(np.asarray(spread.dataobj), slice_axis, 0)
     assert np.all(values[::3] == 0) and np.all(values >= 0) and values[1::3].max() > 0
-    # the SD of the 16 augmented predictions, in the scan's intensity units
+    # the SD of the 16 augmented predictions, in the scan's intensity units, smoothed within each slice
     slices, _ = to_slice_first(data, affine, slice_axis)
     params = robust_intensity_params(slices)
     predictions = np.stack(list(load_method(model).augmented(normalize(slices, params), 3)))
-    expected = predictions.std(axis=0) * params.scale
+    raw = predictions.std(axis=0) * params.scale
+    expected = gaussian_filter(raw, (0, UNCERTAINTY_SMOOTHING_VOXELS, UNCERTAINTY_SMOOTHING_VOXELS), mode="nearest")
     np.testing.assert_allclose(values[1::3], expected[1::3], rtol=1e-3, atol=1e-3 * float(expected.max()))
+    # without smoothing, the raw per-voxel SD
+    volume = load_volume(path)
+    unsmoothed = predict(volume, load_method(model), 3, slice_axis, uncertainty=True, uncertainty_smoothing_voxels=0)
+    values = np.moveaxis(unsmoothed.uncertainty, slice_axis, 0)
+    np.testing.assert_allclose(values[1::3], raw[1::3], rtol=1e-3, atol=1e-3 * float(raw.max()))
+    assert not np.allclose(raw[1::3], expected[1::3], rtol=1e-2)  # the smoothing is not a no-op here
     # --uncertainty's output is --tta's (the augmented mean), and --tta writes no map
     assert main(["infer", path, "--output", str(tmp_path / "tta.nii.gz"), "--model", model, "--tta"]) == 0
     np.testing.assert_allclose(np.asarray(nib.load(tmp_path / "tta.nii.gz").dataobj), np.asarray(image.dataobj))
@@ -177,3 +193,10 @@ def test_infer_precision_option(tmp_path):
     assert main(["infer", path, "--output", str(tmp_path / "c.nii.gz"), "--model", model_dir(tmp_path / "dr", "deepresolve"),
                  "--precision", "bfloat16"]) == 2
     assert not (tmp_path / "c.nii.gz").exists()
+
+
+def test_uncertainty_smoothing_must_not_be_negative(tmp_path):
+    path, _, _ = _lr_file(tmp_path, "ras", 2, n=4)
+    method = load_method(model_dir(tmp_path / "sr", "throughplane2d"))
+    with pytest.raises(ValueError, match="uncertainty_smoothing_voxels"):
+        predict(load_volume(path), method, 3, 2, uncertainty=True, uncertainty_smoothing_voxels=-1)
