@@ -4,7 +4,8 @@
     python benchmarks/clinical.py --quick
 
 Ratios: one stage II model trained once over `ratio_range` (sr.ratio_range) and models trained for one
-ratio alone (`fixed`; their LR training scans decimated by that ratio), the same steps each, all without
+ratio alone (`fixed`: their LR training scans decimated by that ratio; `alone_on_range_scans`: the range
+model's own scans with a range of one value, sr.ratio_range [r, r]), the same steps each, all without
 HR (the plan's supervision: in-plane pairs of the LR training scans). Each is scored with `slicesr
 evaluate --lr-spacing` at every ratio of `ratios` on each held-out brain (LR slices at i x ratio HR
 slices; non-integer ratios included), beside linear and cubic.
@@ -87,11 +88,16 @@ def run(args) -> int:
     range_model = model(f"ratios {low:g} to {high:g}", lr_store(range_k, args.brain_train, "brain", axis), range_k,
                         f"sr.ratio_range=[{low}, {high}]")
     fixed = {r: model(f"ratio {r}", lr_store(r, args.brain_train, "brain", axis), r) for r in plan["fixed"]}
+    # one ratio alone on the range model's own scans (a range of one value): the same data as the range model
+    alone = {r: model(f"ratio {r} on the range scans", lr_store(range_k, args.brain_train, "brain", axis), range_k,
+                      f"sr.ratio_range=[{r}, {r}]") for r in plan.get("alone_on_range_scans", [])}
     ratio_rows = []
     for ratio in plan["ratios"]:
         methods = [LINEAR, CUBIC, f"one model for {low:g}-{high:g}={range_model}"]
         if ratio in fixed:
             methods.append(f"trained for ratio {ratio:g}={fixed[ratio]}")
+        if ratio in alone:
+            methods.append(f"ratio {ratio:g} alone, range scans={alone[ratio]}")
         ratio_rows += parts.run(f"score ratio {ratio}", score, args.brain_eval, methods,
                                 workdir / "eval" / f"ratio{ratio}", axis, float(ratio), None, "point", 0.0)
 
@@ -132,18 +138,24 @@ def table(args, plan: dict, parts: Parts, ratio_rows: list[dict], thickness_rows
              f"Plan {Path(args.plan).name} ({digest(Path(args.plan).read_text())}), supervision {plan['supervision']}, "
              f"{plan['steps']} steps per model. PSNR (dB) on the missing HR slices (more than half a slice from an "
              "acquired centre); gain over linear in brackets.", "",
-             "| ratio | volume | linear | cubic | one model " + f"{low:g}-{high:g} | trained for that ratio | gap |",
-             "|---:|---|---:|---:|---:|---:|---:|"]
+             f"Columns: one model over ratios {low:g} to {high:g} (trained on the LR scans at {plan.get('range_k', 4)} x the HR "
+             "spacing); a model trained for that ratio on scans decimated by it (`fixed`); a model trained for that "
+             "ratio alone on the range model's scans (`sr.ratio_range: [r, r]`, `alone_on_range_scans`); gap = the "
+             "one model minus the best single-ratio model.", "",
+             "| ratio | volume | linear | cubic | one model " + f"{low:g}-{high:g} | trained for that ratio (its scans) "
+             "| that ratio alone (range scans) | gap |",
+             "|---:|---|---:|---:|---:|---:|---:|---:|"]
     by = {(r["ratio"], r["volume"], r["method"]): r["psnr_missing"] for r in ratio_rows}
     for ratio in plan["ratios"]:
         for volume in volumes:
             base = by.get((float(ratio), volume, LINEAR))
             one = by.get((float(ratio), volume, f"one model for {low:g}-{high:g}"))
-            alone = by.get((float(ratio), volume, f"trained for ratio {ratio:g}"))
+            own = by.get((float(ratio), volume, f"trained for ratio {ratio:g}"))
+            alone = by.get((float(ratio), volume, f"ratio {ratio:g} alone, range scans"))
+            single = max((v for v in (own, alone) if v is not None), default=None)
             cells = [f"{by.get((float(ratio), volume, CUBIC), float('nan')):.2f}",
-                     f"{one:.2f} ({one - base:+.2f})" if one is not None else "-",
-                     f"{alone:.2f} ({alone - base:+.2f})" if alone is not None else "-",
-                     f"{one - alone:+.2f}" if one is not None and alone is not None else "-"]
+                     *(f"{v:.2f} ({v - base:+.2f})" if v is not None else "-" for v in (one, own, alone)),
+                     f"{one - single:+.2f}" if one is not None and single is not None else "-"]
             lines.append(f"| {ratio:g} | {volume} | {base:.2f} | " + " | ".join(cells) + " |")
     lines += ["", f"Thick slices at K = {plan['thickness']['k']} (profile: thickness in HR slices):", "",
               "| profile | volume | linear | cubic | slicesr trained for point | slicesr trained for the profile |",
