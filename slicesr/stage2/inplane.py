@@ -27,7 +27,7 @@ import torch
 from slicesr.intensity import foreground_fraction
 from slicesr.sampling import WindowSampler, randint_below
 from slicesr.stage2.data import MAX_REDRAWS, Degradation
-from slicesr.store import SliceStore
+from slicesr.store import ScanRecord, SliceStore
 
 # LR slices read per draw of planes: each gives one plane per orientation (fewer, larger reads)
 PLANE_DRAW_SLICES = 8
@@ -50,6 +50,25 @@ def resample_inplane(window: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return out.squeeze(1).numpy()
 
 
+class ScanInMemory:
+    """One scan's normalised slices as the part of a SliceStore that the samplers read (`records`, `slices`,
+    `url`): per-scan adaptation draws pairs from the scan being inferred, which is in no store."""
+
+    SCAN_ID = "scan"
+
+    def __init__(self, slices: np.ndarray, spacing_mm: tuple[float, float, float]):
+        self.url = "the scan in memory"
+        self._slices = slices
+        self._record = ScanRecord(self.SCAN_ID, {"shape": list(slices.shape),
+                                                 "spacing_mm": [float(s) for s in spacing_mm]})
+
+    def records(self, scan_ids=None) -> dict[str, ScanRecord]:
+        return {self.SCAN_ID: self._record}
+
+    def slices(self, scan_id: str) -> np.ndarray:
+        return self._slices
+
+
 class InplanePairSampler(WindowSampler):
     """In-plane (input, target) pairs from a slice store of LR scans (see the module docstring).
 
@@ -58,7 +77,7 @@ class InplanePairSampler(WindowSampler):
     `min_foreground`, a window whose foreground fraction is lower is drawn again (up to MAX_REDRAWS times).
     """
 
-    def __init__(self, store: SliceStore, scan_ids: list[str], patch_size: tuple[int, int, int], k: int,
+    def __init__(self, store: SliceStore | ScanInMemory, scan_ids: list[str], patch_size: tuple[int, int, int], k: int,
                  min_foreground: float = 0.0, planes: bool = False, degradation: Degradation | None = None):
         super().__init__(store, scan_ids, (1, 1, 1), too_short="")
         self.patch_size, self.k, self.min_foreground = tuple(int(n) for n in patch_size), int(k), min_foreground
@@ -72,14 +91,7 @@ class InplanePairSampler(WindowSampler):
     def from_scan(cls, slices: np.ndarray, spacing_mm: tuple[float, float, float], patch_size: tuple[int, int, int],
                   k: int, min_foreground: float = 0.0, planes: bool = False) -> InplanePairSampler:
         """Pairs from one scan in memory (normalised slices, slice axis first): per-scan adaptation."""
-        sampler = cls.__new__(cls)
-        sampler.store, sampler.window, sampler.stride = None, (1, 1, 1), 1
-        sampler.shapes, sampler.scan_ids = {"scan": tuple(slices.shape)}, ["scan"]
-        sampler.arrays, sampler.weights = {"scan": slices}, torch.ones(1, dtype=torch.float64)
-        sampler.patch_size, sampler.k, sampler.min_foreground = tuple(int(n) for n in patch_size), int(k), min_foreground
-        sampler.planes, sampler.scales = planes, {"scan": inplane_scale(tuple(spacing_mm), k)}
-        sampler.degradation, sampler.line_spacing = Degradation(int(k)), {"scan": spacing_mm[0] / k}
-        return sampler
+        return cls(ScanInMemory(slices, spacing_mm), [ScanInMemory.SCAN_ID], patch_size, k, min_foreground, planes)
 
     def read(self, scan_id: str, depth: int, size: tuple[int, int], degraded_axis: int,
              generator: torch.Generator) -> np.ndarray:
