@@ -157,6 +157,13 @@ class SrConfig:
                  f"a thickness in mm, got {self.slice_thickness}")
         _require(self.slice_profile == "point" or self.loss_slices == "all",
                  "sr.loss_slices: missing needs the point profile (a thick acquired slice is not the HR slice)")
+        # The hold-out drops every other acquired slice and compares the model's output there with it: with
+        # a thick profile the kept slices are then twice as far apart for the same thickness (another gap
+        # than trained for), and the dropped slice is an average, not the HR slice the model returns.
+        _require(self.slice_profile == "point" or self.validation == "patches",
+                 "sr.validation: lr_holdout needs the point profile (a thick acquired slice is an average over its "
+                 "thickness, not what the model returns, and the hold-out doubles the gap); use patches (pairs "
+                 "degraded with the same profile)")
         _require(0 < self.inplane_fraction < 1, f"sr.inplane_fraction must be in (0, 1), got {self.inplane_fraction}"
                  " (for only one source set sr.supervision to synthetic or inplane)")
         _require(len(self.holdout_crop) == 2 and min(self.holdout_crop) >= 1,

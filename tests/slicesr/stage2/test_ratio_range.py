@@ -84,6 +84,9 @@ def test_a_model_for_thick_slices(sr_config, tmp_path):
     assert not np.array_equal(out[..., ::4], data)  # not copied back
     with pytest.raises(ValueError, match="sr.slice_thickness"):
         load_config("configs/debug/stage2.yaml", ["sr.slice_profile=box", "sr.slice_thickness=-1"])
+    with pytest.raises(ValueError, match="sr.validation: lr_holdout needs the point profile"):
+        load_config("configs/debug/stage2.yaml", ["sr.slice_profile=box", "sr.slice_thickness=2",
+                                                  "sr.validation=lr_holdout"])
 
 
 def test_thickness_from_the_scans_bids_sidecars(sr_config, tmp_path):
