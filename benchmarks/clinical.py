@@ -111,6 +111,7 @@ def run(args) -> int:
 
     thickness_rows = []
     sets = [("brain", args.brain_train, args.brain_eval, axis), ("knee", [args.knee], [args.knee], args.knee_axis)]
+    sets = [entry for entry in sets if entry[0] in plan["thickness"].get("sets", ("brain", "knee"))]
     for name, train, held_out, slice_axis in sets:
         store = lr_store(k, train, name, slice_axis)
         # the knee has one scan: no validation scan; thick profiles are validated on in-plane pairs degraded
