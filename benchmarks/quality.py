@@ -143,16 +143,14 @@ def train_sr(config_path: str, settings: dict, seed: int, k: int, store: str, su
 
 # --------------------------------------------------------------------------- scoring
 def score_set(volumes: list[str], k: int, methods: list[str], output: Path, axis: int, figures: bool = False,
-              uncertainty: bool = False, smoothing_voxels: float | None = None) -> list[dict]:
+              uncertainty: bool = False, smoothing_voxels: float = UNCERTAINTY_SMOOTHING_VOXELS) -> list[dict]:
     """`slicesr evaluate` over `volumes`; the rows of its metrics.csv (with its figures when asked; with
     `uncertainty`, the trained methods with test-time augmentation and their maps' Spearman, the maps
-    smoothed by `smoothing_voxels`, the library's default when None)."""
+    smoothed in-plane by `smoothing_voxels`)."""
     from slicesr.evaluate import evaluate
-    from slicesr.inference import UNCERTAINTY_SMOOTHING_VOXELS
 
     result = evaluate(volumes, k, methods, str(output), slice_axis=str(axis), figures=figures, progress=False,
-                      uncertainty=uncertainty, uncertainty_smoothing_voxels=UNCERTAINTY_SMOOTHING_VOXELS
-                      if smoothing_voxels is None else smoothing_voxels)
+                      uncertainty=uncertainty, uncertainty_smoothing_voxels=smoothing_voxels)
     if result.failures:
         raise RuntimeError(f"evaluation in {output}: {result.failures}")
     return result.rows
