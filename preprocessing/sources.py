@@ -54,6 +54,13 @@ def make_scan_id(relative_path: str) -> str:
     return scan_id if scan_id and not scan_id.startswith(".") else "scan_" + scan_id
 
 
+def local_uri(path: str) -> str:
+    """A local file's source: its absolute path with symbolic links resolved, so that one file reached
+    through another folder (a symlinked checkout, a second mount of the same data) is one scan, not a second
+    one under a hash-suffixed id (which would put the same scan in both the training and validation split)."""
+    return os.path.realpath(path)
+
+
 def _local_fingerprint(path: str) -> dict[str, Any]:
     info = os.stat(path)
     return {"size": int(info.st_size), "mtime": float(info.st_mtime)}
@@ -100,7 +107,7 @@ def _expand_local(src: str) -> list[tuple[str, str, dict]]:
             if os.path.isdir(match):
                 out += _expand_local(match)
             elif is_nifti_name(match):
-                out.append((os.path.abspath(match), os.path.relpath(match, root), _local_fingerprint(match)))
+                out.append((local_uri(match), os.path.relpath(match, root), _local_fingerprint(match)))
         return out
     if os.path.isdir(src):
         out = []
@@ -109,10 +116,10 @@ def _expand_local(src: str) -> list[tuple[str, str, dict]]:
             for name in sorted(files):
                 if is_nifti_name(name) and not name.startswith("."):
                     path = os.path.join(folder, name)
-                    out.append((os.path.abspath(path), os.path.relpath(path, src), _local_fingerprint(path)))
+                    out.append((local_uri(path), os.path.relpath(path, src), _local_fingerprint(path)))
         return out
     if os.path.isfile(src):
-        return [(os.path.abspath(src), os.path.basename(src), _local_fingerprint(src))]
+        return [(local_uri(src), os.path.basename(src), _local_fingerprint(src))]
     raise FileNotFoundError(src)
 
 

@@ -23,7 +23,7 @@ import fsspec
 import nibabel as nib
 from tqdm import tqdm
 
-from preprocessing.sources import SourceScan, expand_sources, strip_hash_suffix
+from preprocessing.sources import SourceScan, expand_sources, local_uri, strip_hash_suffix
 from slicesr.cli_common import (
     EXIT_OK,
     EXIT_SOME_FAILED,
@@ -139,16 +139,21 @@ def convert_scan(
 def _is_current(source: SourceScan, record_values: dict[str, Any] | None, slice_axis: int | str) -> bool:
     return (
         record_values is not None
-        and record_values.get("source") == source.uri
+        and stored_source(record_values.get("source")) == source.uri
         and record_values.get("source_fingerprint") == source.fingerprint
         and str(record_values.get("requested_slice_axis", "auto")) == str(slice_axis)
     )
 
 
+def stored_source(source: Any) -> Any:
+    return local_uri(source) if isinstance(source, str) and source and not is_remote(source) else source
+
+
 def assign_stored_ids(scans: list[SourceScan], existing: dict[str, dict[str, Any]]) -> list[SourceScan]:
     """Keep ids stable across runs: a source already stored keeps its id; a new source whose id is
     taken by another source gets the hash suffix instead of overwriting that scan."""
-    id_of_source = {values.get("source"): scan_id for scan_id, values in existing.items()}
+    # stores written before sources were resolved hold the path as given: resolve it the same way
+    id_of_source = {stored_source(values.get("source")): scan_id for scan_id, values in existing.items()}
     taken = set(existing)
     out = []
     for scan in scans:

@@ -127,6 +127,28 @@ def test_rerun_skips_overwrite_redoes_and_changed_sources_are_redone(tmp_path, s
     assert sorted(forced.stored) == ["scan000", "scan001", "scan002", "scan003"]
 
 
+def test_same_files_through_a_symlinked_folder_are_the_same_scans(tmp_path, synth_dir):
+    # a second path to the same files (a symlinked checkout, another mount) must not store every scan a
+    # second time under a hash-suffixed id: a random split would then put one scan on both sides
+    out = str(tmp_path / "out")
+    first = convert([str(synth_dir)], out, workers=0, progress=False)
+    alias = tmp_path / "alias"
+    alias.symlink_to(synth_dir, target_is_directory=True)
+    again = convert([str(alias)], out, workers=0, progress=False)
+    assert again.stored == [] and sorted(again.skipped) == sorted(first.stored)
+    # rewritten through the alias (new mtime, same name): converted again under its own id
+    changed = alias / "scan001.nii.gz"
+    write_nifti(changed, np.ones((5, 6, 7), dtype=np.float32))
+    os.utime(changed, ns=(time.time_ns(), time.time_ns() + 10**9))
+    third = convert([str(alias)], out, workers=0, progress=False)
+    assert third.stored == ["scan001"]
+    assert SliceStore.open(out).completed_ids() == sorted(first.stored)
+    # the same file named through both paths in one run is one scan
+    both = convert([str(synth_dir / "scan000.nii.gz"), str(alias / "scan000.nii.gz")], str(tmp_path / "out2"),
+                   workers=0, progress=False)
+    assert both.stored == ["scan000"]
+
+
 def test_half_written_scan_is_not_listed_and_is_redone(tmp_path, synth_dir):
     out = str(tmp_path / "out")
     convert([str(synth_dir)], out, workers=0, progress=False)
