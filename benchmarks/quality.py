@@ -143,14 +143,16 @@ def train_sr(config_path: str, settings: dict, seed: int, k: int, store: str, su
 
 # --------------------------------------------------------------------------- scoring
 def score_set(volumes: list[str], k: int, methods: list[str], output: Path, axis: int, figures: bool = False,
-              uncertainty: bool = False, smoothing_voxels: float = UNCERTAINTY_SMOOTHING_VOXELS) -> list[dict]:
+              uncertainty: bool = False, smoothing_voxels: float = UNCERTAINTY_SMOOTHING_VOXELS,
+              adapt_steps: int = 0) -> list[dict]:
     """`slicesr evaluate` over `volumes`; the rows of its metrics.csv (with its figures when asked; with
     `uncertainty`, the trained methods with test-time augmentation and their maps' Spearman, the maps
-    smoothed in-plane by `smoothing_voxels`)."""
+    smoothed in-plane by `smoothing_voxels`; with `adapt_steps`, the trained generators fine-tuned on each
+    LR scan first)."""
     from slicesr.evaluate import evaluate
 
     result = evaluate(volumes, k, methods, str(output), slice_axis=str(axis), figures=figures, progress=False,
-                      uncertainty=uncertainty, uncertainty_smoothing_voxels=smoothing_voxels)
+                      uncertainty=uncertainty, uncertainty_smoothing_voxels=smoothing_voxels, adapt_steps=adapt_steps)
     if result.failures:
         raise RuntimeError(f"evaluation in {output}: {result.failures}")
     return result.rows
@@ -213,7 +215,12 @@ def method_labels(plan: dict) -> list[str]:
             f"Proposed with {display_name(plan['recipe']['generator'])}{RECIPE}",
             *[beyond_label(row) for row in plan.get("beyond", {}).get("brain", [])],
             *[f"{g} only" for g in generators], *[ablation_label(plan, label) for label, _ in ABLATIONS],
-            *[f"{beyond_label(row)} (TTA)" for row in plan.get("beyond", {}).get("brain", []) if row.get("uncertainty")]]
+            *[f"{beyond_label(row)} (TTA)" for row in plan.get("beyond", {}).get("brain", []) if row.get("uncertainty")],
+            *[adapted_label(row) for row in plan.get("beyond", {}).get("brain", []) if row.get("adapt_steps")]]
+
+
+def adapted_label(row: dict) -> str:
+    return f"{beyond_label(row)} (adapted, {row['adapt_steps']} steps)"
 
 
 def beyond_label(row: dict) -> str:
@@ -318,6 +325,15 @@ def run(args) -> int:
                 (brain_rows if set_name == "brain" else knee_rows).extend(parts.run(
                     f"score {method.split('=', 1)[0]} with uncertainty ({set_name})", score_set, volumes, k, [method],
                     output / f"{set_name}-uncertainty" / str(i), axis, True, True, UNCERTAINTY_SMOOTHING_VOXELS))
+    # beyond rows with `adapt_steps`: each held-out LR scan's own in-plane pairs fine-tune a copy first
+    for set_name, methods, volumes, axis in (("brain", beyond_brain, eval_volumes, brain_axis),
+                                             ("knee", beyond_knee, [args.knee], knee_axis)):
+        for i, (row, method) in enumerate(zip(beyond.get(set_name, []), methods)):
+            if row.get("adapt_steps"):
+                (brain_rows if set_name == "brain" else knee_rows).extend(parts.run(
+                    f"score {adapted_label(row)} ({set_name})", score_set, volumes, k, [method],
+                    output / f"{set_name}-adapted" / str(i), axis, False, False, UNCERTAINTY_SMOOTHING_VOXELS,
+                    row["adapt_steps"]))
     figure_methods = [m for m in brain_methods if m.split("=", 1)[0] in FIGURE_ROWS]
     parts.run("figures (first held-out brain)", score_set, eval_volumes[:1], k, figure_methods,
               output / "figures", brain_axis, True)

@@ -10,7 +10,7 @@
                   [--precision float32|bfloat16]
     slicesr evaluate HR [HR ...] (--k K | --lr-spacing MM) --methods linear,cubic,MODEL,... --output DIR
                      [--slice-profile point|box|gaussian --slice-thickness MM] [--slice-axis auto|0|1|2]
-                     [--no-figures] [--tta] [--uncertainty] [--device auto|cpu|cuda]
+                     [--no-figures] [--tta] [--uncertainty] [--adapt-steps N] [--device auto|cpu|cuda]
     slicesr latent-analysis --model DIR [--model DIR ...] --hr HR.nii.gz [...] [--k 4] [--slice-axis auto|0|1|2]
 
 Exit codes: 0 all done, 1 some inputs failed (the rest done), 2 usage or environment error.
@@ -123,7 +123,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         raise UsageError("give --k K or --lr-spacing MM (one of them)")
     result = evaluate(args.hr, args.k, args.methods, args.output, args.slice_axis, figures=not args.no_figures,
                       tta=args.tta, uncertainty=args.uncertainty, device=args.device, lr_spacing=args.lr_spacing,
-                      profile=args.slice_profile, thickness_mm=args.slice_thickness)
+                      profile=args.slice_profile, thickness_mm=args.slice_thickness, adapt_steps=args.adapt_steps)
     print(result.summary_table())
     return finish(f"-> {args.output}/metrics.csv, summary.md" + ("" if args.no_figures else ", *_slices.png, *_through_plane.png"),
                   result.failures)
@@ -238,6 +238,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "(rows labelled '... (TTA)'); linear and cubic as they are")
     evaluation.add_argument("--uncertainty", action="store_true", help="--tta, and the Spearman correlation of "
                             "each trained method's uncertainty map with its absolute error (uncertainty_spearman)")
+    evaluation.add_argument("--adapt-steps", type=int, default=0, metavar="N",
+                            help="fine-tune each stage II generator on each simulated LR scan's own in-plane pairs "
+                            "for N steps first (rows labelled '... (adapted, N steps)'); the model is not changed")
     evaluation.add_argument("--device", choices=DEVICES, default="auto",
                             help="where the trained methods run: auto (default), cpu or cuda")
     evaluation.set_defaults(handler=_evaluate)

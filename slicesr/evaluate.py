@@ -245,7 +245,8 @@ def evaluate(hr_inputs: list[str], k: int | None, methods: str | list[str], outp
              figures: bool = True, progress: bool = True, tta: bool = False, uncertainty: bool = False,
              device: str = "auto", lr_spacing: float | None = None, profile: str = "point",
              thickness_mm: float | None = None,
-             uncertainty_smoothing_voxels: float = UNCERTAINTY_SMOOTHING_VOXELS) -> EvaluationResult:
+             uncertainty_smoothing_voxels: float = UNCERTAINTY_SMOOTHING_VOXELS,
+             adapt_steps: int = 0) -> EvaluationResult:
     """Score every method on every HR volume; write metrics.csv, summary.md and the figures into `output`.
 
     The LR scan keeps every K-th slice, or with `lr_spacing` (mm, any multiple of the HR spacing) has its
@@ -253,7 +254,11 @@ def evaluate(hr_inputs: list[str], k: int | None, methods: str | list[str], outp
     (slicesr.degradation.degrade_profile; acquired slices are copied back only with the point profile).
     `tta` / `uncertainty` apply to the trained methods (labelled "... (TTA)"; linear and cubic are scored
     as they are); `uncertainty` adds `uncertainty_spearman` to their rows (maps smoothed in-plane by
-    `uncertainty_smoothing_voxels`, slicesr.inference.predict)."""
+    `uncertainty_smoothing_voxels`, slicesr.inference.predict). With `adapt_steps`, each trained stage II
+    generator is fine-tuned on each simulated LR scan's own in-plane pairs first (per-scan adaptation, no HR;
+    rows labelled '... (adapted, N steps)'); the other methods are scored as they are."""
+    if adapt_steps < 0:
+        raise ValueError(f"--adapt-steps must be 0 or more, got {adapt_steps}")
     if lr_spacing is None and (k is None or k < 2):
         raise ValueError(f"K must be 2 or more, got {k}")
     if lr_spacing is not None and not lr_spacing > 0:
@@ -271,6 +276,8 @@ def evaluate(hr_inputs: list[str], k: int | None, methods: str | list[str], outp
         name = label or method.label
         if tta and method.supports_tta:
             name += " (TTA)"
+        if adapt_steps and method.adaptable:
+            name += f" (adapted, {adapt_steps} steps)"
         if name in loaded:
             raise ValueError(f"two methods are labelled {name!r}: name them with LABEL=MODEL")
         loaded[name] = method
@@ -305,13 +312,15 @@ def evaluate(hr_inputs: list[str], k: int | None, methods: str | list[str], outp
             outputs = {}
             for label, method in loaded.items():
                 augmented = tta and method.supports_tta
+                adapt = adapt_steps if method.adaptable else 0
                 if uncertainty and augmented:
                     image, spread_image = infer_volume_uncertainty(lr, method, grid["k"], axis, keep_acquired=keep,
                                                                    spacing_mm=grid.get("spacing_mm"),
-                                                                   smoothing_voxels=uncertainty_smoothing_voxels)
+                                                                   smoothing_voxels=uncertainty_smoothing_voxels,
+                                                                   adapt_steps=adapt)
                 else:
                     image = infer_volume(lr, method, grid["k"], axis, keep_acquired=keep, tta=augmented,
-                                         spacing_mm=grid.get("spacing_mm"))
+                                         spacing_mm=grid.get("spacing_mm"), adapt_steps=adapt)
                     spread_image = None
                 prediction, _ = to_slice_first(np.asarray(image.get_fdata(dtype=np.float32)), image.affine, axis)
                 outputs[label] = prediction

@@ -609,17 +609,19 @@ def uncertainty_path(output: str) -> str:
 
 def infer_volume(volume: Volume, method: Method, k: int | None, slice_axis: int | str = "auto",
                  keep_acquired: bool = True, progress: bool = False, tta: bool = False,
-                 spacing_mm: float | None = None) -> nib.Nifti1Image | nib.Nifti2Image:
-    prediction = predict(volume, method, k, slice_axis, keep_acquired, progress, tta, spacing_mm=spacing_mm)
+                 spacing_mm: float | None = None, adapt_steps: int = 0) -> nib.Nifti1Image | nib.Nifti2Image:
+    prediction = predict(volume, method, k, slice_axis, keep_acquired, progress, tta, adapt_steps=adapt_steps,
+                         spacing_mm=spacing_mm)
     return output_image(volume, prediction.data, prediction.affine)
 
 
 def infer_volume_uncertainty(volume: Volume, method: Method, k: int, slice_axis: int | str = "auto",
                              keep_acquired: bool = True, progress: bool = False, spacing_mm: float | None = None,
-                             smoothing_voxels: float = UNCERTAINTY_SMOOTHING_VOXELS):
+                             smoothing_voxels: float = UNCERTAINTY_SMOOTHING_VOXELS, adapt_steps: int = 0):
     """(the test-time-augmented output image, its uncertainty image)."""
     return predicted_images(volume, predict(volume, method, k, slice_axis, keep_acquired, progress, uncertainty=True,
-                                            spacing_mm=spacing_mm, uncertainty_smoothing_voxels=smoothing_voxels))
+                                            adapt_steps=adapt_steps, spacing_mm=spacing_mm,
+                                            uncertainty_smoothing_voxels=smoothing_voxels))
 
 
 @dataclass

@@ -124,6 +124,33 @@ def test_tta_and_uncertainty_rows(tmp_path):
     assert (tmp_path / "out" / "uncertainty_calibration.png").stat().st_size > 0
 
 
+def test_adapted_rows(tmp_path, capsys):
+    """--adapt-steps: each trained generator fine-tuned on each simulated LR scan before it is scored (its own
+    row label); linear is scored as it is; the model directory is unchanged; a negative count is refused."""
+    import hashlib
+
+    from tests.slicesr.test_inference_tta import model_dir
+
+    hr_path = write_nifti(tmp_path / "hr.nii.gz", np.random.default_rng(1).random((10, 9, 13)).astype(np.float32) + 0.2,
+                          np.diag([1.0, 1.0, 1.0, 1.0]))
+    model = model_dir(tmp_path / "sr", "throughplane2d")
+    weights = tmp_path / "sr" / "model.safetensors"
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest()
+    plain = evaluate([hr_path], 3, ["linear", f"mine={model}"], str(tmp_path / "plain"), slice_axis=2, figures=False,
+                     progress=False)
+    assert main(["evaluate", hr_path, "--k", "3", "--slice-axis", "2", "--methods", f"linear,mine={model}",
+                 "--output", str(tmp_path / "adapted"), "--no-figures", "--adapt-steps", "3"]) == 0
+    rows = read_metrics(tmp_path / "adapted" / "metrics.csv")
+    assert [r["method"] for r in rows] == ["linear", "mine (adapted, 3 steps)"]
+    assert rows[0]["psnr_missing"] == pytest.approx(plain.rows[0]["psnr_missing"])
+    assert rows[1]["psnr_missing"] != pytest.approx(plain.rows[1]["psnr_missing"], abs=1e-9)  # a fine-tuned copy scored
+    assert hashlib.sha256(weights.read_bytes()).hexdigest() == digest
+    capsys.readouterr()
+    assert main(["evaluate", hr_path, "--k", "3", "--methods", "linear", "--output", str(tmp_path / "bad"),
+                 "--adapt-steps", "-2"]) == 2
+    assert "--adapt-steps" in capsys.readouterr().err
+
+
 def test_calibration_deciles_follow_the_error():
     rng = np.random.default_rng(2)
     hr = rng.random((9, 8, 8)) + 0.5
