@@ -317,23 +317,20 @@ def run(args) -> int:
     output = Path(args.output) if args.output else workdir / "eval"
     brain_rows = score_methods(parts, "brain", eval_volumes, k, brain_methods + ablation_methods, output, brain_axis)
     knee_rows = score_methods(parts, "knee", [args.knee], k, knee_methods, output, knee_axis)
-    # beyond rows marked `uncertainty` again with test-time augmentation and uncertainty maps
+    # beyond rows marked `uncertainty` again with test-time augmentation and uncertainty maps; rows with
+    # `adapt_steps` again with each held-out LR scan's own in-plane pairs fine-tuning a copy first
     for set_name, methods, volumes, axis in (("brain", beyond_brain, eval_volumes, brain_axis),
                                              ("knee", beyond_knee, [args.knee], knee_axis)):
+        rows = brain_rows if set_name == "brain" else knee_rows
         for i, (row, method) in enumerate(zip(beyond.get(set_name, []), methods)):
             if row.get("uncertainty"):
-                (brain_rows if set_name == "brain" else knee_rows).extend(parts.run(
-                    f"score {method.split('=', 1)[0]} with uncertainty ({set_name})", score_set, volumes, k, [method],
-                    output / f"{set_name}-uncertainty" / str(i), axis, True, True, UNCERTAINTY_SMOOTHING_VOXELS))
-    # beyond rows with `adapt_steps`: each held-out LR scan's own in-plane pairs fine-tune a copy first
-    for set_name, methods, volumes, axis in (("brain", beyond_brain, eval_volumes, brain_axis),
-                                             ("knee", beyond_knee, [args.knee], knee_axis)):
-        for i, (row, method) in enumerate(zip(beyond.get(set_name, []), methods)):
+                rows.extend(parts.run(f"score {method.split('=', 1)[0]} with uncertainty ({set_name})", score_set,
+                                      volumes, k, [method], output / f"{set_name}-uncertainty" / str(i), axis, True,
+                                      True, UNCERTAINTY_SMOOTHING_VOXELS))
             if row.get("adapt_steps"):
-                (brain_rows if set_name == "brain" else knee_rows).extend(parts.run(
-                    f"score {adapted_label(row)} ({set_name})", score_set, volumes, k, [method],
-                    output / f"{set_name}-adapted" / str(i), axis, False, False, UNCERTAINTY_SMOOTHING_VOXELS,
-                    row["adapt_steps"]))
+                rows.extend(parts.run(f"score {adapted_label(row)} ({set_name})", score_set, volumes, k, [method],
+                                      output / f"{set_name}-adapted" / str(i), axis, False, False,
+                                      UNCERTAINTY_SMOOTHING_VOXELS, row["adapt_steps"]))
     figure_methods = [m for m in brain_methods if m.split("=", 1)[0] in FIGURE_ROWS]
     parts.run("figures (first held-out brain)", score_set, eval_volumes[:1], k, figure_methods,
               output / "figures", brain_axis, True)
