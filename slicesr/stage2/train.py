@@ -219,7 +219,7 @@ class Stage2Trainer(TrainingLoop):
             return float("nan")
         self.model.eval()
         results = [holdout_score(lambda kept, k: generator_upsample(self.model, kept, k, tuple(sr.window),
-                                                                    sr.window_overlap), lr, sr.k)
+                                                                    sr.window_overlap), lr, sr.holdout_k())
                    for lr in self.holdout_scans.values()]
         self.model.train()
         self.reporter.report(self.step, {"val_holdout_psnr": float(np.mean([r["psnr_missing"] for r in results]))})
