@@ -63,10 +63,14 @@ def _model(stage, config):
     return VaeGan(size_from_config(config)) if stage == "vae" else build_generator(generator_size(config))
 
 
-def _worker(rank, stage, strategy, zero, port, out):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(WORLD),
-                      LOCAL_RANK=str(rank), DS_ACCELERATOR="cpu")
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+def _worker(rank, stage, strategy, zero, rendezvous, port, out):
+    # The group meets through a file, not a port picked in advance: a port found free here can be taken by
+    # another process (a Ray worker of an earlier test) before rank 0 binds it, and rank 1 then talks to a
+    # stranger (seen once in CI as a SIGABRT in rank 1). MASTER_* only name DeepSpeed's shared-memory segments,
+    # nothing binds the port.
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rank), DS_ACCELERATOR="cpu")
+    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=WORLD)
     try:
         config = _config(stage, strategy, zero)
         ds = resolved_deepspeed_config(config.cluster) if strategy == "deepspeed" else None
@@ -78,6 +82,7 @@ def _worker(rank, stage, strategy, zero, port, out):
         if rank == 0:
             torch.save({k: v.detach().clone() for k, v in engine.model.state_dict().items()}, out)
         engine.close()
+        dist.barrier()  # no rank tears the group down while another still uses it
     finally:
         dist.destroy_process_group()
 
@@ -110,7 +115,7 @@ def test_two_ranks_match_the_in_process_step(stage, strategy, zero, tmp_path):
     null_gradient = {name for name, largest in largest_gradient.items() if largest < 1e-6 and name.endswith(".bias")}
 
     out = tmp_path / "rank0.pt"
-    mp.start_processes(_worker, args=(stage, strategy, zero, _free_port(), out), nprocs=WORLD, start_method="spawn")
+    mp.start_processes(_worker, args=(stage, strategy, zero, tmp_path / "rendezvous", _free_port(), out), nprocs=WORLD, start_method="spawn")
     distributed = torch.load(out, weights_only=True)
     moved = 0
     for key, value in reference.items():
