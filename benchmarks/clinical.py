@@ -91,6 +91,14 @@ def run(args) -> int:
     # one ratio alone on the range model's own scans (a range of one value): the same data as the range model
     alone = {r: model(f"ratio {r} on the range scans", lr_store(range_k, args.brain_train, "brain", axis), range_k,
                       f"sr.ratio_range=[{r}, {r}]") for r in plan.get("alone_on_range_scans", [])}
+    # the one model trained as long as the single-ratio models of its range together (compute-matched)
+    long_steps = plan.get("range_long_steps")
+    long_model = None
+    if long_steps:
+        long_model = parts.run(f"ratios {low:g} to {high:g}, {long_steps} steps", train_sr, plan["sr_config"],
+                               {**settings, "steps": long_steps}, seed, range_k,
+                               lr_store(range_k, args.brain_train, "brain", axis), supervision, runs,
+                               f"ratios-{low:g}-to-{high:g}-{long_steps}-steps", f"sr.ratio_range=[{low}, {high}]")
     ratio_rows = []
     for ratio in plan["ratios"]:
         methods = [LINEAR, CUBIC, f"one model for {low:g}-{high:g}={range_model}"]
@@ -100,6 +108,11 @@ def run(args) -> int:
             methods.append(f"ratio {ratio:g} alone, range scans={alone[ratio]}")
         ratio_rows += parts.run(f"score ratio {ratio}", score, args.brain_eval, methods,
                                 workdir / "eval" / f"ratio{ratio}", axis, float(ratio), None, "point", 0.0)
+        if long_model:  # its own part: the rows above are not scored again
+            ratio_rows += parts.run(f"score ratio {ratio}, {long_steps} steps", score, args.brain_eval,
+                                    [f"one model for {low:g}-{high:g}, {long_steps} steps={long_model}"],
+                                    workdir / "eval" / f"ratio{ratio}-{long_steps}", axis, float(ratio), None,
+                                    "point", 0.0)
 
     # thick slices at K: the model for point sampling vs the model for that profile
     k = plan["thickness"]["k"]
@@ -150,10 +163,15 @@ def table(args, plan: dict, parts: Parts, ratio_rows: list[dict], thickness_rows
              f"Columns: one model over ratios {low:g} to {high:g} (trained on the LR scans at {plan.get('range_k', 4)} x the HR "
              "spacing); a model trained for that ratio on scans decimated by it (`fixed`); a model trained for that "
              "ratio alone on the range model's scans (`sr.ratio_range: [r, r]`, `alone_on_range_scans`); gap = the "
-             "one model minus the best single-ratio model.", "",
-             "| ratio | volume | linear | cubic | one model " + f"{low:g}-{high:g} | trained for that ratio (its scans) "
-             "| that ratio alone (range scans) | gap |",
-             "|---:|---|---:|---:|---:|---:|---:|---:|"]
+             "one model minus the best single-ratio model."]
+    long_steps = plan.get("range_long_steps")
+    if long_steps:
+        lines[-1] += (f" `{long_steps} steps`: the one model trained for {long_steps} steps, what the single-ratio "
+                      "models of its range take together (compute-matched); its gap in the last column.")
+    lines += ["", "| ratio | volume | linear | cubic | one model " + f"{low:g}-{high:g} | trained for that ratio (its "
+              "scans) | that ratio alone (range scans) | gap |" + (f" one model, {long_steps} steps | gap |"
+                                                                     if long_steps else ""),
+              "|---:|---|---:|---:|---:|---:|---:|---:|" + ("---:|---:|" if long_steps else "")]
     by = {(r["ratio"], r["volume"], r["method"]): r["psnr_missing"] for r in ratio_rows}
     for ratio in plan["ratios"]:
         for volume in volumes:
@@ -165,6 +183,10 @@ def table(args, plan: dict, parts: Parts, ratio_rows: list[dict], thickness_rows
             cells = [f"{by.get((float(ratio), volume, CUBIC), float('nan')):.2f}",
                      *(f"{v:.2f} ({v - base:+.2f})" if v is not None else "-" for v in (one, own, alone)),
                      f"{one - single:+.2f}" if one is not None and single is not None else "-"]
+            if long_steps:
+                long = by.get((float(ratio), volume, f"one model for {low:g}-{high:g}, {long_steps} steps"))
+                cells += [f"{long:.2f} ({long - base:+.2f})" if long is not None else "-",
+                          f"{long - single:+.2f}" if long is not None and single is not None else "-"]
             lines.append(f"| {ratio:g} | {volume} | {base:.2f} | " + " | ".join(cells) + " |")
     lines += ["", f"Thick slices at K = {plan['thickness']['k']} ({plan['thickness'].get('steps', plan['steps'])} steps "
               "per model; the LR scans simulated from the HR volume with that profile; profile: its thickness in "
