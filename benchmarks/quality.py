@@ -118,12 +118,36 @@ def make_hr_store(hr_inputs: list[str], workdir: Path, axis: int) -> str:
 # --------------------------------------------------------------------------- training
 # A part's key is its arguments: each training receives only its own settings, so that changing one
 # part of the plan retrains that part alone.
+PART_MARKER = "benchmark-part.json"
+
+
+def claim_run_folder(runs: Path, name: str, config_path: str, overrides: list[str]) -> None:
+    """Make runs/name the folder of a training with these settings. An interrupted training of the same
+    settings resumes in it; one of other settings (a part whose plan changed) is moved aside to
+    `name.before-<its digest>`, kept, so that the trainer starts afresh instead of refusing to resume. A
+    folder written before these markers existed is resumed (the trainer refuses incompatible settings)."""
+    key = digest(config_path, json.dumps(overrides))
+    folder = Path(runs) / name
+    marker = folder / PART_MARKER
+    if marker.exists():
+        previous = json.loads(marker.read_text()).get("key")
+        if previous != key:
+            aside = folder.with_name(f"{name}.before-{previous}")
+            if aside.exists():
+                shutil.rmtree(aside)  # an older copy of the same superseded settings
+            folder.rename(aside)
+            print(f"{folder}: trained with other settings; moved to {aside}", flush=True)
+    folder.mkdir(parents=True, exist_ok=True)
+    marker.write_text(json.dumps({"key": key, "config": config_path, "overrides": overrides}, indent=1))
+
+
 def train_vae(config_path: str, part: dict, seed: int, k: int, store: str, runs: Path, name: str, *extra: str) -> str:
     from slicesr.stage1.train import Stage1Trainer
 
-    config = load_config(config_path, [
-        f"data.store={store}", f"run.storage_path={runs}", f"run.name={name}", f"train.max_steps={part['steps']}",
-        f"schedule.phase_steps={part['phase_steps']}", f"train.seed={seed}", f"synthesis.k={k}", *extra])
+    overrides = [f"data.store={store}", f"run.storage_path={runs}", f"run.name={name}", f"train.max_steps={part['steps']}",
+                 f"schedule.phase_steps={part['phase_steps']}", f"train.seed={seed}", f"synthesis.k={k}", *extra]
+    config = load_config(config_path, overrides)
+    claim_run_folder(runs, name, config_path, overrides)
     trainer = Stage1Trainer(config)
     trainer.fit()
     return str(trainer.best_dir)
@@ -133,9 +157,10 @@ def train_sr(config_path: str, settings: dict, seed: int, k: int, store: str, su
              *extra: str) -> str:
     from slicesr.stage2.train import Stage2Trainer
 
-    config = load_config(config_path, [
-        f"data.store={store}", f"run.storage_path={runs}", f"run.name={name}", f"sr.supervision={supervision}",
-        f"sr.k={k}", f"train.max_steps={settings['steps']}", f"train.seed={seed}", *settings["set"], *extra])
+    overrides = [f"data.store={store}", f"run.storage_path={runs}", f"run.name={name}", f"sr.supervision={supervision}",
+                 f"sr.k={k}", f"train.max_steps={settings['steps']}", f"train.seed={seed}", *settings["set"], *extra]
+    config = load_config(config_path, overrides)
+    claim_run_folder(runs, name, config_path, overrides)
     trainer = Stage2Trainer(config)
     trainer.fit()
     return str(trainer.best_dir)
