@@ -123,7 +123,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         raise UsageError("give --k K or --lr-spacing MM (one of them)")
     result = evaluate(args.hr, args.k, args.methods, args.output, args.slice_axis, figures=not args.no_figures,
                       tta=args.tta, uncertainty=args.uncertainty, device=args.device, lr_spacing=args.lr_spacing,
-                      profile=args.slice_profile, thickness_mm=args.slice_thickness, adapt_steps=args.adapt_steps)
+                      profile=args.slice_profile, thickness_mm=args.slice_thickness, adapt_steps=args.adapt_steps,
+                      precision=args.precision)
     print(result.summary_table())
     return finish(f"-> {args.output}/metrics.csv, summary.md" + ("" if args.no_figures else ", *_slices.png, *_through_plane.png"),
                   result.failures)
@@ -243,6 +244,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "for N steps first (rows labelled '... (adapted, N steps)'); the model is not changed")
     evaluation.add_argument("--device", choices=DEVICES, default="auto",
                             help="where the trained methods run: auto (default), cpu or cuda")
+    evaluation.add_argument("--precision", choices=["float32", "bfloat16"], default="float32",
+                            help="bfloat16 runs the through-plane 2D generators in bfloat16 (rows labelled "
+                            "'... (bfloat16)'); the other methods as they are")
     evaluation.set_defaults(handler=_evaluate)
     latent = sub.add_parser("latent-analysis", help="Fig. 9 latent distances on HR volumes")
     latent.add_argument("--model", action="append", required=True)

@@ -24,6 +24,7 @@ from tqdm import tqdm
 from slicesr.degradation import PROFILES, degrade_profile, keep_every_kth, num_kept_slices, num_lr_slices
 from slicesr.geometry import resolve_slice_axis, to_slice_first, voxel_spacing
 from slicesr.inference import (
+    PRECISIONS,
     UNCERTAINTY_SMOOTHING_VOXELS,
     Method,
     check_k,
@@ -246,7 +247,7 @@ def evaluate(hr_inputs: list[str], k: int | None, methods: str | list[str], outp
              device: str = "auto", lr_spacing: float | None = None, profile: str = "point",
              thickness_mm: float | None = None,
              uncertainty_smoothing_voxels: float = UNCERTAINTY_SMOOTHING_VOXELS,
-             adapt_steps: int = 0) -> EvaluationResult:
+             adapt_steps: int = 0, precision: str = "float32") -> EvaluationResult:
     """Score every method on every HR volume; write metrics.csv, summary.md and the figures into `output`.
 
     The LR scan keeps every K-th slice, or with `lr_spacing` (mm, any multiple of the HR spacing) has its
@@ -256,9 +257,13 @@ def evaluate(hr_inputs: list[str], k: int | None, methods: str | list[str], outp
     as they are); `uncertainty` adds `uncertainty_spearman` to their rows (maps smoothed in-plane by
     `uncertainty_smoothing_voxels`, slicesr.inference.predict). With `adapt_steps`, each trained stage II
     generator is fine-tuned on each simulated LR scan's own in-plane pairs first (per-scan adaptation, no HR;
-    rows labelled '... (adapted, N steps)'); the other methods are scored as they are."""
+    rows labelled '... (adapted, N steps)'); the other methods are scored as they are. `precision` bfloat16
+    runs the through-plane 2D generators in bfloat16 (rows labelled '... (bfloat16)'; slicesr.inference
+    `planes_on_grid`); the other methods as they are."""
     if adapt_steps < 0:
         raise ValueError(f"--adapt-steps must be 0 or more, got {adapt_steps}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if lr_spacing is None and (k is None or k < 2):
         raise ValueError(f"K must be 2 or more, got {k}")
     if lr_spacing is not None and not lr_spacing > 0:
@@ -274,6 +279,9 @@ def evaluate(hr_inputs: list[str], k: int | None, methods: str | list[str], outp
         if lr_spacing is None:
             check_k(method, k)
         name = label or method.label
+        if precision != "float32" and getattr(method, "supports_precision", False):
+            method.precision = precision
+            name += f" ({precision})"
         if tta and method.supports_tta:
             name += " (TTA)"
         if adapt_steps and method.adaptable:

@@ -157,7 +157,7 @@ class GeneratorUpsampling(Method):
         self.precision = precision
 
         self.model, self.config, self.metadata = load_generator(path)
-        if precision != "float32" and not hasattr(self.model, "plane_residual"):
+        if precision != "float32" and not self.supports_precision:
             raise ValueError(f"{path}: --precision {precision} is for through-plane 2D generators; this one is "
                              f"{self.config.model.name}")
         if device is not None:
@@ -171,6 +171,11 @@ class GeneratorUpsampling(Method):
         self.copies_acquired = self.slice_profile == "point"
         self.window = tuple(window or self.config.sr.window)
         self.overlap = self.config.sr.window_overlap
+
+    @property
+    def supports_precision(self) -> bool:
+        """Whether it runs in bfloat16 as well (through-plane 2D generators: `planes_on_grid`)."""
+        return hasattr(self.model, "plane_residual")
 
     def upsample(self, slices: np.ndarray, k: int, progress: bool = False) -> np.ndarray:
         return generator_upsample(self.model, slices, k, self.window, self.overlap, progress,

@@ -151,6 +151,27 @@ def test_adapted_rows(tmp_path, capsys):
     assert "--adapt-steps" in capsys.readouterr().err
 
 
+def test_bfloat16_rows(tmp_path):
+    """--precision bfloat16: the through-plane 2D generator runs in bfloat16 (its row labelled, close to but
+    not equal to float32), a 3D generator and linear are scored as they are."""
+    from tests.slicesr.test_inference_tta import model_dir
+
+    hr_path = write_nifti(tmp_path / "hr.nii.gz", np.random.default_rng(1).random((10, 9, 13)).astype(np.float32) + 0.2,
+                          np.diag([1.0, 1.0, 1.0, 1.0]))
+    planes = model_dir(tmp_path / "sr2d", "throughplane2d")
+    volume = model_dir(tmp_path / "sr3d", "deepresolve")
+    methods = ["linear", f"planes={planes}", f"volume={volume}"]
+    plain = evaluate([hr_path], 3, methods, str(tmp_path / "plain"), slice_axis=2, figures=False, progress=False)
+    assert main(["evaluate", hr_path, "--k", "3", "--slice-axis", "2", "--methods", ",".join(methods),
+                 "--output", str(tmp_path / "bf16"), "--no-figures", "--precision", "bfloat16"]) == 0
+    rows = {r["method"]: r["psnr_missing"] for r in read_metrics(tmp_path / "bf16" / "metrics.csv")}
+    reference = {r["method"]: r["psnr_missing"] for r in plain.rows}
+    assert list(rows) == ["linear", "planes (bfloat16)", "volume"]
+    assert rows["linear"] == pytest.approx(reference["linear"]) and rows["volume"] == pytest.approx(reference["volume"])
+    assert rows["planes (bfloat16)"] != reference["planes"]
+    assert rows["planes (bfloat16)"] == pytest.approx(reference["planes"], abs=0.5)
+
+
 def test_calibration_deciles_follow_the_error():
     rng = np.random.default_rng(2)
     hr = rng.random((9, 8, 8)) + 0.5
