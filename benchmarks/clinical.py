@@ -6,7 +6,9 @@
 Ratios: one stage II model trained once over `ratio_range` (sr.ratio_range) and models trained for one
 ratio alone (`fixed`: their LR training scans decimated by that ratio; `alone_on_range_scans`: the range
 model's own scans with a range of one value, sr.ratio_range [r, r]), the same steps each, all without
-HR (the plan's supervision: in-plane pairs of the LR training scans). Each is scored with `slicesr
+HR (the plan's supervision: in-plane pairs of the LR training scans); `range_variants`: the one model
+trained otherwise (`steps`: longer; `init_from_fixed: r`: starting from the ratio-r model, sr.init_from),
+each its own column. Each is scored with `slicesr
 evaluate --lr-spacing` at every ratio of `ratios` on each held-out brain (LR slices at i x ratio HR
 slices; non-integer ratios included), beside linear and cubic.
 Thickness (at K = `thickness.k`): the LR scans simulated with each slice profile (box of n HR slices: a
@@ -91,14 +93,17 @@ def run(args) -> int:
     # one ratio alone on the range model's own scans (a range of one value): the same data as the range model
     alone = {r: model(f"ratio {r} on the range scans", lr_store(range_k, args.brain_train, "brain", axis), range_k,
                       f"sr.ratio_range=[{r}, {r}]") for r in plan.get("alone_on_range_scans", [])}
-    # the one model trained as long as the single-ratio models of its range together (compute-matched)
-    long_steps = plan.get("range_long_steps")
-    long_model = None
-    if long_steps:
-        long_model = parts.run(f"ratios {low:g} to {high:g}, {long_steps} steps", train_sr, plan["sr_config"],
-                               {**settings, "steps": long_steps}, seed, range_k,
-                               lr_store(range_k, args.brain_train, "brain", axis), supervision, runs,
-                               f"ratios-{low:g}-to-{high:g}-{long_steps}-steps", f"sr.ratio_range=[{low}, {high}]")
+    # the one model trained otherwise: longer (compute-matched), or starting from a single-ratio model
+    variants = {}
+    for variant in plan.get("range_variants", []):
+        extra = [f"sr.ratio_range=[{low}, {high}]"]
+        if "init_from_fixed" in variant:
+            extra.append(f"sr.init_from={fixed[variant['init_from_fixed']]}")
+        variants[variant["name"]] = parts.run(
+            f"ratios {low:g} to {high:g}, {variant['name']}", train_sr, plan["sr_config"],
+            {**settings, "steps": variant.get("steps", plan["steps"])}, seed, range_k,
+            lr_store(range_k, args.brain_train, "brain", axis), supervision, runs,
+            f"ratios-{low:g}-to-{high:g}-{slug(variant['name'])}", *extra)
     ratio_rows = []
     for ratio in plan["ratios"]:
         methods = [LINEAR, CUBIC, f"one model for {low:g}-{high:g}={range_model}"]
@@ -108,10 +113,10 @@ def run(args) -> int:
             methods.append(f"ratio {ratio:g} alone, range scans={alone[ratio]}")
         ratio_rows += parts.run(f"score ratio {ratio}", score, args.brain_eval, methods,
                                 workdir / "eval" / f"ratio{ratio}", axis, float(ratio), None, "point", 0.0)
-        if long_model:  # its own part: the rows above are not scored again
-            ratio_rows += parts.run(f"score ratio {ratio}, {long_steps} steps", score, args.brain_eval,
-                                    [f"one model for {low:g}-{high:g}, {long_steps} steps={long_model}"],
-                                    workdir / "eval" / f"ratio{ratio}-{long_steps}", axis, float(ratio), None,
+        for name, trained in variants.items():  # each its own part: the rows above are not scored again
+            ratio_rows += parts.run(f"score ratio {ratio}, {name}", score, args.brain_eval,
+                                    [f"one model for {low:g}-{high:g}, {name}={trained}"],
+                                    workdir / "eval" / f"ratio{ratio}-{slug(name)}", axis, float(ratio), None,
                                     "point", 0.0)
 
     # thick slices at K: the model for point sampling vs the model for that profile
@@ -146,6 +151,11 @@ def run(args) -> int:
     return 0
 
 
+def slug(name: str) -> str:
+    """A folder name from a label: '3000 steps' -> '3000-steps'."""
+    return "-".join("".join(c if c.isalnum() else " " for c in name).split())
+
+
 def slice_spacing(store: str) -> float:
     """The slice spacing (mm) of a store's first scan."""
     from slicesr.store import SliceStore
@@ -164,14 +174,15 @@ def table(args, plan: dict, parts: Parts, ratio_rows: list[dict], thickness_rows
              "spacing); a model trained for that ratio on scans decimated by it (`fixed`); a model trained for that "
              "ratio alone on the range model's scans (`sr.ratio_range: [r, r]`, `alone_on_range_scans`); gap = the "
              "one model minus the best single-ratio model."]
-    long_steps = plan.get("range_long_steps")
-    if long_steps:
-        lines[-1] += (f" `{long_steps} steps`: the one model trained for {long_steps} steps, what the single-ratio "
-                      "models of its range take together (compute-matched); its gap in the last column.")
+    variants = plan.get("range_variants", [])
+    for variant in variants:
+        lines[-1] += f" `{variant['name']}`: the one model again, {variant['why']}."
+    if variants:
+        lines[-1] += " Gap columns: each one-model column minus the best single-ratio model."
     lines += ["", "| ratio | volume | linear | cubic | one model " + f"{low:g}-{high:g} | trained for that ratio (its "
-              "scans) | that ratio alone (range scans) | gap |" + (f" one model, {long_steps} steps | gap |"
-                                                                     if long_steps else ""),
-              "|---:|---|---:|---:|---:|---:|---:|---:|" + ("---:|---:|" if long_steps else "")]
+              "scans) | that ratio alone (range scans) | gap |" + "".join(f" one model, {v['name']} | gap |"
+                                                                     for v in variants),
+              "|---:|---|---:|---:|---:|---:|---:|---:|" + "---:|---:|" * len(variants)]
     by = {(r["ratio"], r["volume"], r["method"]): r["psnr_missing"] for r in ratio_rows}
     for ratio in plan["ratios"]:
         for volume in volumes:
@@ -183,10 +194,10 @@ def table(args, plan: dict, parts: Parts, ratio_rows: list[dict], thickness_rows
             cells = [f"{by.get((float(ratio), volume, CUBIC), float('nan')):.2f}",
                      *(f"{v:.2f} ({v - base:+.2f})" if v is not None else "-" for v in (one, own, alone)),
                      f"{one - single:+.2f}" if one is not None and single is not None else "-"]
-            if long_steps:
-                long = by.get((float(ratio), volume, f"one model for {low:g}-{high:g}, {long_steps} steps"))
-                cells += [f"{long:.2f} ({long - base:+.2f})" if long is not None else "-",
-                          f"{long - single:+.2f}" if long is not None and single is not None else "-"]
+            for variant in variants:
+                other = by.get((float(ratio), volume, f"one model for {low:g}-{high:g}, {variant['name']}"))
+                cells += [f"{other:.2f} ({other - base:+.2f})" if other is not None else "-",
+                          f"{other - single:+.2f}" if other is not None and single is not None else "-"]
             lines.append(f"| {ratio:g} | {volume} | {base:.2f} | " + " | ".join(cells) + " |")
     lines += ["", f"Thick slices at K = {plan['thickness']['k']} ({plan['thickness'].get('steps', plan['steps'])} steps "
               "per model; the LR scans simulated from the HR volume with that profile; profile: its thickness in "

@@ -137,6 +137,10 @@ class SrConfig:
     # it the integer ratio in the range nearest to sr.k (`holdout_k`).
     validation: Literal["patches", "lr_holdout"] = "patches"
     holdout_crop: list[int] = field(default_factory=lambda: [96, 96])
+    # A stage II model directory whose weights the generator starts from (same model.* size), instead of
+    # random weights: fine-tuning a model on a site's own scans, or another ratio range, or another profile.
+    # A resumed run continues from its checkpoint, whatever this says.
+    init_from: str = ""
 
     def validate(self) -> None:
         _require(self.k >= 2, f"sr.k must be >= 2, got {self.k}")

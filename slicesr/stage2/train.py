@@ -93,7 +93,11 @@ class Stage2Trainer(TrainingLoop):
         torch.manual_seed(config.train.seed)  # initial weights
         # in-process: the generator on train.device; a distributed adapter passes its own engine
         engine_factory = engine_factory or functools.partial(generator_engine, device=resolve_device(config.train.device))
-        self.engine = engine_factory(build_generator(generator_size(config)), config.train.lr)
+        generator = build_generator(generator_size(config))
+        if config.sr.init_from:
+            generator.load_state_dict(initial_weights(config.sr.init_from, generator_size(config)))
+            log.info("generator initialised from %s", config.sr.init_from)
+        self.engine = engine_factory(generator, config.train.lr)
         self.model = self.engine.model
         ids = self.open_store_and_split()
         sr = config.sr
@@ -170,6 +174,7 @@ class Stage2Trainer(TrainingLoop):
                 "train_scans": self.train_ids, "val_scans": self.val_ids, f"best_{self.val_metric}": self.best_val,
                 **({"ratio_range": [float(r) for r in sr.ratio_range]} if sr.ratio_range else {}),
                 "slice_profile": sr.slice_profile,
+                **({"init_from": sr.init_from} if sr.init_from else {}),
                 **({"slice_thickness_mm": self.slice_thickness, "slice_thickness_source": self.thickness_source}
                    if sr.slice_profile != "point" else {}),
                 **({"inplane": {"lr_store": self.lr_store_url, "fraction": 1.0 if sr.supervision == "inplane"
@@ -190,6 +195,8 @@ class Stage2Trainer(TrainingLoop):
             sr["slice_profile"], sr["slice_thickness"] = c.sr.slice_profile, c.sr.slice_thickness
         if c.sr.validation != "patches":
             sr["holdout_crop"] = c.sr.holdout_crop
+        if c.sr.init_from:
+            sr["init_from"] = c.sr.init_from
         return {"data.store": c.data.store, "model": asdict(c.model), "sr": sr,
                 "train.seed": c.train.seed, "train.batch_size": c.train.batch_size, "train.lr": c.train.lr,
                 "train.val_fraction": c.train.val_fraction, "split": {"train": self.train_ids, "val": self.val_ids}}
@@ -283,6 +290,16 @@ class Stage2Trainer(TrainingLoop):
         self.step += 1
         # the interpolated input's own error: how far the generator has moved past linear
         return {"l1": float(loss.detach()), "l1_linear": float(self.loss(inputs, target))}
+
+
+def initial_weights(path: str | os.PathLike, size: GeneratorSize) -> dict[str, torch.Tensor]:
+    """The weights of the stage II model directory `path` (sr.init_from), refused unless its generator
+    has `size` (the model.* settings of the run that starts from it)."""
+    model, config, _ = load_generator(path)
+    if generator_size(config) != size:
+        raise ValueError(f"sr.init_from {path}: its generator is {asdict(generator_size(config))}, this run's is "
+                         f"{asdict(size)}: set model.* to match")
+    return model.state_dict()
 
 
 def load_generator(path: str | os.PathLike) -> tuple[nn.Module, Config, dict[str, Any]]:

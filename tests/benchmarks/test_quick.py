@@ -155,7 +155,7 @@ def test_clinical_quick(untouched_results, capsys):
     assert all(row[5] != "-" for row in ratios if float(row[0]) in plan["fixed"])  # the fixed-ratio models scored
     alone = [row for row in ratios if float(row[0]) in plan["alone_on_range_scans"]]
     assert alone and all(row[6] != "-" and row[7] != "-" for row in alone)  # one ratio alone on the range scans
-    assert all(row[8] != "-" for row in ratios)  # the compute-matched one model, scored at every ratio
-    assert all(row[9] != "-" for row in alone)
+    assert all(row[8] != "-" and row[10] != "-" for row in ratios)  # the one-model variants at every ratio
+    assert all(row[9] != "-" and row[11] != "-" for row in alone)
     profiles = [row[0] for row in data_rows(blocks[1])]
     assert profiles.count("point") == 2 and len(profiles) == 2 * (1 + len(plan["thickness"]["profiles"]))

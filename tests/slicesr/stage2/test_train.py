@@ -178,3 +178,31 @@ def test_best_is_a_trained_step_when_it_validates_better(sr_config):
                                       "model.num_filters=8"))
     trainer.fit()
     assert json.loads((trainer.best_dir / "metadata.json").read_text())["step"] in (20, 40)
+
+
+def test_a_run_starts_from_another_models_weights(sr_config, tmp_path):
+    """sr.init_from: the generator starts from a model directory's weights (recorded in the metadata); a
+    generator of another size is refused before anything is written; a resumed run keeps its checkpoint."""
+    source = Stage2Trainer(sr_config("run.name=source", "train.max_steps=3", "train.val_every=3", "train.seed=7"))
+    source.fit()
+    weights = load_generator(source.best_dir)[0].state_dict()
+    fresh = Stage2Trainer(sr_config("run.name=fresh"))
+    assert any(not torch.equal(fresh.model.state_dict()[k], v) for k, v in weights.items())
+
+    tuned = Stage2Trainer(sr_config("run.name=tuned", f"sr.init_from={source.best_dir}", "train.max_steps=2",
+                                    "train.val_every=1", "sr.ratio_range=[2, 4]"))
+    assert tuned.model.state_dict().keys() == weights.keys()
+    for key, value in tuned.model.state_dict().items():
+        torch.testing.assert_close(value, weights[key], rtol=0, atol=0, msg=key)
+    tuned.fit()
+    assert json.loads((tuned.best_dir / "metadata.json").read_text())["init_from"] == str(source.best_dir)
+
+    resumed = Stage2Trainer(sr_config("run.name=tuned", f"sr.init_from={source.best_dir}", "train.max_steps=3",
+                                      "train.val_every=1", "sr.ratio_range=[2, 4]"))
+    assert resumed.try_resume() and resumed.step == 2
+    for key, value in resumed.model.state_dict().items():
+        torch.testing.assert_close(value, tuned.model.state_dict()[key])
+
+    with pytest.raises(ValueError, match="sr.init_from .* set model"):
+        Stage2Trainer(sr_config("run.name=other", f"sr.init_from={source.best_dir}", "model.num_filters=5"))
+    assert not (tmp_path / "runs" / "other").exists()
