@@ -129,6 +129,12 @@ class Stage2Trainer(TrainingLoop):
         if sr.validation == "lr_holdout":
             self.val_metric = "val_holdout_l1"
 
+    def may_become_best(self) -> bool:
+        # Started from another model (sr.init_from), step 0 is that model, trained for another task (ratio
+        # range, profile, scans) that the validation here may not tell apart from this one (the LR hold-out
+        # runs one ratio of a range): best/ comes from this run's own steps.
+        return self.step > 0 or not self.config.sr.init_from
+
     @staticmethod
     def min_slices(config: Config) -> int:
         # in-plane pairs take any LR scan (a shorter one is zero-padded along its slice axis)

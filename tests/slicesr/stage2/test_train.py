@@ -189,16 +189,19 @@ def test_a_run_starts_from_another_models_weights(sr_config, tmp_path):
     fresh = Stage2Trainer(sr_config("run.name=fresh"))
     assert any(not torch.equal(fresh.model.state_dict()[k], v) for k, v in weights.items())
 
+    # a learning rate that makes every step worse than the start: best/ must still be one of its steps
     tuned = Stage2Trainer(sr_config("run.name=tuned", f"sr.init_from={source.best_dir}", "train.max_steps=2",
-                                    "train.val_every=1", "sr.ratio_range=[2, 4]"))
+                                    "train.val_every=1", "sr.ratio_range=[2, 4]", "train.lr=0.05"))
     assert tuned.model.state_dict().keys() == weights.keys()
     for key, value in tuned.model.state_dict().items():
         torch.testing.assert_close(value, weights[key], rtol=0, atol=0, msg=key)
     tuned.fit()
-    assert json.loads((tuned.best_dir / "metadata.json").read_text())["init_from"] == str(source.best_dir)
+    metadata = json.loads((tuned.best_dir / "metadata.json").read_text())
+    assert metadata["init_from"] == str(source.best_dir)
+    assert metadata["step"] > 0  # best/ is one of this run's steps, never the model it started from
 
     resumed = Stage2Trainer(sr_config("run.name=tuned", f"sr.init_from={source.best_dir}", "train.max_steps=3",
-                                      "train.val_every=1", "sr.ratio_range=[2, 4]"))
+                                      "train.val_every=1", "sr.ratio_range=[2, 4]", "train.lr=0.05"))
     assert resumed.try_resume() and resumed.step == 2
     for key, value in resumed.model.state_dict().items():
         torch.testing.assert_close(value, tuned.model.state_dict()[key])
