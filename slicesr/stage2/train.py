@@ -301,7 +301,10 @@ class Stage2Trainer(TrainingLoop):
 def initial_weights(path: str | os.PathLike, size: GeneratorSize) -> dict[str, torch.Tensor]:
     """The weights of the stage II model directory `path` (sr.init_from), refused unless its generator
     has `size` (the model.* settings of the run that starts from it)."""
-    model, config, _ = load_generator(path)
+    try:
+        model, config, _ = load_generator(path)
+    except (ValueError, OSError) as exc:  # no model directory, or not a stage II one
+        raise ValueError(f"sr.init_from: {exc}") from exc
     if generator_size(config) != size:
         raise ValueError(f"sr.init_from {path}: its generator is {asdict(generator_size(config))}, this run's is "
                          f"{asdict(size)}: set model.* to match")

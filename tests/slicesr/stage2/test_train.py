@@ -208,4 +208,6 @@ def test_a_run_starts_from_another_models_weights(sr_config, tmp_path):
 
     with pytest.raises(ValueError, match="sr.init_from .* set model"):
         Stage2Trainer(sr_config("run.name=other", f"sr.init_from={source.best_dir}", "model.num_filters=5"))
+    with pytest.raises(ValueError, match=r"sr.init_from: .*missing.* is not a slicesr model directory"):
+        Stage2Trainer(sr_config("run.name=other", f"sr.init_from={tmp_path / 'missing'}"))
     assert not (tmp_path / "runs" / "other").exists()
