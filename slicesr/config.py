@@ -133,8 +133,8 @@ class SrConfig:
     # What picks best/: L1 on fixed patches of the training store's validation scans (patches), or the
     # LR hold-out (lr_holdout): every other slice of each validation scan's LR version dropped and
     # restored by the model, scored on the dropped slices (no HR needed; slicesr.stage2.holdout), on the
-    # central `holdout_crop` (rows, cols) of each scan; at the ratio sr.k, or for a ratio range without
-    # it the integer ratio in the range nearest to sr.k (`holdout_k`).
+    # central `holdout_crop` (rows, cols) of each scan; at the ratio sr.k, or for a ratio range at every
+    # integer ratio in the range, averaged (`holdout_ratios`).
     validation: Literal["patches", "lr_holdout"] = "patches"
     holdout_crop: list[int] = field(default_factory=lambda: [96, 96])
     # A stage II model directory whose weights the generator starts from (same model.* size), instead of
@@ -171,24 +171,25 @@ class SrConfig:
                  "thickness, not what the model returns, and the hold-out doubles the gap); use patches (pairs "
                  "degraded with the same profile)")
         if self.validation == "lr_holdout":
-            self.holdout_k()  # a range without an integer ratio cannot be checked by the hold-out
+            self.holdout_ratios()  # a range without an integer ratio cannot be checked by the hold-out
         _require(0 < self.inplane_fraction < 1, f"sr.inplane_fraction must be in (0, 1), got {self.inplane_fraction}"
                  " (for only one source set sr.supervision to synthetic or inplane)")
         _require(len(self.holdout_crop) == 2 and min(self.holdout_crop) >= 1,
                  f"sr.holdout_crop must be two sizes (rows, cols), got {self.holdout_crop}")
 
 
-    def holdout_k(self) -> int:
-        """The integer ratio the LR hold-out runs the model at: sr.k, or for a ratio range without it the
-        integer ratio in the range nearest to sr.k (a model run at a ratio it was not trained for stays
-        near linear whatever it learned, and would never leave best/ at the untrained model)."""
-        if not self.ratio_range or self.ratio_range[0] <= self.k <= self.ratio_range[1]:
-            return self.k
+    def holdout_ratios(self) -> list[int]:
+        """The integer ratios the LR hold-out runs the model at: sr.k, or for a ratio range every integer
+        ratio in it. A range model is judged over its range: at one ratio only, best/ would be the step
+        that suits that ratio (a model run at a ratio it was not trained for stays near linear whatever
+        it learned, so sr.k outside the range is not used either)."""
+        if not self.ratio_range:
+            return [self.k]
         low, high = self.ratio_range
-        inside = range(max(2, math.ceil(low)), math.floor(high) + 1)
+        inside = list(range(max(2, math.ceil(low)), math.floor(high) + 1))
         _require(len(inside) > 0, f"sr.validation: lr_holdout needs an integer ratio in sr.ratio_range {self.ratio_range} "
                  "(the hold-out restores every other slice at an integer ratio); use patches")
-        return min(inside, key=lambda n: abs(n - self.k))
+        return inside
 
 
 @dataclass

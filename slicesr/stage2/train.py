@@ -131,8 +131,8 @@ class Stage2Trainer(TrainingLoop):
 
     def may_become_best(self) -> bool:
         # Started from another model (sr.init_from), step 0 is that model, trained for another task (ratio
-        # range, profile, scans) that the validation here may not tell apart from this one (the LR hold-out
-        # runs one ratio of a range): best/ comes from this run's own steps.
+        # range, profile, scans) that the validation here may not tell apart from this one (a ratio-4 model
+        # already scores well at ratio 4 of a range): best/ comes from this run's own steps.
         return self.step > 0 or not self.config.sr.init_from
 
     @staticmethod
@@ -220,7 +220,9 @@ class Stage2Trainer(TrainingLoop):
 
     def validate_holdout(self) -> float:
         """Mean L1 on the dropped slices of the LR hold-out (slicesr.stage2.holdout) over the validation
-        scans' central crops; their mean PSNR is reported as val_holdout_psnr."""
+        scans' central crops and the hold-out's ratios (`SrConfig.holdout_ratios`: a range model at every
+        integer ratio of its range); their mean PSNR is reported as val_holdout_psnr, and with several
+        ratios each ratio's as val_holdout_psnr_k<ratio>."""
         from slicesr.inference import generator_upsample
         from slicesr.stage2.holdout import HOLDOUT_MIN_SLICES, center_crop, holdout_score
 
@@ -231,12 +233,17 @@ class Stage2Trainer(TrainingLoop):
         if not self.holdout_scans:
             return float("nan")
         self.model.eval()
-        results = [holdout_score(lambda kept, k: generator_upsample(self.model, kept, k, tuple(sr.window),
-                                                                    sr.window_overlap), lr, sr.holdout_k())
-                   for lr in self.holdout_scans.values()]
+        ratios = sr.holdout_ratios()
+        results = {k: [holdout_score(lambda kept, k: generator_upsample(self.model, kept, k, tuple(sr.window),
+                                                                        sr.window_overlap), lr, k)
+                       for lr in self.holdout_scans.values()] for k in ratios}
         self.model.train()
-        self.reporter.report(self.step, {"val_holdout_psnr": float(np.mean([r["psnr_missing"] for r in results]))})
-        return float(np.mean([r["l1_missing"] for r in results]))
+        psnr = {k: float(np.mean([r["psnr_missing"] for r in rows])) for k, rows in results.items()}
+        report = {"val_holdout_psnr": float(np.mean(list(psnr.values())))}
+        if len(ratios) > 1:
+            report.update({f"val_holdout_psnr_k{k}": value for k, value in psnr.items()})
+        self.reporter.report(self.step, report)
+        return float(np.mean([r["l1_missing"] for rows in results.values() for r in rows]))
 
     def validate(self) -> float:
         if self.config.sr.validation == "lr_holdout":

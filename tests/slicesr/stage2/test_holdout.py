@@ -48,3 +48,26 @@ def test_trainer_picks_best_on_the_lr_holdout(sr_config, real_hr_store):
     hr = np.asarray(supervised.store.slices(supervised.val_ids[0])[...])
     np.testing.assert_array_equal(supervised.lr_scan(supervised.val_ids[0]), hr[::4])  # T(HR) as the LR
     assert torch.isfinite(torch.tensor(supervised.validate()))
+
+
+def test_a_range_model_is_held_out_at_every_integer_ratio_of_its_range(sr_config):
+    from slicesr.inference import generator_upsample
+
+    config = sr_config("sr.validation=lr_holdout", "sr.holdout_crop=[12,12]", "sr.ratio_range=[2, 4]", "run.name=range")
+    trainer = Stage2Trainer(config)
+    with torch.no_grad():  # a model that is not linear interpolation: its hold-out differs from ratio to ratio
+        for parameter in trainer.model.parameters():
+            parameter.add_(0.05 * torch.randn(parameter.shape, generator=torch.Generator().manual_seed(1)))
+    reports = []
+    trainer.reporter.report = lambda step, values: reports.append(values)
+    held_out = trainer.validate()
+    lr = center_crop(trainer.lr_scan(trainer.val_ids[0]), (12, 12))
+    trainer.model.eval()
+    per_ratio = {k: holdout_score(lambda kept, kk: generator_upsample(trainer.model, kept, kk, tuple(config.sr.window),
+                                                                      config.sr.window_overlap), lr, k)
+                 for k in (2, 3, 4)}
+    assert held_out == pytest.approx(np.mean([r["l1_missing"] for r in per_ratio.values()]), rel=1e-5)
+    assert held_out != pytest.approx(per_ratio[4]["l1_missing"], rel=1e-3)  # not ratio 4 alone
+    assert reports[-1]["val_holdout_psnr_k3"] == pytest.approx(per_ratio[3]["psnr_missing"], rel=1e-5)
+    assert reports[-1]["val_holdout_psnr"] == pytest.approx(np.mean([r["psnr_missing"] for r in per_ratio.values()]),
+                                                            rel=1e-5)
