@@ -14,8 +14,9 @@ slices; non-integer ratios included), beside linear and cubic.
 Thickness (at K = `thickness.k`): the LR scans simulated with each slice profile (box of n HR slices: a
 gap when n < K; Gaussian of FWHM n); linear, cubic, the model trained for point sampling and the model
 trained for that profile (sr.slice_profile), on each held-out brain and on the DESS knee (trained on its
-own LR scan). Started again with the same --workdir, finished parts are skipped (benchmarks/quality.py's
-bookkeeping); `--quick`: the plan's quick section on phantoms.
+own LR scan). `--parts ratios` or `--parts thickness` runs one of the two tables (each is its own section
+of RESULTS.md, the other left as it is). Started again with the same --workdir, finished parts are
+skipped (benchmarks/quality.py's bookkeeping); `--quick`: the plan's quick section on phantoms.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from slicesr.cli_common import setup_logging  # noqa: E402
 
 PLAN = HERE / "clinical.yaml"
 LINEAR, CUBIC = "linear", "cubic"
+PARTS = ("ratios", "thickness")
 
 
 def load_plan(path: Path, quick: bool) -> dict:
@@ -72,7 +74,7 @@ def run(args) -> int:
     plan = load_plan(Path(args.plan), args.quick)
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    runs, parts, axis = workdir / "runs", Parts(workdir), args.brain_axis
+    runs, parts = workdir / "runs", Parts(workdir)
     settings = {"steps": plan["steps"], "set": plan["set"]}
     seed, supervision = plan["seed"], plan["supervision"]
 
@@ -84,6 +86,21 @@ def run(args) -> int:
         return parts.run(name, train_sr, plan["sr_config"], settings, seed, k, store, supervision, runs,
                          name.replace(" ", "-").replace(",", ""), *extra)
 
+    if "ratios" in args.parts:
+        rows, used = ratio_part(args, plan, parts, lr_store, model, runs)
+        publish(args, "clinical", "Clinical spacing: one model for every ratio", ratio_table(args, plan, parts, rows, used))
+    if "thickness" in args.parts:
+        first = len(parts.used)
+        rows = thickness_part(args, plan, parts, lr_store, runs)
+        publish(args, "clinical-thickness", "Clinical spacing: thick slices and gaps",
+                thickness_table(args, plan, parts, rows, parts.used[first:]))
+    return 0
+
+
+def ratio_part(args, plan: dict, parts: Parts, lr_store, model, runs: Path) -> tuple[list[dict], list[str]]:
+    """The ratio table's rows and the parts it used."""
+    first, workdir, axis = len(parts.used), Path(args.workdir), args.brain_axis
+    settings, seed, supervision = {"steps": plan["steps"], "set": plan["set"]}, plan["seed"], plan["supervision"]
     # one model over the ratio range, and models for one ratio each
     low, high = plan["ratio_range"]
     range_k = plan.get("range_k", 4)
@@ -118,8 +135,12 @@ def run(args) -> int:
                                     [f"one model for {low:g}-{high:g}, {name}={trained}"],
                                     workdir / "eval" / f"ratio{ratio}-{slug(name)}", axis, float(ratio), None,
                                     "point", 0.0)
+    return ratio_rows, parts.used[first:]
 
-    # thick slices at K: the model for point sampling vs the model for that profile
+
+def thickness_part(args, plan: dict, parts: Parts, lr_store, runs: Path) -> list[dict]:
+    """Thick slices at K: the model for point sampling vs the model for that profile, on each set."""
+    workdir, seed, supervision, axis = Path(args.workdir), plan["seed"], plan["supervision"], args.brain_axis
     k = plan["thickness"]["k"]
     thickness_settings = {"steps": plan["thickness"].get("steps", plan["steps"]), "set": plan["set"]}
 
@@ -146,9 +167,7 @@ def run(args) -> int:
                                         [LINEAR, CUBIC, f"slicesr, point={point}", f"slicesr, {profile}={trained}"],
                                         workdir / "eval" / f"{name}-{profile}{lines}", slice_axis, None, k, profile,
                                         float(lines))
-    publish(args, "clinical", "Clinical spacing: one model for every ratio, thick slices",
-            table(args, plan, parts, ratio_rows, thickness_rows))
-    return 0
+    return thickness_rows
 
 
 def slug(name: str) -> str:
@@ -163,13 +182,25 @@ def slice_spacing(store: str) -> float:
     return float(next(iter(SliceStore.open(store).records().values())).spacing_mm[0])
 
 
-def table(args, plan: dict, parts: Parts, ratio_rows: list[dict], thickness_rows: list[dict]) -> str:
+def header(args, plan: dict, steps: int) -> list[str]:
+    return [f"Command: `python benchmarks/clinical.py{' --quick' if args.quick else ''}{parts_flag(args)}`  ",
+            f"Plan {Path(args.plan).name} ({digest(Path(args.plan).read_text())}), supervision {plan['supervision']}, "
+            f"{steps} steps per model. PSNR (dB) on the missing HR slices (more than half a slice from an "
+            "acquired centre); gain over linear in brackets.", ""]
+
+
+def parts_flag(args) -> str:
+    return "" if set(args.parts) == set(PARTS) else f" --parts {' '.join(args.parts)}"
+
+
+def times(parts: Parts, used: list[str]) -> str:
+    return "Time per part (seconds): " + ", ".join(f"{n} {s:.0f}" for n, s in parts.seconds(used).items()) + "."
+
+
+def ratio_table(args, plan: dict, parts: Parts, ratio_rows: list[dict], used: list[str]) -> str:
     volumes = list(dict.fromkeys(row["volume"] for row in ratio_rows))
     low, high = plan["ratio_range"]
-    lines = [f"Command: `python benchmarks/clinical.py{' --quick' if args.quick else ''}`  ",
-             f"Plan {Path(args.plan).name} ({digest(Path(args.plan).read_text())}), supervision {plan['supervision']}, "
-             f"{plan['steps']} steps per model. PSNR (dB) on the missing HR slices (more than half a slice from an "
-             "acquired centre); gain over linear in brackets.", "",
+    lines = header(args, plan, plan["steps"]) + [
              f"Columns: one model over ratios {low:g} to {high:g} (trained on the LR scans at {plan.get('range_k', 4)} x the HR "
              "spacing); a model trained for that ratio on scans decimated by it (`fixed`); a model trained for that "
              "ratio alone on the range model's scans (`sr.ratio_range: [r, r]`, `alone_on_range_scans`); gap = the "
@@ -199,9 +230,15 @@ def table(args, plan: dict, parts: Parts, ratio_rows: list[dict], thickness_rows
                 cells += [f"{other:.2f} ({other - base:+.2f})" if other is not None else "-",
                           f"{other - single:+.2f}" if other is not None and single is not None else "-"]
             lines.append(f"| {ratio:g} | {volume} | {base:.2f} | " + " | ".join(cells) + " |")
-    lines += ["", f"Thick slices at K = {plan['thickness']['k']} ({plan['thickness'].get('steps', plan['steps'])} steps "
-              "per model; the LR scans simulated from the HR volume with that profile; profile: its thickness in "
-              "mm):", "",
+    lines += ["", times(parts, used)]
+    return "\n".join(lines)
+
+
+def thickness_table(args, plan: dict, parts: Parts, thickness_rows: list[dict], used: list[str]) -> str:
+    steps = plan["thickness"].get("steps", plan["steps"])
+    lines = header(args, plan, steps) + [
+              f"Thick slices at K = {plan['thickness']['k']} (the LR scans simulated from the HR volume with that "
+              "profile; profile: its thickness in mm):", "",
               "| profile | volume | linear | cubic | slicesr trained for point | slicesr trained for the profile |",
               "|---|---|---:|---:|---:|---:|"]
     for row_set in _group(thickness_rows):
@@ -211,7 +248,7 @@ def table(args, plan: dict, parts: Parts, ratio_rows: list[dict], thickness_rows
         cells = [f"{values.get(CUBIC, float('nan')):.2f}", f"{values['slicesr, point']:.2f} "
                  f"({values['slicesr, point'] - base:+.2f})", f"{trained:.2f} ({trained - base:+.2f})" if trained else "-"]
         lines.append(f"| {profile} | {volume} | {base:.2f} | " + " | ".join(cells) + " |")
-    lines += ["", "Time per part (seconds): " + ", ".join(f"{n} {s:.0f}" for n, s in parts.seconds().items()) + "."]
+    lines += ["", times(parts, used)]
     return "\n".join(lines)
 
 
@@ -231,6 +268,8 @@ def main(argv=None) -> int:
     parser = benchmark_parser(__doc__)
     parser.add_argument("--workdir", default="runs/clinical", help="resumable work folder")
     parser.add_argument("--plan", default=str(PLAN))
+    parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS),
+                        help="the tables to run (each its own section of RESULTS.md)")
     datasets.add_volume_arguments(parser)
     with parse_arguments(parser, argv, quick_settings) as args:
         datasets.check_volume_arguments(parser, args)

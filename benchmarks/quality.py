@@ -73,10 +73,13 @@ class Parts:
     def __init__(self, workdir: Path):
         self.path = workdir / "parts.json"
         self.state = json.loads(self.path.read_text()) if self.path.exists() else {}
+        self.used: list[str] = []  # the parts this run asked for, done now or before, in order
 
     def run(self, name: str, fn, *args) -> Any:
         key = digest(fn.__name__, json.dumps(args, sort_keys=True, default=str))
         entry = self.state.get(name) or {}
+        if name not in self.used:
+            self.used.append(name)
         if entry.get("done") and entry.get("key") == key:
             return entry.get("result")
         started = time.perf_counter()
@@ -87,8 +90,11 @@ class Parts:
         print(f"part {name}: {seconds:.0f} s", flush=True)
         return result
 
-    def seconds(self) -> dict[str, float]:
-        return {name: entry["seconds"] for name, entry in self.state.items()}
+    def seconds(self, names: list[str] | None = None) -> dict[str, float]:
+        """Seconds per part: of `names` only (in their order) when given."""
+        if names is None:
+            return {name: entry["seconds"] for name, entry in self.state.items()}
+        return {name: self.state[name]["seconds"] for name in names if name in self.state}
 
 
 # --------------------------------------------------------------------------- data

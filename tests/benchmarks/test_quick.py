@@ -159,3 +159,15 @@ def test_clinical_quick(untouched_results, capsys):
     assert all(row[9] != "-" and row[11] != "-" for row in alone)
     profiles = [row[0] for row in data_rows(blocks[1])]
     assert profiles.count("point") == 2 and len(profiles) == 2 * (1 + len(plan["thickness"]["profiles"]))
+    # each table is its own RESULTS.md section, with its own command line and part times
+    ratio_section, thickness_section = output.split("Command: `python benchmarks/clinical.py --quick`")[1:]
+    ratio_times, thickness_times = (next(line for line in section.splitlines() if line.startswith("Time per part"))
+                                    for section in (ratio_section, thickness_section))
+    assert "score ratio 4" in ratio_times and "box" not in ratio_times
+    assert "box" in thickness_times and "score ratio" not in thickness_times
+
+
+def test_clinical_quick_one_table(untouched_results, capsys):
+    output = run_quick(clinical, capsys, "--parts", "thickness")
+    assert "Command: `python benchmarks/clinical.py --quick --parts thickness`" in output
+    assert "one model" not in output and len([b for b in output.split("\n\n") if "|---" in b]) == 1
