@@ -53,7 +53,7 @@ BASELINES = ("linear", "cubic")
 
 # Test-time augmentation: every combination of flips of the (slices, rows, cols) axes
 FLIPS = tuple(itertools.product((False, True), repeat=3))
-# The SD of 16 augmented predictions is itself a noisy estimate voxel by voxel; a Gaussian of 1 voxel in
+# The SD of the augmented predictions is itself a noisy estimate voxel by voxel; a Gaussian of 1 voxel in
 # each slice's plane ranks the errors better (Spearman 0.400 -> 0.447 and 0.267 -> 0.311 on the training
 # pool's validation brains; a model-free term from the bracketing slices added nothing: benchmarks/NOTES.md).
 # In-plane only, so that the acquired slices keep their zero.
@@ -221,12 +221,19 @@ class GeneratorUpsampling(Method):
         return adapted
 
     def augmented(self, slices: np.ndarray, k: int, progress: bool = False) -> Iterator[np.ndarray]:
-        """The flips; for a generator with orientations (through-plane 2D), each orientation of each flip
-        on its own (16 predictions for the cost of 8: each orientation is half the network's work)."""
+        """The flips; for a generator with orientations (through-plane 2D), each orientation on its own.
+        Such a network sees one plane at a time, so flipping the axis across an orientation's planes only
+        reorders them and gives that orientation's prediction again: each orientation runs on the 4 flips
+        of its own plane's axes, 8 distinct predictions for the cost of 4 whole passes (the 16 flip x
+        orientation predictions hold each of them twice: the same mean and SD)."""
         orientations = getattr(self.model, "orientations", (None,))
+        across = getattr(self.model, "axis_across_planes", {})
         for flips in FLIPS:
+            wanted = [o for o in orientations if o is None or not flips[across[o]]]
+            if not wanted:
+                continue
             flipped = np.ascontiguousarray(flip(slices, flips))
-            for orientation in orientations:
+            for orientation in wanted:
                 yield flip(generator_upsample(self.model, flipped, k, self.window, self.overlap, progress,
                                               orientation, self.precision), flips)
 

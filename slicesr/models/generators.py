@@ -77,6 +77,7 @@ class ThroughPlane2D(nn.Module):
         self.body = residual_stack(conv2, num_layers, num_filters).to(memory_format=torch.channels_last)
 
     orientations = (0, 1)  # (slices, rows) planes, (slices, cols) planes
+    axis_across_planes = {0: 2, 1: 1}  # of (slices, rows, cols): the axis that each orientation's planes stack along
 
     def plane_residual(self, planes: torch.Tensor) -> torch.Tensor:
         """The network's residual on (N, 1, slices, width) planes (inference runs whole planes through it)."""

@@ -13,6 +13,7 @@ from slicesr.inference import (
     FLIPS,
     UNCERTAINTY_SMOOTHING_VOXELS,
     flip,
+    generator_upsample,
     load_method,
     predict,
     uncertainty_path,
@@ -56,12 +57,27 @@ def test_augmented_mean_is_flip_equivariant(tmp_path, name):
     method = load_method(model_dir(tmp_path / "sr", name))
     slices = np.random.default_rng(0).random((4, 10, 9)).astype(np.float32)
     predictions = list(method.augmented(slices, 3))
-    assert len(predictions) == (16 if name == "throughplane2d" else 8)
+    assert len(predictions) == 8  # through-plane 2D: 4 flips x 2 orientations (below)
     mean = np.mean(predictions, axis=0)
     assert np.std(predictions, axis=0).max() > 1e-4  # the flips do change a trained network's output
     for flips in FLIPS[1:]:
         flipped = np.mean(list(method.augmented(np.ascontiguousarray(flip(slices, flips)), 3)), axis=0)
         np.testing.assert_allclose(flip(flipped, flips), mean, atol=1e-5)
+
+
+def test_through_plane_augmentation_leaves_out_only_repeated_predictions(tmp_path):
+    # a flip of the axis across an orientation's planes only reorders them: its prediction again, so the
+    # 8 predictions kept have the mean and SD of all 16 flip x orientation predictions
+    method = load_method(model_dir(tmp_path / "sr", "throughplane2d"))
+    slices = np.random.default_rng(1).random((4, 10, 9)).astype(np.float32)
+    every = [flip(generator_upsample(method.model, np.ascontiguousarray(flip(slices, flips)), 3, method.window,
+                                     method.overlap, False, orientation), flips)
+             for flips in FLIPS for orientation in method.model.orientations]
+    kept = list(method.augmented(slices, 3))
+    assert len(every) == 16 and len(kept) == 8
+    np.testing.assert_allclose(np.mean(kept, axis=0), np.mean(every, axis=0), atol=1e-6)
+    np.testing.assert_allclose(np.std(kept, axis=0), np.std(every, axis=0), atol=1e-6)
+    assert np.std(kept, axis=0).max() > 1e-4
 
 
 @pytest.mark.parametrize("orientation, slice_axis", [("oblique", 0), ("lps", 2)])
@@ -76,7 +92,7 @@ def test_uncertainty_map_beside_the_output(tmp_path, orientation, slice_axis):
     np.testing.assert_array_equal(spread.affine, image.affine)
     values = np.moveaxis(np.asarray(spread.dataobj), slice_axis, 0)
     assert np.all(values[::3] == 0) and np.all(values >= 0) and values[1::3].max() > 0
-    # the SD of the 16 augmented predictions, in the scan's intensity units, smoothed within each slice
+    # the SD of the augmented predictions, in the scan's intensity units, smoothed within each slice
     slices, _ = to_slice_first(data, affine, slice_axis)
     params = robust_intensity_params(slices)
     predictions = np.stack(list(load_method(model).augmented(normalize(slices, params), 3)))
