@@ -1,6 +1,7 @@
 """Quality: the paper's Table 1 on the real volumes in one command, trained on thick-slice scans only.
 
     python benchmarks/quality.py [--workdir runs/quality] [--output DIR] [--eval-dir DIR] [--plan FILE]
+                                 [--parts paper beyond]
     python benchmarks/quality.py --quick
 
 Brain: the training pool (../shared/data/brain/train) decimated to every K-th slice of axis 2 and written
@@ -20,6 +21,10 @@ equal, shorter length with all losses, eta = 0 and beta = 0, scored as VAE-based
 d1, d2, d3 with and without L_comp with a paired t-test. Every part's length is fixed in the plan
 (benchmarks/quality.yaml) and its time printed. Started again with the same --workdir, trainings resume
 from their checkpoints and finished parts are skipped. `--quick`: the plan's quick section on phantoms.
+
+Two tables, each its own section of RESULTS.md: the paper's (`--parts paper`) and the rows beyond it
+(`--parts beyond`: the in-plane rows, TTA, uncertainty, adaptation, beside linear and cubic; it trains
+stage I only when a row needs the synthetic pairs). Both by default.
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ from slicesr.inference import UNCERTAINTY_SMOOTHING_VOXELS  # noqa: E402
 PLAN = HERE / "quality.yaml"
 LINEAR, CUBIC, VAE = "linear", "cubic", "VAE-based up-sample"
 RECIPE = " (slicesr recipe)"
+PARTS = ("paper", "beyond")
 # The paper's Table 1 (SKI10 knees, K = 4, 50 test volumes): PSNR and SSIM means
 PAPER = {"linear": (27.152, 0.797), VAE: (18.995, 0.358), "DCSRN only": (28.910, 0.850),
          "Proposed with DCSRN": (28.470, 0.835), "DeepResolve only": (31.005, 0.891),
@@ -237,17 +243,23 @@ ABLATIONS = (("all losses", ()), ("without L_comp, eta 0", ("schedule.no_compact
 
 
 def method_labels(plan: dict) -> list[str]:
-    """The table's rows in order: baselines, the proposed method per generator, the slicesr recipe, the
-    supervised bounds, the stage I ablations."""
+    """The paper's table's rows in order: baselines, the proposed method per generator, the slicesr recipe,
+    the supervised bounds, the stage I ablations."""
     from slicesr.models.generators import display_name
 
     generators = [display_name(g) for g in plan["generators"]]
     return [LINEAR, CUBIC, VAE, *[f"Proposed with {g}" for g in generators],
             f"Proposed with {display_name(plan['recipe']['generator'])}{RECIPE}",
-            *[beyond_label(row) for row in plan.get("beyond", {}).get("brain", [])],
-            *[f"{g} only" for g in generators], *[ablation_label(plan, label) for label, _ in ABLATIONS],
-            *[f"{beyond_label(row)} (TTA)" for row in plan.get("beyond", {}).get("brain", []) if row.get("uncertainty")],
-            *[adapted_label(row) for row in plan.get("beyond", {}).get("brain", []) if row.get("adapt_steps")]]
+            *[f"{g} only" for g in generators], *[ablation_label(plan, label) for label, _ in ABLATIONS]]
+
+
+def beyond_labels(plan: dict) -> list[str]:
+    """The beyond table's rows in order: linear, cubic, each brain row (the knee's are among them), then
+    the rows again with test-time augmentation and with per-scan adaptation."""
+    rows = plan.get("beyond", {}).get("brain", [])
+    return [LINEAR, CUBIC, *[beyond_label(row) for row in rows],
+            *[f"{beyond_label(row)} (TTA)" for row in rows if row.get("uncertainty")],
+            *[adapted_label(row) for row in rows if row.get("adapt_steps")]]
 
 
 def adapted_label(row: dict) -> str:
@@ -265,37 +277,96 @@ def beyond_settings(plan: dict, row: dict) -> dict:
     return {"steps": row["steps"], "set": plan["generators"][row["generator"]]["set"]}
 
 
+class Shared:
+    """The stores and stage I runs that both tables may use, each a part of its own (done once: `Parts`
+    returns a finished part's result). `names`: the parts it ran, which neither table's own time counts."""
+
+    def __init__(self, args, plan: dict, parts: Parts):
+        self.args, self.plan, self.parts = args, plan, parts
+        self.workdir, self.k, self.seed = Path(args.workdir), plan["k"], plan["seed"]
+        self.runs = self.workdir / "runs"
+        self.names: set[str] = set()
+
+    def run(self, name: str, fn, *args) -> Any:
+        self.names.add(name)
+        return self.parts.run(name, fn, *args)
+
+    def lr_brain(self) -> str:
+        return self.run("brain LR store", make_lr_store, self.args.brain_train, self.workdir, "brain", self.k,
+                        self.args.brain_axis)
+
+    def lr_knee(self) -> str:
+        return self.run("knee LR store", make_lr_store, [self.args.knee], self.workdir, "knee", self.k,
+                        self.args.knee_axis)
+
+    def vae(self) -> str:
+        return self.run("stage I", train_vae, self.plan["vae"]["config"], self.plan["vae"], self.seed, self.k,
+                        self.lr_brain(), self.runs, "vae")
+
+    def synthetic(self) -> str:
+        return self.run("synthesis", datasets.synthesize_hr, self.vae(), self.lr_brain(),
+                        str(self.workdir / "brain_synthetic.zarr"), self.k, False)
+
+    def knee_vae(self) -> str:
+        return self.run("knee stage I", train_vae, self.plan["vae"]["config"], self.plan["knee_vae"], self.seed,
+                        self.k, self.lr_knee(), self.runs, "knee-vae", "train.val_fraction=0")
+
+    def knee_synthetic(self) -> str:
+        return self.run("knee synthesis", datasets.synthesize_hr, self.knee_vae(), self.lr_knee(),
+                        str(self.workdir / "knee_synthetic.zarr"), self.k, False)
+
+
 def run(args) -> int:
     setup_logging()
     plan = load_plan(Path(args.plan), args.quick)
-    if args.no_beyond:
-        plan.pop("beyond", None)
-    k = plan["k"]
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    runs = workdir / "runs"
     parts = Parts(workdir)
+    shared = Shared(args, plan, parts)
+    eval_volumes = [*args.brain_eval, *sorted(str(p) for p in Path(args.eval_dir).glob("*.nii*"))] if args.eval_dir \
+        else list(args.brain_eval)
+    output = Path(args.output) if args.output else workdir / "eval"
+    if "paper" in args.parts:
+        first = len(parts.used)
+        brain_rows, knee_rows, distances = paper_part(args, plan, parts, shared, eval_volumes, output)
+        publish(args, "quality", "Quality: Table 1 on the brain and knee volumes, trained without HR",
+                table(args, plan, parts, brain_rows, knee_rows, distances, eval_volumes, parts.used[first:]))
+    if "beyond" in args.parts and plan.get("beyond"):
+        first = len(parts.used)
+        brain_rows, knee_rows = beyond_part(args, plan, parts, shared, eval_volumes, output)
+        used = parts.used[first:]
+        publish(args, "quality-beyond", "Quality beyond the paper: in-plane pairs, test-time augmentation, "
+                "uncertainty, per-scan adaptation",
+                beyond_table(args, plan, parts, brain_rows, knee_rows, eval_volumes, used,
+                             [name for name in used if name not in shared.names]))
+    return 0
+
+
+def paper_part(args, plan: dict, parts: Parts, shared: Shared, eval_volumes: list[str], output: Path
+               ) -> tuple[list[dict], list[dict], dict]:
+    """The paper's table: stage I and its ablations, the proposed method per generator, the slicesr recipe,
+    the supervised bounds, the knee; scored, with figures and Fig. 9's distances."""
+    k, seed, runs = plan["k"], plan["seed"], shared.runs
     brain_axis, knee_axis = args.brain_axis, args.knee_axis
-
-    lr_brain = parts.run("brain LR store", make_lr_store, args.brain_train, workdir, "brain", k, brain_axis)
-    hr_brain = parts.run("brain HR store (supervised bounds only)", make_hr_store, args.brain_train, workdir, brain_axis)
-    lr_knee = parts.run("knee LR store", make_lr_store, [args.knee], workdir, "knee", k, knee_axis)
-
-    vae_config, seed = plan["vae"]["config"], plan["seed"]
+    lr_brain, lr_knee = shared.lr_brain(), shared.lr_knee()
+    hr_brain = parts.run("brain HR store (supervised bounds only)", make_hr_store, args.brain_train, shared.workdir,
+                         brain_axis)
+    vae_config = plan["vae"]["config"]
 
     def sr_part(generator: str) -> tuple:
         return plan["sr_config"], plan["generators"][generator], seed, k
 
-    vae = parts.run("stage I", train_vae, vae_config, plan["vae"], seed, k, lr_brain, runs, "vae")
+    vae = shared.vae()
     ablations = {}
     for label, extra in ABLATIONS:
         name = "ablation-" + label.split(",")[-1].strip().replace(" ", "")
         ablations[label] = parts.run(f"stage I ablation ({label})", train_vae, vae_config, plan["ablation_vae"], seed, k, lr_brain,
                                      runs, name, *extra)
     recipe = plan["recipe"]
-    synthetic = parts.run("synthesis", datasets.synthesize_hr, vae, lr_brain, str(workdir / "brain_synthetic.zarr"), k, False)
+    synthetic = shared.synthetic()
     synthetic_kept = parts.run("synthesis (acquired slices kept)", datasets.synthesize_hr, vae, lr_brain,
-                               str(workdir / "brain_synthetic_kept.zarr"), k, True) if recipe["keep_acquired"] else synthetic
+                               str(shared.workdir / "brain_synthetic_kept.zarr"), k, True) if recipe["keep_acquired"] \
+        else synthetic
 
     from slicesr.models.generators import display_name
 
@@ -309,59 +380,22 @@ def run(args) -> int:
     recipe_model = parts.run(recipe_label, train_sr, *sr_part(recipe["generator"]), synthetic_kept, "synthetic", runs,
                              recipe["generator"] + "-recipe", *recipe["set"])
     brain_methods.append(f"{recipe_label}={recipe_model}")
-    beyond = plan.get("beyond", {})
-    beyond_brain, beyond_knee = [], []
-    for row in beyond.get("brain", []):  # in-plane pairs (issue 13): alone from the LR store, or with synthesis
-        label, name = beyond_label(row), f"{row['generator']}-{row['supervision']}"
-        store = lr_brain if row["supervision"] == "inplane" else synthetic
-        model = parts.run(label, train_sr, plan["sr_config"], beyond_settings(plan, row), seed, k, store,
-                          row["supervision"], runs, name, *beyond["set"])
-        beyond_brain.append(f"{label}={model}")
-    brain_methods += beyond_brain
     brain_methods += bounds
     ablation_methods = [f"{ablation_label(plan, label)}={path}" for label, path in ablations.items()]
 
     # knee: its own LR scan only, the brain's settings
-    knee_vae = parts.run("knee stage I", train_vae, vae_config, plan["knee_vae"], seed, k, lr_knee, runs, "knee-vae",
-                         "train.val_fraction=0")
-    knee_synthetic = parts.run("knee synthesis", datasets.synthesize_hr, knee_vae, lr_knee, str(workdir / "knee_synthetic.zarr"), k,
-                               False)
+    knee_vae, knee_synthetic = shared.knee_vae(), shared.knee_synthetic()
     knee_kept = parts.run("knee synthesis (acquired slices kept)", datasets.synthesize_hr, knee_vae, lr_knee,
-                          str(workdir / "knee_synthetic_kept.zarr"), k, True) if recipe["keep_acquired"] else knee_synthetic
+                          str(shared.workdir / "knee_synthetic_kept.zarr"), k, True) if recipe["keep_acquired"] \
+        else knee_synthetic
     generator = plan["knee_generator"]
     knee_label = f"Proposed with {display_name(generator)}"
     knee_methods = [LINEAR, CUBIC, f"{VAE}={knee_vae}",
                     f"{knee_label}={parts.run('knee ' + knee_label, train_sr, *sr_part(generator), knee_synthetic, 'synthetic', runs, 'knee-' + generator, 'train.val_fraction=0')}",
                     f"{knee_label}{RECIPE}={parts.run('knee ' + knee_label + RECIPE, train_sr, *sr_part(generator), knee_kept, 'synthetic', runs, 'knee-recipe', 'train.val_fraction=0', *[s for s in recipe['set'] if not s.startswith('sr.validation')])}"]
 
-    for row in beyond.get("knee", []):
-        label, name = beyond_label(row), f"knee-{row['generator']}-{row['supervision']}"
-        store = lr_knee if row["supervision"] == "inplane" else knee_synthetic
-        model = parts.run("knee " + label, train_sr, plan["sr_config"], beyond_settings(plan, row), seed, k, store,
-                          row["supervision"], runs, name, "train.val_fraction=0",
-                          *[s for s in beyond["set"] if not s.startswith("sr.validation")])
-        beyond_knee.append(f"{label}={model}")
-    knee_methods += beyond_knee
-
-    eval_volumes = [*args.brain_eval, *sorted(str(p) for p in Path(args.eval_dir).glob("*.nii*"))] if args.eval_dir \
-        else list(args.brain_eval)
-    output = Path(args.output) if args.output else workdir / "eval"
     brain_rows = score_methods(parts, "brain", eval_volumes, k, brain_methods + ablation_methods, output, brain_axis)
     knee_rows = score_methods(parts, "knee", [args.knee], k, knee_methods, output, knee_axis)
-    # beyond rows marked `uncertainty` again with test-time augmentation and uncertainty maps; rows with
-    # `adapt_steps` again with each held-out LR scan's own in-plane pairs fine-tuning a copy first
-    for set_name, methods, volumes, axis in (("brain", beyond_brain, eval_volumes, brain_axis),
-                                             ("knee", beyond_knee, [args.knee], knee_axis)):
-        rows = brain_rows if set_name == "brain" else knee_rows
-        for i, (row, method) in enumerate(zip(beyond.get(set_name, []), methods)):
-            if row.get("uncertainty"):
-                rows.extend(parts.run(f"score {method.split('=', 1)[0]} with uncertainty ({set_name})", score_set,
-                                      volumes, k, [method], output / f"{set_name}-uncertainty" / str(i), axis, True,
-                                      True, UNCERTAINTY_SMOOTHING_VOXELS))
-            if row.get("adapt_steps"):
-                rows.extend(parts.run(f"score {adapted_label(row)} ({set_name})", score_set, volumes, k, [method],
-                                      output / f"{set_name}-adapted" / str(i), axis, False, False,
-                                      UNCERTAINTY_SMOOTHING_VOXELS, row["adapt_steps"]))
     figure_methods = [m for m in brain_methods if m.split("=", 1)[0] in FIGURE_ROWS]
     parts.run("figures (first held-out brain)", score_set, eval_volumes[:1], k, figure_methods,
               output / "figures", brain_axis, True)
@@ -376,61 +410,113 @@ def run(args) -> int:
     figures = figures_dir(args)
     for figure in sorted((output / "figures").glob("*.png")) + sorted((output / "knee-figures").glob("*.png")):
         shutil.copy(figure, figures / f"quality_{figure.name}")
+    return brain_rows, knee_rows, distances
+
+
+def beyond_part(args, plan: dict, parts: Parts, shared: Shared, eval_volumes: list[str], output: Path
+                ) -> tuple[list[dict], list[dict]]:
+    """The rows trained on pairs from the LR scans' own in-plane axes (issue 13), alone or with the
+    synthetic pairs (which need stage I), beside linear and cubic; rows marked `uncertainty` again with
+    test-time augmentation and uncertainty maps, rows with `adapt_steps` again with each held-out LR scan's
+    own in-plane pairs fine-tuning a copy first."""
+    beyond, k, seed = plan["beyond"], plan["k"], plan["seed"]
+    rows_by_set = {}
+    for set_name, volumes, axis in (("brain", eval_volumes, args.brain_axis), ("knee", [args.knee], args.knee_axis)):
+        methods = []
+        for row in beyond.get(set_name, []):
+            label, inplane = beyond_label(row), row["supervision"] == "inplane"
+            if set_name == "brain":
+                part, name, extra = label, f"{row['generator']}-{row['supervision']}", list(beyond["set"])
+                store = shared.lr_brain() if inplane else shared.synthetic()
+            else:  # the knee has no validation scan
+                part, name = "knee " + label, f"knee-{row['generator']}-{row['supervision']}"
+                extra = ["train.val_fraction=0", *[s for s in beyond["set"] if not s.startswith("sr.validation")]]
+                store = shared.lr_knee() if inplane else shared.knee_synthetic()
+            model = parts.run(part, train_sr, plan["sr_config"], beyond_settings(plan, row), seed, k, store,
+                              row["supervision"], shared.runs, name, *extra)
+            methods.append(f"{label}={model}")
+        rows = score_methods(parts, set_name, volumes, k, [LINEAR, CUBIC, *methods], output, axis)
+        for i, (row, method) in enumerate(zip(beyond.get(set_name, []), methods)):
+            if row.get("uncertainty"):
+                rows.extend(parts.run(f"score {method.split('=', 1)[0]} with uncertainty ({set_name})", score_set,
+                                      volumes, k, [method], output / f"{set_name}-uncertainty" / str(i), axis, True,
+                                      True, UNCERTAINTY_SMOOTHING_VOXELS))
+            if row.get("adapt_steps"):
+                rows.extend(parts.run(f"score {adapted_label(row)} ({set_name})", score_set, volumes, k, [method],
+                                      output / f"{set_name}-adapted" / str(i), axis, False, False,
+                                      UNCERTAINTY_SMOOTHING_VOXELS, row["adapt_steps"]))
+        rows_by_set[set_name] = rows
+
+    from slicesr.evaluate import write_metrics
+
+    write_metrics(rows_by_set["brain"] + rows_by_set["knee"], output / "beyond-metrics.csv")
+    figures = figures_dir(args)
     for set_name in ("brain", "knee"):
         for index, figure in enumerate(sorted((output / f"{set_name}-uncertainty").glob("*/uncertainty_calibration.png"))):
             shutil.copy(figure, figures / f"quality_{set_name}_uncertainty_calibration_{index}.png")
-    publish(args, "quality", "Quality: Table 1 on the brain and knee volumes, trained without HR",
-            table(args, plan, parts, brain_rows, knee_rows, distances, eval_volumes))
-    return 0
+    return rows_by_set["brain"], rows_by_set["knee"]
 
 
-def table(args, plan: dict, parts: Parts, brain_rows: list[dict], knee_rows: list[dict], distances: dict,
-          eval_volumes: list[str]) -> str:
+def header(args, plan: dict) -> list[str]:
     import torch
 
-    from slicesr.nifti import strip_nifti_suffix
-
-    volumes = [strip_nifti_suffix(Path(v).name) for v in eval_volumes]
-    knee = strip_nifti_suffix(Path(args.knee).name)
-    methods = list(dict.fromkeys(row["method"] for row in brain_rows + knee_rows))
-    scores = {(row["volume"], row["method"]): row for row in brain_rows + knee_rows}
     config_files = [plan["vae"].get("config", ""), plan["sr_config"]]
-    lines = [
-        f"Command: `python benchmarks/quality.py{' --quick' if args.quick else ''}"
-        f"{' --no-beyond' if args.no_beyond else ''}`  ",
+    flag = "" if set(args.parts) == set(PARTS) else f" --parts {' '.join(args.parts)}"
+    return [
+        f"Command: `python benchmarks/quality.py{' --quick' if args.quick else ''}{flag}`  ",
         f"Plan {Path(args.plan).name} ({digest(Path(args.plan).read_text())}), configs "
         + ", ".join(f"{c} ({digest(Path(c).read_text())})" for c in config_files)
-        + f"; torch {torch.__version__}, numpy {np.__version__}, {torch.get_num_threads()} threads, seed {plan['seed']}.  ",
-        f"K = {plan['k']}; missing slices (PSNR dB / SSIM), HR min-max normalisation (README 'Scoring protocol'). "
-        "No row but '... only' saw an HR volume in training.",
-        "",
-        "| method | " + " | ".join(volumes + [knee]) + " | paper (SKI10 knees, GPU) |",
-        "|---|" + "---:|" * (len(volumes) + 2),
-    ]
+        + f"; torch {torch.__version__}, numpy {np.__version__}, {torch.get_num_threads()} threads, seed {plan['seed']}.  "]
+
+
+def score_tables(rows: list[dict], volumes: list[str], knee: str, paper_column: bool) -> list[str]:
+    """PSNR / SSIM per method and volume (and the paper's Table 1 beside them), then the gains over linear."""
+    methods = list(dict.fromkeys(row["method"] for row in rows))
+    scores = {(row["volume"], row["method"]): row for row in rows}
+    columns = volumes + [knee]
+    lines = ["| method | " + " | ".join(columns) + (" | paper (SKI10 knees, GPU) |" if paper_column else " |"),
+             "|---|" + "---:|" * (len(columns) + paper_column)]
     for method in methods:
         cells = []
-        for volume in volumes + [knee]:
+        for volume in columns:
             row = scores.get((volume, method))
             cells.append(f"{row['psnr_missing']:.2f} / {row['ssim_missing']:.3f}" if row else "-")
-        paper = PAPER.get(method)
-        cells.append(f"{paper[0]:.2f} / {paper[1]:.3f}" if paper else "-")
+        if paper_column:
+            paper = PAPER.get(method)
+            cells.append(f"{paper[0]:.2f} / {paper[1]:.3f}" if paper else "-")
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     lines += ["", "Gain over linear (PSNR dB, missing slices):", "",
-              "| method | " + " | ".join(volumes + [knee]) + " |", "|---|" + "---:|" * (len(volumes) + 1)]
+              "| method | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]
     for method in methods:
         if method == LINEAR:
             continue
         cells = []
-        for volume in volumes + [knee]:
+        for volume in columns:
             row, base = scores.get((volume, method)), scores.get((volume, LINEAR))
             cells.append(f"{row['psnr_missing'] - base['psnr_missing']:+.2f}" if row and base else "-")
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
-    spearman = [row for row in brain_rows + knee_rows if isinstance(row.get("uncertainty_spearman"), float)]
-    if spearman:
-        lines += ["", "Uncertainty maps (`--uncertainty`): Spearman correlation with the absolute error over the "
-                  "foreground of the missing slices (figures: quality_*_uncertainty_calibration_*.png):", "",
-                  "| method | volume | Spearman |", "|---|---|---:|"]
-        lines += [f"| {row['method']} | {row['volume']} | {row['uncertainty_spearman']:.3f} |" for row in spearman]
+    return lines
+
+
+def volume_names(args, eval_volumes: list[str]) -> tuple[list[str], str]:
+    from slicesr.nifti import strip_nifti_suffix
+
+    return [strip_nifti_suffix(Path(v).name) for v in eval_volumes], strip_nifti_suffix(Path(args.knee).name)
+
+
+def times(parts: Parts, used: list[str]) -> str:
+    return "Time per part (seconds, summed over resumed runs): " + ", ".join(
+        f"{name} {seconds:.0f}" for name, seconds in parts.seconds(used).items()) + "."
+
+
+def table(args, plan: dict, parts: Parts, brain_rows: list[dict], knee_rows: list[dict], distances: dict,
+          eval_volumes: list[str], used: list[str]) -> str:
+    volumes, knee = volume_names(args, eval_volumes)
+    lines = [*header(args, plan),
+             f"K = {plan['k']}; missing slices (PSNR dB / SSIM), HR min-max normalisation (README 'Scoring protocol'). "
+             "No row but '... only' saw an HR volume in training. The rows trained on the scans' own in-plane "
+             "axes are in the next section.", ""]
+    lines += score_tables(brain_rows + knee_rows, volumes, knee, paper_column=True)
     first, second = [key for key in distances if key not in ("p", "n")]
     lines += ["", f"Fig. 9 on the held-out brains (ablation stage I runs of {plan['ablation_vae']['steps']} steps, "
               "paired t-test over the same slices):", "",
@@ -439,8 +525,28 @@ def table(args, plan: dict, parts: Parts, brain_rows: list[dict], knee_rows: lis
         lines.append(f"| {label} | " + " | ".join(f"{distances[label][key]:.3f}" for key in ("d1", "d2", "d3")) + " |")
     lines.append("| p (paired t-test), n | " + " | ".join(f"{distances['p'][key]:.2g}, {distances['n'][key]}"
                                                          for key in ("d1", "d2", "d3")) + " |")
-    lines += ["", "Time per part (seconds, summed over resumed runs): "
-              + ", ".join(f"{name} {seconds:.0f}" for name, seconds in parts.seconds().items()) + "."]
+    lines += ["", times(parts, used)]
+    return "\n".join(lines)
+
+
+def beyond_table(args, plan: dict, parts: Parts, brain_rows: list[dict], knee_rows: list[dict],
+                 eval_volumes: list[str], used: list[str], own: list[str]) -> str:
+    volumes, knee = volume_names(args, eval_volumes)
+    lines = [*header(args, plan),
+             f"K = {plan['k']}; missing slices (PSNR dB / SSIM), HR min-max normalisation (README 'Scoring protocol'). "
+             "No row saw an HR volume in training: pairs from the LR scans' own in-plane axes (`inplane`), with "
+             "the paper's synthetic pairs (`both`); best/ on the LR hold-out (the knee: the last step).", ""]
+    lines += score_tables(brain_rows + knee_rows, volumes, knee, paper_column=False)
+    spearman = [row for row in brain_rows + knee_rows if isinstance(row.get("uncertainty_spearman"), float)]
+    if spearman:
+        lines += ["", "Uncertainty maps (`--uncertainty`): Spearman correlation with the absolute error over the "
+                  "foreground of the missing slices (figures: quality_*_uncertainty_calibration_*.png):", "",
+                  "| method | volume | Spearman |", "|---|---|---:|"]
+        lines += [f"| {row['method']} | {row['volume']} | {row['uncertainty_spearman']:.3f} |" for row in spearman]
+    own_seconds = sum(parts.seconds(own).values())
+    lines += ["", times(parts, used),
+              f"Its rows' own parts (training and scoring; the stores and stage I runs shared with the paper's "
+              f"table not counted): {own_seconds / 60:.1f} min."]
     return "\n".join(lines)
 
 
@@ -455,8 +561,9 @@ def main(argv=None) -> int:
                         "(default WORKDIR/eval)")
     parser.add_argument("--eval-dir", default=None, help="every NIfTI here joins the held-out brains (slice axis 2)")
     parser.add_argument("--plan", default=str(PLAN))
-    parser.add_argument("--no-beyond", action="store_true",
-                        help="leave out the plan's beyond section (the in-plane rows): the paper's table only")
+    parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS),
+                        help="the tables to run: the paper's (paper) and the rows beyond it (beyond), each its own "
+                        "section of RESULTS.md")
     datasets.add_volume_arguments(parser)
     with parse_arguments(parser, argv, quick_settings) as args:
         datasets.check_volume_arguments(parser, args)

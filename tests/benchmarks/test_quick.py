@@ -108,10 +108,26 @@ def test_quality_quick(untouched_results, capsys):
 
     output = run_quick(quality, capsys)
     plan = quality.load_plan(quality.PLAN, quick=True)
-    blocks = [block for block in output.split("\n\n") if "|---" in block]
-    assert len(blocks) == 4, output
+    assert output.count("Command:") == 2, output  # the paper's table, then the beyond table
+    paper, beyond = output.split("Command:")[1:]
+    blocks = [block for block in paper.split("\n\n") if "|---" in block]
+    assert len(blocks) == 3, output
     labels = quality.method_labels(plan)
     check_table(blocks[0], [(label,) for label in labels])  # every volume scored, the knee for its rows only
+    check_table(blocks[1], [(label,) for label in labels if label != quality.LINEAR])
+    fig9 = data_rows(blocks[2])
+    assert [row[0] for row in fig9][:2] == ["with L_comp", "without L_comp (eta = 0)"]
+    assert all(math.isfinite(float(cell)) for row in fig9[:2] for cell in row[1:])
+    assert "Time per part" in paper and "stage I ablation (without L_comp, eta 0)" in paper
+    check_beyond(quality, plan, beyond)
+    assert "stage I ablation" not in beyond  # each table lists the parts it used
+
+
+def check_beyond(quality, plan: dict, output: str) -> None:
+    blocks = [block for block in output.split("\n\n") if "|---" in block]
+    assert len(blocks) == 3, output
+    labels = quality.beyond_labels(plan)
+    check_table(blocks[0], [(label,) for label in labels])
     check_table(blocks[1], [(label,) for label in labels if label != quality.LINEAR])
     tta = [f"{quality.beyond_label(row)} (TTA)" for row in plan["beyond"]["brain"] if row.get("uncertainty")]
     spearman = data_rows(blocks[2])  # every beyond row on the brain volume, the knee's on the knee
@@ -119,10 +135,20 @@ def test_quality_quick(untouched_results, capsys):
     # a 4-step model may fall back to the untrained one (exactly linear): its flips agree, the map is
     # constant and ranks nothing (NaN); a trained one's correlation is a number in [-1, 1]
     assert all(-1 <= float(row[2]) <= 1 or math.isnan(float(row[2])) for row in spearman)
-    fig9 = data_rows(blocks[3])
-    assert [row[0] for row in fig9][:2] == ["with L_comp", "without L_comp (eta = 0)"]
-    assert all(math.isfinite(float(cell)) for row in fig9[:2] for cell in row[1:])
-    assert "Time per part" in output and "stage I ablation (without L_comp, eta 0)" in output
+    own = re.search(r"Its rows' own parts \(.*\): ([0-9.]+) min\.", output)
+    assert own and float(own.group(1)) > 0, output
+
+
+def test_quality_quick_beyond_only(untouched_results, capsys):
+    from benchmarks import quality
+
+    output = run_quick(quality, capsys, "--parts", "beyond")
+    plan = quality.load_plan(quality.PLAN, quick=True)
+    assert output.count("Command:") == 1 and "`python benchmarks/quality.py --quick --parts beyond`" in output
+    check_beyond(quality, plan, output)
+    # the paper's parts did not run; stage I did, for the `both` row's synthetic pairs
+    assert "only (brain)" not in output and "ablation" not in output and "Fig. 9" not in output
+    assert "stage I " in output and "synthesis " in output
 
 
 @pytest.mark.parametrize("name", ["quality", "clinical"])
