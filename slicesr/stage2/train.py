@@ -179,7 +179,8 @@ class Stage2Trainer(TrainingLoop):
                 "model_size": asdict(generator_size(self.config)), "training_store": self.store.url,
                 "train_scans": self.train_ids, "val_scans": self.val_ids, f"best_{self.val_metric}": self.best_val,
                 **({"ratio_range": [float(r) for r in sr.ratio_range]} if sr.ratio_range else {}),
-                "slice_profile": sr.slice_profile,
+                "slice_profile": sr.slice_profile, "validation": sr.validation,
+                **({"holdout_ratios": sr.holdout_ratios()} if sr.validation == "lr_holdout" else {}),
                 **({"init_from": sr.init_from} if sr.init_from else {}),
                 **({"slice_thickness_mm": self.slice_thickness, "slice_thickness_source": self.thickness_source}
                    if sr.slice_profile != "point" else {}),
@@ -201,6 +202,9 @@ class Stage2Trainer(TrainingLoop):
             sr["slice_profile"], sr["slice_thickness"] = c.sr.slice_profile, c.sr.slice_thickness
         if c.sr.validation != "patches":
             sr["holdout_crop"] = c.sr.holdout_crop
+        if c.sr.validation == "lr_holdout" and c.sr.ratio_range:
+            # the ratios that chose best/: a run of a range model validated otherwise does not resume
+            sr["holdout_ratios"] = c.sr.holdout_ratios()
         if c.sr.init_from:
             sr["init_from"] = c.sr.init_from
         return {"data.store": c.data.store, "model": asdict(c.model), "sr": sr,

@@ -71,3 +71,5 @@ def test_a_range_model_is_held_out_at_every_integer_ratio_of_its_range(sr_config
     assert reports[-1]["val_holdout_psnr_k3"] == pytest.approx(per_ratio[3]["psnr_missing"], rel=1e-5)
     assert reports[-1]["val_holdout_psnr"] == pytest.approx(np.mean([r["psnr_missing"] for r in per_ratio.values()]),
                                                             rel=1e-5)
+    assert trainer.metadata()["holdout_ratios"] == [2, 3, 4] and trainer.metadata()["validation"] == "lr_holdout"
+    assert trainer.identity()["sr"]["holdout_ratios"] == [2, 3, 4]  # part of what a resumed run must match
