@@ -26,9 +26,13 @@ class DataConfig:
     # Stage II with sr.supervision=both: the slice store of LR scans that gives the in-plane pairs.
     # Empty: the store the synthetic volumes of data.store were synthesised from (their records name it).
     lr_store: str = ""
+    # MiB of scans each training sampler holds decompressed in memory (the first scans it draws; the rest
+    # are read window by window). 0: every window read from the store.
+    cache_mb: float = 2048.0
 
     def validate(self) -> None:
         _require(bool(self.store), "data.store must name a slice store (folder or s3:// URL)")
+        _require(self.cache_mb >= 0, f"data.cache_mb must be >= 0, got {self.cache_mb}")
 
 
 @dataclass

@@ -38,11 +38,14 @@ class WindowSampler:
     """Random (depth, rows, cols) windows of the scans of a slice store that have at least `depth` slices.
 
     `too_short` completes the error raised when no scan is long enough (what the user can change).
-    Arrays are opened once per scan and kept (reads are lazy: a window reads only its slices).
+    Arrays are opened once per scan and kept. With `cache_mb`, each scan first drawn is read whole into
+    memory while that budget lasts: a draw then copies from memory instead of decompressing its slices
+    again (a store keeps one slice per chunk; the reads were most of an in-plane training step,
+    benchmarks/NOTES.md). Scans beyond the budget stay lazy (a window reads only its slices).
     """
 
     def __init__(self, store: SliceStore, scan_ids: list[str], window: tuple[int, int, int], stride: int = 1,
-                 too_short: str = ""):
+                 too_short: str = "", cache_mb: float = 0.0):
         self.store, self.window, self.stride = store, tuple(int(n) for n in window), int(stride)
         depth = self.window[0]
         records = store.records(scan_ids)
@@ -53,6 +56,7 @@ class WindowSampler:
                              + (f" ({too_short})" if too_short else ""))
         self.scan_ids = sorted(self.shapes)
         self.arrays: dict = {}
+        self.cache_bytes_left = int(cache_mb * 2**20)
         starts = np.array([self.num_starts(self.shapes[s][0]) for s in self.scan_ids], dtype=np.float64)
         self.weights = torch.tensor(starts / starts.sum())
 
@@ -61,7 +65,12 @@ class WindowSampler:
 
     def array(self, scan_id: str):
         if scan_id not in self.arrays:
-            self.arrays[scan_id] = self.store.slices(scan_id)
+            array = self.store.slices(scan_id)
+            size = math.prod(array.shape) * np.dtype(array.dtype).itemsize
+            if size <= self.cache_bytes_left:
+                array = np.asarray(array[...])
+                self.cache_bytes_left -= size
+            self.arrays[scan_id] = array
         return self.arrays[scan_id]
 
     def pick_scans(self, batch_size: int, generator: torch.Generator) -> list[str]:

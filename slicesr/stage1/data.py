@@ -14,9 +14,9 @@ TRIPLET_SLICES = 3  # a scan gives triplets (x_{n-1}, x_n, x_{n+1}) only with th
 class TripletSampler(WindowSampler):
     """Random triplets with random in-plane crops of `image_size` (zero-padded when a slice is smaller)."""
 
-    def __init__(self, store: SliceStore, scan_ids: list[str], image_size: int):
+    def __init__(self, store: SliceStore, scan_ids: list[str], image_size: int, cache_mb: float = 0.0):
         super().__init__(store, scan_ids, (TRIPLET_SLICES, image_size, image_size),
-                         too_short="stage I trains on triplets of consecutive slices")
+                         too_short="stage I trains on triplets of consecutive slices", cache_mb=cache_mb)
         self.image_size = image_size
 
     def sample(self, batch_size: int, generator: torch.Generator) -> torch.Tensor:

@@ -147,7 +147,7 @@ class Stage1Trainer(TrainingLoop):
         self.engine = engine_factory(VaeGan(size_from_config(config)), config.train.lr)
         self.model = self.engine.model
         self.open_store_and_split()
-        self.sampler = TripletSampler(self.store, self.shard_ids, config.model.image_size)
+        self.sampler = TripletSampler(self.store, self.shard_ids, config.model.image_size, config.data.cache_mb)
         self.val_sampler = (TripletSampler(self.store, self.val_sample_ids, config.model.image_size)
                             if self.val_sample_ids else None)
         self.data_rng = torch.Generator().manual_seed(self.seed_for(0))

@@ -92,9 +92,10 @@ class PatchSampler(WindowSampler):
     """
 
     def __init__(self, store: SliceStore, scan_ids: list[str], patch_size: tuple[int, int, int], k: int,
-                 aligned: bool, min_foreground: float = 0.0, degradation: Degradation | None = None):
+                 aligned: bool, min_foreground: float = 0.0, degradation: Degradation | None = None,
+                 cache_mb: float = 0.0):
         super().__init__(store, scan_ids, tuple(patch_size), stride=k if aligned else 1,
-                         too_short="lower sr.patch_size[0]")
+                         too_short="lower sr.patch_size[0]", cache_mb=cache_mb)
         self.patch_size, self.k, self.aligned, self.min_foreground = self.window, k, aligned, min_foreground
         self.degradation = degradation or Degradation(k)
         self.line_spacing = ({s: r.spacing_mm[0] for s, r in store.records(self.scan_ids).items()}

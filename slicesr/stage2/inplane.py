@@ -78,8 +78,9 @@ class InplanePairSampler(WindowSampler):
     """
 
     def __init__(self, store: SliceStore | ScanInMemory, scan_ids: list[str], patch_size: tuple[int, int, int], k: int,
-                 min_foreground: float = 0.0, planes: bool = False, degradation: Degradation | None = None):
-        super().__init__(store, scan_ids, (1, 1, 1), too_short="")
+                 min_foreground: float = 0.0, planes: bool = False, degradation: Degradation | None = None,
+                 cache_mb: float = 0.0):
+        super().__init__(store, scan_ids, (1, 1, 1), too_short="", cache_mb=cache_mb)
         self.patch_size, self.k, self.min_foreground = tuple(int(n) for n in patch_size), int(k), min_foreground
         self.planes, self.degradation = planes, degradation or Degradation(int(k))
         records = store.records(self.scan_ids)

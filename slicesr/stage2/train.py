@@ -115,13 +115,13 @@ class Stage2Trainer(TrainingLoop):
         if sr.supervision != "inplane":
             aligned = sr.supervision in ("synthetic", "both")
             self.sampler = PatchSampler(self.store, self.shard_ids, tuple(sr.patch_size), sr.k, aligned,
-                                        sr.min_foreground, self.degradation)
+                                        sr.min_foreground, self.degradation, self.config.data.cache_mb)
             self.val_sampler = (PatchSampler(self.store, self.val_sample_ids, tuple(sr.patch_size), sr.k, aligned,
                                              sr.min_foreground, self.degradation) if self.val_sample_ids else None)
         if sr.supervision in ("inplane", "both"):
             lr_store, train_lr_ids, val_lr_ids = self.lr_scans()
             self.lr_store_url = lr_store.url
-            self.inplane = self.inplane_sampler(lr_store, train_lr_ids)
+            self.inplane = self.inplane_sampler(lr_store, train_lr_ids, self.config.data.cache_mb)
             self.inplane_val = self.inplane_sampler(lr_store, val_lr_ids) if val_lr_ids else None
         self.data_rng = torch.Generator().manual_seed(self.seed_for(0))
         self.generators = {"data": self.data_rng}
@@ -140,10 +140,11 @@ class Stage2Trainer(TrainingLoop):
         # in-plane pairs take any LR scan (a shorter one is zero-padded along its slice axis)
         return 1 if config.sr.supervision == "inplane" else config.sr.patch_size[0]
 
-    def inplane_sampler(self, store: SliceStore, scan_ids: list[str]) -> InplanePairSampler:
+    def inplane_sampler(self, store: SliceStore, scan_ids: list[str], cache_mb: float = 0.0) -> InplanePairSampler:
         sr = self.config.sr
         return InplanePairSampler(store, scan_ids, tuple(sr.patch_size), sr.k, sr.min_foreground,
-                                  planes=self.config.model.name in PLANE_GENERATORS, degradation=self.degradation)
+                                  planes=self.config.model.name in PLANE_GENERATORS, degradation=self.degradation,
+                                  cache_mb=cache_mb)
 
     def lr_scans(self) -> tuple[SliceStore, list[str], list[str]]:
         """The LR store of the in-plane pairs and the LR scan ids of this shard's training scans and of the
