@@ -457,7 +457,8 @@ def beyond_part(args, plan: dict, parts: Parts, shared: Shared, eval_volumes: li
     return rows_by_set["brain"], rows_by_set["knee"]
 
 
-def header(args, plan: dict) -> list[str]:
+def header(args, plan: dict, training: str) -> list[str]:
+    """The command, plan, configs and versions; K and the scoring; `training`: what the rows trained on."""
     import torch
 
     config_files = [plan["vae"].get("config", ""), plan["sr_config"]]
@@ -466,7 +467,9 @@ def header(args, plan: dict) -> list[str]:
         f"Command: `python benchmarks/quality.py{' --quick' if args.quick else ''}{flag}`  ",
         f"Plan {Path(args.plan).name} ({digest(Path(args.plan).read_text())}), configs "
         + ", ".join(f"{c} ({digest(Path(c).read_text())})" for c in config_files)
-        + f"; torch {torch.__version__}, numpy {np.__version__}, {torch.get_num_threads()} threads, seed {plan['seed']}.  "]
+        + f"; torch {torch.__version__}, numpy {np.__version__}, {torch.get_num_threads()} threads, seed {plan['seed']}.  ",
+        f"K = {plan['k']}; missing slices (PSNR dB / SSIM), HR min-max normalisation (README 'Scoring protocol'). "
+        + training, ""]
 
 
 def score_tables(rows: list[dict], volumes: list[str], knee: str, paper_column: bool) -> list[str]:
@@ -512,10 +515,8 @@ def times(parts: Parts, used: list[str]) -> str:
 def table(args, plan: dict, parts: Parts, brain_rows: list[dict], knee_rows: list[dict], distances: dict,
           eval_volumes: list[str], used: list[str]) -> str:
     volumes, knee = volume_names(args, eval_volumes)
-    lines = [*header(args, plan),
-             f"K = {plan['k']}; missing slices (PSNR dB / SSIM), HR min-max normalisation (README 'Scoring protocol'). "
-             "No row but '... only' saw an HR volume in training. The rows trained on the scans' own in-plane "
-             "axes are in the next section.", ""]
+    lines = header(args, plan, "No row but '... only' saw an HR volume in training. The rows trained on the scans' "
+                   "own in-plane axes are in the next section.")
     lines += score_tables(brain_rows + knee_rows, volumes, knee, paper_column=True)
     first, second = [key for key in distances if key not in ("p", "n")]
     lines += ["", f"Fig. 9 on the held-out brains (ablation stage I runs of {plan['ablation_vae']['steps']} steps, "
@@ -532,10 +533,9 @@ def table(args, plan: dict, parts: Parts, brain_rows: list[dict], knee_rows: lis
 def beyond_table(args, plan: dict, parts: Parts, brain_rows: list[dict], knee_rows: list[dict],
                  eval_volumes: list[str], used: list[str], own: list[str]) -> str:
     volumes, knee = volume_names(args, eval_volumes)
-    lines = [*header(args, plan),
-             f"K = {plan['k']}; missing slices (PSNR dB / SSIM), HR min-max normalisation (README 'Scoring protocol'). "
-             "No row saw an HR volume in training: pairs from the LR scans' own in-plane axes (`inplane`), with "
-             "the paper's synthetic pairs (`both`); best/ on the LR hold-out (the knee: the last step).", ""]
+    lines = header(args, plan, "No row saw an HR volume in training: pairs from the LR scans' own in-plane axes "
+                   "(`inplane`), with the paper's synthetic pairs (`both`); best/ on the LR hold-out (the knee: "
+                   "the last step).")
     lines += score_tables(brain_rows + knee_rows, volumes, knee, paper_column=False)
     spearman = [row for row in brain_rows + knee_rows if isinstance(row.get("uncertainty_spearman"), float)]
     if spearman:
