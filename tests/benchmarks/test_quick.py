@@ -135,8 +135,15 @@ def check_beyond(quality, plan: dict, output: str) -> None:
     # a 4-step model may fall back to the untrained one (exactly linear): its flips agree, the map is
     # constant and ranks nothing (NaN); a trained one's correlation is a number in [-1, 1]
     assert all(-1 <= float(row[2]) <= 1 or math.isnan(float(row[2])) for row in spearman)
-    own = re.search(r"Its rows' own parts \(.*\): ([0-9.]+) min\.", output)
-    assert own and float(own.group(1)) > 0, output
+    # the rows' own time: every part of the time line but the stores and stage I (whole seconds there)
+    own = re.search(r"Its rows' own parts \(.*\): ([0-9.]+) s \(([0-9.]+) min\)\.", output)
+    listed = re.search(r"Time per part \(seconds, summed over resumed runs\): (.*)\.\n", output)
+    assert own and listed, output
+    seconds = {name: float(value) for name, value in re.findall(r"(.+?) ([0-9]+)(?:, |$)", listed.group(1))}
+    shared = {"brain LR store", "knee LR store", "stage I", "synthesis"}
+    assert shared <= set(seconds) and len(seconds) > len(shared) + 4, listed.group(1)
+    expected = sum(value for name, value in seconds.items() if name not in shared)
+    assert abs(float(own.group(1)) - expected) <= 0.5 * len(seconds), (own.group(0), expected)
 
 
 def test_quality_quick_beyond_only(untouched_results, capsys):
