@@ -86,20 +86,22 @@ def run(args) -> int:
         return parts.run(name, train_sr, plan["sr_config"], settings, seed, k, store, supervision, runs,
                          name.replace(" ", "-").replace(",", ""), *extra)
 
+    # each table lists every part it used, also those that the other table ran first
     if "ratios" in args.parts:
+        parts.used = []
         rows, used = ratio_part(args, plan, parts, lr_store, model, runs)
         publish(args, "clinical", "Clinical spacing: one model for every ratio", ratio_table(args, plan, parts, rows, used))
     if "thickness" in args.parts:
-        first = len(parts.used)
+        parts.used = []
         rows = thickness_part(args, plan, parts, lr_store, runs)
         publish(args, "clinical-thickness", "Clinical spacing: thick slices and gaps",
-                thickness_table(args, plan, parts, rows, parts.used[first:]))
+                thickness_table(args, plan, parts, rows, list(parts.used)))
     return 0
 
 
 def ratio_part(args, plan: dict, parts: Parts, lr_store, model, runs: Path) -> tuple[list[dict], list[str]]:
     """The ratio table's rows and the parts it used."""
-    first, workdir, axis = len(parts.used), Path(args.workdir), args.brain_axis
+    workdir, axis = Path(args.workdir), args.brain_axis
     settings, seed, supervision = {"steps": plan["steps"], "set": plan["set"]}, plan["seed"], plan["supervision"]
     # one model over the ratio range, and models for one ratio each
     low, high = plan["ratio_range"]
@@ -135,7 +137,7 @@ def ratio_part(args, plan: dict, parts: Parts, lr_store, model, runs: Path) -> t
                                     [f"one model for {low:g}-{high:g}, {name}={trained}"],
                                     workdir / "eval" / f"ratio{ratio}-{slug(name)}", axis, float(ratio), None,
                                     "point", 0.0)
-    return ratio_rows, parts.used[first:]
+    return ratio_rows, list(parts.used)
 
 
 def thickness_part(args, plan: dict, parts: Parts, lr_store, runs: Path) -> list[dict]:

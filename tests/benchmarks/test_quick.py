@@ -198,6 +198,8 @@ def test_clinical_quick(untouched_results, capsys):
                                     for section in (ratio_section, thickness_section))
     assert "score ratio 4" in ratio_times and "box" not in ratio_times
     assert "box" in thickness_times and "score ratio" not in thickness_times
+    # the brain LR store that the ratio table built first is also a part of the thickness table
+    assert "brain LR store (1 slice of every 4)" in ratio_times and "brain LR store (1 slice of every 4)" in thickness_times
 
 
 def test_clinical_quick_one_table(untouched_results, capsys):
