@@ -72,9 +72,22 @@ def digest(*texts: str) -> str:
     return hashlib.sha256("\n".join(texts).encode()).hexdigest()[:12]
 
 
+def models_named(args: Any) -> list[str]:
+    """Digests of the trained models that `args` name (a model folder, alone or as `label=folder` or
+    `key=folder`, also inside lists): a part that scores or starts from a model retrained in the same folder
+    is done again, not taken from before."""
+    if isinstance(args, (list, tuple)):
+        return [d for arg in args for d in models_named(arg)]
+    if not isinstance(args, str):
+        return []
+    weights = Path(args.rsplit("=", 1)[-1]) / "model.safetensors"
+    return [hashlib.sha256(weights.read_bytes()).hexdigest()[:12]] if weights.is_file() else []
+
+
 class Parts:
     """Finished parts and the seconds spent on each (summed over resumed runs), in workdir/parts.json.
-    A part is done again when its arguments (plan settings, inputs) changed."""
+    A part is done again when its arguments (plan settings, inputs, the weights of the models it names)
+    changed."""
 
     def __init__(self, workdir: Path):
         self.path = workdir / "parts.json"
@@ -82,7 +95,7 @@ class Parts:
         self.used: list[str] = []  # the parts this run asked for, done now or before, in order
 
     def run(self, name: str, fn, *args) -> Any:
-        key = digest(fn.__name__, json.dumps(args, sort_keys=True, default=str))
+        key = digest(fn.__name__, json.dumps(args, sort_keys=True, default=str), *models_named(args))
         entry = self.state.get(name) or {}
         if name not in self.used:
             self.used.append(name)
@@ -273,8 +286,9 @@ def beyond_label(row: dict) -> str:
 
 
 def beyond_settings(plan: dict, row: dict) -> dict:
-    """A beyond row's training: its generator's settings of the plan, its own length."""
-    return {"steps": row["steps"], "set": plan["generators"][row["generator"]]["set"]}
+    """A beyond row's training: its generator's settings of the plan, then the row's own (`set`), its own
+    length."""
+    return {"steps": row["steps"], "set": [*plan["generators"][row["generator"]]["set"], *row.get("set", [])]}
 
 
 class Shared:

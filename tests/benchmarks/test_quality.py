@@ -1,6 +1,6 @@
 import json
 
-from benchmarks.quality import PART_MARKER, claim_run_folder
+from benchmarks.quality import PART_MARKER, Parts, beyond_settings, claim_run_folder
 
 
 def test_a_run_folder_of_other_settings_is_moved_aside_and_one_of_the_same_settings_resumed(tmp_path):
@@ -23,3 +23,29 @@ def test_a_folder_without_a_marker_is_resumed_as_it_is(tmp_path):
     old.mkdir(parents=True)
     claim_run_folder(tmp_path, "model", "configs/debug/stage2.yaml", ["train.max_steps=4"])
     assert old.exists() and (tmp_path / "model" / PART_MARKER).exists()
+
+
+def test_a_part_naming_a_model_is_done_again_when_the_model_was_retrained_in_the_same_folder(tmp_path):
+    model = tmp_path / "runs" / "row" / "best"
+    model.mkdir(parents=True)
+    (model / "model.safetensors").write_bytes(b"weights of the first training")
+    calls = []
+
+    def score(methods, output):
+        calls.append(list(methods))
+        return len(calls)
+
+    parts = Parts(tmp_path)
+    assert parts.run("score row", score, [f"row={model}"], "out") == 1
+    assert parts.run("score row", score, [f"row={model}"], "out") == 1  # done: taken from before
+    (model / "model.safetensors").write_bytes(b"weights of a training with other settings")
+    assert parts.run("score row", score, [f"row={model}"], "out") == 2
+    assert Parts(tmp_path).run("score row", score, [f"row={model}"], "out") == 2  # and kept in parts.json
+    assert parts.run("score linear", score, ["linear"], "out") == 3  # parts without models keyed as before
+
+
+def test_a_beyond_row_adds_its_own_settings_to_its_generator_s():
+    plan = {"generators": {"throughplane2d": {"set": ["model.name=throughplane2d"]}}}
+    row = {"generator": "throughplane2d", "supervision": "inplane", "steps": 8, "set": ["train.lr=1e-3"]}
+    assert beyond_settings(plan, row) == {"steps": 8, "set": ["model.name=throughplane2d", "train.lr=1e-3"]}
+    assert beyond_settings(plan, {**row, "set": []})["set"] == ["model.name=throughplane2d"]
