@@ -288,7 +288,10 @@ def beyond_label(row: dict) -> str:
 def beyond_settings(plan: dict, row: dict) -> dict:
     """A beyond row's training: its generator's settings of the plan, then the row's own (`set`), its own
     length."""
-    return {"steps": row["steps"], "set": [*plan["generators"][row["generator"]]["set"], *row.get("set", [])]}
+    own = row.get("set", [])
+    if not (isinstance(own, list) and all(isinstance(item, str) for item in own)):
+        raise ValueError(f"{PLAN}: the beyond row {row} has `set: {own!r}`; it must be a list of KEY=VALUE strings")
+    return {"steps": row["steps"], "set": [*plan["generators"][row["generator"]]["set"], *own]}
 
 
 class Shared:

@@ -1,5 +1,7 @@
 import json
 
+import pytest
+
 from benchmarks.quality import PART_MARKER, Parts, beyond_settings, claim_run_folder
 
 
@@ -49,3 +51,5 @@ def test_a_beyond_row_adds_its_own_settings_to_its_generator_s():
     row = {"generator": "throughplane2d", "supervision": "inplane", "steps": 8, "set": ["train.lr=1e-3"]}
     assert beyond_settings(plan, row) == {"steps": 8, "set": ["model.name=throughplane2d", "train.lr=1e-3"]}
     assert beyond_settings(plan, {**row, "set": []})["set"] == ["model.name=throughplane2d"]
+    with pytest.raises(ValueError, match="quality.yaml.*list of KEY=VALUE"):
+        beyond_settings(plan, {**row, "set": "train.lr=1e-3"})  # a string would be split into characters
