@@ -272,11 +272,22 @@ def beyond_labels(plan: dict) -> list[str]:
     rows = plan.get("beyond", {}).get("brain", [])
     return [LINEAR, CUBIC, *[beyond_label(row) for row in rows],
             *[f"{beyond_label(row)} (TTA)" for row in rows if row.get("uncertainty")],
-            *[adapted_label(row) for row in rows if row.get("adapt_steps")]]
+            *[adapted_label(row, steps) for row in rows for steps in adapt_counts(row)]]
 
 
-def adapted_label(row: dict) -> str:
-    return f"{beyond_label(row)} (adapted, {row['adapt_steps']} steps)"
+def adapt_counts(row: dict) -> list[int]:
+    """A beyond row's `adapt_steps`: one count of per-scan adaptation steps or a list of them (each a row of
+    its own: what more steps buy, at what cost per scan); none when absent."""
+    counts = row.get("adapt_steps") or []
+    counts = [counts] if isinstance(counts, int) else counts
+    if not (isinstance(counts, list) and all(isinstance(c, int) and c > 0 for c in counts)):
+        raise ValueError(f"{PLAN}: the beyond row {row} has `adapt_steps: {row.get('adapt_steps')!r}`; it must be a "
+                         "positive step count or a list of them")
+    return counts
+
+
+def adapted_label(row: dict, steps: int) -> str:
+    return f"{beyond_label(row)} (adapted, {steps} steps)"
 
 
 def beyond_label(row: dict) -> str:
@@ -459,10 +470,11 @@ def beyond_part(args, plan: dict, parts: Parts, shared: Shared, eval_volumes: li
                 rows.extend(parts.run(f"score {method.split('=', 1)[0]} with uncertainty ({set_name})", score_set,
                                       volumes, k, [method], output / f"{set_name}-uncertainty" / str(i), axis, True,
                                       True, UNCERTAINTY_SMOOTHING_VOXELS))
-            if row.get("adapt_steps"):
-                rows.extend(parts.run(f"score {adapted_label(row)} ({set_name})", score_set, volumes, k, [method],
-                                      output / f"{set_name}-adapted" / str(i), axis, False, False,
-                                      UNCERTAINTY_SMOOTHING_VOXELS, row["adapt_steps"]))
+            for j, steps in enumerate(adapt_counts(row)):
+                # the first count keeps the folder that a plan with one count used: its finished parts stay valid
+                folder = output / f"{set_name}-adapted" / (str(i) if j == 0 else f"{i}-{steps}")
+                rows.extend(parts.run(f"score {adapted_label(row, steps)} ({set_name})", score_set, volumes, k,
+                                      [method], folder, axis, False, False, UNCERTAINTY_SMOOTHING_VOXELS, steps))
         rows_by_set[set_name] = rows
 
     from slicesr.evaluate import write_metrics

@@ -2,7 +2,14 @@ import json
 
 import pytest
 
-from benchmarks.quality import PART_MARKER, Parts, beyond_settings, claim_run_folder
+from benchmarks.quality import (
+    PART_MARKER,
+    Parts,
+    adapt_counts,
+    beyond_labels,
+    beyond_settings,
+    claim_run_folder,
+)
 
 
 def test_a_run_folder_of_other_settings_is_moved_aside_and_one_of_the_same_settings_resumed(tmp_path):
@@ -53,3 +60,15 @@ def test_a_beyond_row_adds_its_own_settings_to_its_generator_s():
     assert beyond_settings(plan, {**row, "set": []})["set"] == ["model.name=throughplane2d"]
     with pytest.raises(ValueError, match="quality.yaml.*list of KEY=VALUE"):
         beyond_settings(plan, {**row, "set": "train.lr=1e-3"})  # a string would be split into characters
+
+
+def test_a_beyond_row_is_adapted_once_per_step_count():
+    row = {"generator": "throughplane2d", "supervision": "inplane", "steps": 8}
+    assert adapt_counts(row) == [] and adapt_counts({**row, "adapt_steps": 100}) == [100]
+    plan = {"beyond": {"brain": [{**row, "adapt_steps": [100, 300]}]}}
+    labels = beyond_labels(plan)
+    assert [label for label in labels if "adapted" in label] == [
+        "through-plane 2D, in-plane pairs (adapted, 100 steps)", "through-plane 2D, in-plane pairs (adapted, 300 steps)"]
+    for bad in ("100", [100, 0], [1.5]):
+        with pytest.raises(ValueError, match="quality.yaml.*positive step count"):
+            adapt_counts({**row, "adapt_steps": bad})
