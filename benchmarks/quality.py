@@ -65,7 +65,37 @@ def load_plan(path: Path, quick: bool) -> dict[str, Any]:
     quick_part = plan.pop("quick", {})
     if quick:
         plan.update(quick_part)
+    try:
+        check_beyond_rows(plan)
+    except ValueError as error:  # before hours of training, not when the row's turn comes
+        raise ValueError(f"{path}: {error}") from None
     return plan
+
+
+BEYOND_ROW_KEYS = {"generator", "supervision", "steps", "uncertainty", "adapt_steps", "set"}
+
+
+def check_beyond_rows(plan: dict[str, Any]) -> None:
+    """Every row of the beyond table names a generator of the plan, a pair source, its steps, and valid
+    settings and adaptation counts."""
+    for set_name, rows in plan.get("beyond", {}).items():
+        if set_name == "set":
+            continue
+        for row in rows:
+            if not isinstance(row, dict):
+                raise ValueError(f"the beyond row {row!r} ({set_name}) must be a mapping")
+            if unknown := sorted(set(row) - BEYOND_ROW_KEYS):
+                raise ValueError(f"the beyond row {row} has unknown keys {unknown}; known: {sorted(BEYOND_ROW_KEYS)}")
+            if row.get("generator") not in plan.get("generators", {}):
+                raise ValueError(f"the beyond row {row} names generator {row.get('generator')!r}; the plan's "
+                                 f"generators are {sorted(plan.get('generators', {}))}")
+            if row.get("supervision") not in ("inplane", "both"):
+                raise ValueError(f"the beyond row {row} has supervision {row.get('supervision')!r}; it must be "
+                                 "inplane or both")
+            if not (isinstance(row.get("steps"), int) and row["steps"] > 0):
+                raise ValueError(f"the beyond row {row} needs a positive number of training `steps`")
+            beyond_settings(plan, row)
+            adapt_counts(row)
 
 
 def digest(*texts: str) -> str:
@@ -281,7 +311,7 @@ def adapt_counts(row: dict) -> list[int]:
     counts = row.get("adapt_steps") or []
     counts = [counts] if isinstance(counts, int) else counts
     if not (isinstance(counts, list) and all(isinstance(c, int) and c > 0 for c in counts)):
-        raise ValueError(f"{PLAN}: the beyond row {row} has `adapt_steps: {row.get('adapt_steps')!r}`; it must be a "
+        raise ValueError(f"the beyond row {row} has `adapt_steps: {row.get('adapt_steps')!r}`; it must be a "
                          "positive step count or a list of them")
     return counts
 
@@ -301,7 +331,7 @@ def beyond_settings(plan: dict, row: dict) -> dict:
     length."""
     own = row.get("set", [])
     if not (isinstance(own, list) and all(isinstance(item, str) for item in own)):
-        raise ValueError(f"{PLAN}: the beyond row {row} has `set: {own!r}`; it must be a list of KEY=VALUE strings")
+        raise ValueError(f"the beyond row {row} has `set: {own!r}`; it must be a list of KEY=VALUE strings")
     return {"steps": row["steps"], "set": [*plan["generators"][row["generator"]]["set"], *own]}
 
 

@@ -1,14 +1,18 @@
+import copy
 import json
 
 import pytest
+import yaml
 
 from benchmarks.quality import (
     PART_MARKER,
+    PLAN,
     Parts,
     adapt_counts,
     beyond_labels,
     beyond_settings,
     claim_run_folder,
+    load_plan,
 )
 
 
@@ -58,7 +62,7 @@ def test_a_beyond_row_adds_its_own_settings_to_its_generator_s():
     row = {"generator": "throughplane2d", "supervision": "inplane", "steps": 8, "set": ["train.lr=1e-3"]}
     assert beyond_settings(plan, row) == {"steps": 8, "set": ["model.name=throughplane2d", "train.lr=1e-3"]}
     assert beyond_settings(plan, {**row, "set": []})["set"] == ["model.name=throughplane2d"]
-    with pytest.raises(ValueError, match="quality.yaml.*list of KEY=VALUE"):
+    with pytest.raises(ValueError, match="list of KEY=VALUE"):
         beyond_settings(plan, {**row, "set": "train.lr=1e-3"})  # a string would be split into characters
 
 
@@ -70,5 +74,19 @@ def test_a_beyond_row_is_adapted_once_per_step_count():
     assert [label for label in labels if "adapted" in label] == [
         "through-plane 2D, in-plane pairs (adapted, 100 steps)", "through-plane 2D, in-plane pairs (adapted, 300 steps)"]
     for bad in ("100", [100, 0], [1.5]):
-        with pytest.raises(ValueError, match="quality.yaml.*positive step count"):
+        with pytest.raises(ValueError, match="positive step count"):
             adapt_counts({**row, "adapt_steps": bad})
+
+
+def test_the_plan_s_beyond_rows_are_checked_when_it_is_loaded(tmp_path):
+    assert load_plan(PLAN, quick=False)["beyond"]["brain"] and load_plan(PLAN, quick=True)["beyond"]["knee"]
+    plan = yaml.safe_load(PLAN.read_text())
+    for change, message in (({"generator": "unet"}, "generator 'unet'"), ({"supervision": "real"}, "inplane or both"),
+                            ({"steps": 0}, "positive number"), ({"adapt_step": 100}, "unknown keys"),
+                            ({"adapt_steps": -1}, "positive step count"), ({"set": "train.lr=1e-3"}, "KEY=VALUE")):
+        bad = copy.deepcopy(plan)
+        bad["beyond"]["knee"][0].update(change)
+        path = tmp_path / "plan.yaml"
+        path.write_text(yaml.safe_dump(bad))
+        with pytest.raises(ValueError, match=f"plan.yaml: .*{message}"):
+            load_plan(path, quick=False)
