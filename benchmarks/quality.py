@@ -92,7 +92,7 @@ def check_beyond_rows(plan: dict[str, Any]) -> None:
             if row.get("supervision") not in ("inplane", "both"):
                 raise ValueError(f"the beyond row {row} has supervision {row.get('supervision')!r}; it must be "
                                  "inplane or both")
-            if not (isinstance(row.get("steps"), int) and row["steps"] > 0):
+            if not is_count(row.get("steps")):
                 raise ValueError(f"the beyond row {row} needs a positive number of training `steps`")
             beyond_settings(plan, row)
             adapt_counts(row)
@@ -305,12 +305,17 @@ def beyond_labels(plan: dict) -> list[str]:
             *[adapted_label(row, steps) for row in rows for steps in adapt_counts(row)]]
 
 
+def is_count(value: Any) -> bool:
+    """A positive integer; YAML's `true` is a bool (an int to Python), not a count."""
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
 def adapt_counts(row: dict) -> list[int]:
     """A beyond row's `adapt_steps`: one count of per-scan adaptation steps or a list of them (each a row of
     its own: what more steps buy, at what cost per scan); none when absent."""
     counts = row.get("adapt_steps") or []
-    counts = [counts] if isinstance(counts, int) else counts
-    if not (isinstance(counts, list) and all(isinstance(c, int) and c > 0 for c in counts)):
+    counts = counts if isinstance(counts, list) else [counts]
+    if not (isinstance(counts, list) and all(is_count(c) for c in counts)):
         raise ValueError(f"the beyond row {row} has `adapt_steps: {row.get('adapt_steps')!r}`; it must be a "
                          "positive step count or a list of them")
     return counts

@@ -73,7 +73,7 @@ def test_a_beyond_row_is_adapted_once_per_step_count():
     labels = beyond_labels(plan)
     assert [label for label in labels if "adapted" in label] == [
         "through-plane 2D, in-plane pairs (adapted, 100 steps)", "through-plane 2D, in-plane pairs (adapted, 300 steps)"]
-    for bad in ("100", [100, 0], [1.5]):
+    for bad in ("100", [100, 0], [1.5], True, [True]):
         with pytest.raises(ValueError, match="positive step count"):
             adapt_counts({**row, "adapt_steps": bad})
 
@@ -82,7 +82,7 @@ def test_the_plan_s_beyond_rows_are_checked_when_it_is_loaded(tmp_path):
     assert load_plan(PLAN, quick=False)["beyond"]["brain"] and load_plan(PLAN, quick=True)["beyond"]["knee"]
     plan = yaml.safe_load(PLAN.read_text())
     for change, message in (({"generator": "unet"}, "generator 'unet'"), ({"supervision": "real"}, "inplane or both"),
-                            ({"steps": 0}, "positive number"), ({"adapt_step": 100}, "unknown keys"),
+                            ({"steps": 0}, "positive number"), ({"steps": True}, "positive number"), ({"adapt_step": 100}, "unknown keys"),
                             ({"adapt_steps": -1}, "positive step count"), ({"set": "train.lr=1e-3"}, "KEY=VALUE")):
         bad = copy.deepcopy(plan)
         bad["beyond"]["knee"][0].update(change)
