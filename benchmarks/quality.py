@@ -297,12 +297,16 @@ def method_labels(plan: dict) -> list[str]:
 
 
 def beyond_labels(plan: dict) -> list[str]:
-    """The beyond table's rows in order: linear, cubic, each brain row (the knee's are among them), then
-    the rows again with test-time augmentation and with per-scan adaptation."""
-    rows = plan.get("beyond", {}).get("brain", [])
-    return [LINEAR, CUBIC, *[beyond_label(row) for row in rows],
-            *[f"{beyond_label(row)} (TTA)" for row in rows if row.get("uncertainty")],
-            *[adapted_label(row, steps) for row in rows for steps in adapt_counts(row)]]
+    """The beyond table's rows in order (`beyond_part`'s): linear, cubic, each brain row, then each row
+    again with test-time augmentation and with per-scan adaptation; then the knee's rows that the brains
+    lack, in the same order."""
+    def set_labels(rows: list[dict]) -> list[str]:
+        again = [[f"{beyond_label(row)} (TTA)"] * bool(row.get("uncertainty"))
+                 + [adapted_label(row, steps) for steps in adapt_counts(row)] for row in rows]
+        return [LINEAR, CUBIC, *[beyond_label(row) for row in rows], *[label for labels in again for label in labels]]
+
+    beyond = plan.get("beyond", {})
+    return list(dict.fromkeys(set_labels(beyond.get("brain", [])) + set_labels(beyond.get("knee", []))))
 
 
 def is_count(value: Any) -> bool:

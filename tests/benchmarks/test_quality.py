@@ -73,6 +73,10 @@ def test_a_beyond_row_is_adapted_once_per_step_count():
     labels = beyond_labels(plan)
     assert [label for label in labels if "adapted" in label] == [
         "through-plane 2D, in-plane pairs (adapted, 100 steps)", "through-plane 2D, in-plane pairs (adapted, 300 steps)"]
+    # a count that only the knee's row has is a row of the table as well, after the brains' rows
+    plan["beyond"]["knee"] = [{**row, "adapt_steps": [100, 600]}]
+    assert beyond_labels(plan)[-2:] == ["through-plane 2D, in-plane pairs (adapted, 300 steps)",
+                                        "through-plane 2D, in-plane pairs (adapted, 600 steps)"]
     for bad in ("100", [100, 0], [1.5], True, [True]):
         with pytest.raises(ValueError, match="positive step count"):
             adapt_counts({**row, "adapt_steps": bad})
