@@ -319,7 +319,7 @@ def adapt_counts(row: dict) -> list[int]:
     its own: what more steps buy, at what cost per scan); none when absent."""
     counts = row.get("adapt_steps") or []
     counts = counts if isinstance(counts, list) else [counts]
-    if not (isinstance(counts, list) and all(is_count(c) for c in counts)):
+    if not all(is_count(c) for c in counts):
         raise ValueError(f"the beyond row {row} has `adapt_steps: {row.get('adapt_steps')!r}`; it must be a "
                          "positive step count or a list of them")
     return counts
