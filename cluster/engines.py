@@ -89,6 +89,12 @@ class DeepSpeedEngine(Engine):
     def step(self, name: str) -> None:
         self.engines[name].step()
 
+    def set_lr(self, lr: float) -> None:
+        # the engine's optimizer (ZeRO's, bf16's or the torch Adam itself) exposes the groups it steps with
+        for engine in self.engines.values():
+            for group in engine.optimizer.param_groups:
+                group["lr"] = lr
+
     def state_dict(self) -> dict[str, Any]:
         return {}
 

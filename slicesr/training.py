@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from slicesr.config import Config, dump_config
+from slicesr.config import Config, TrainConfig, dump_config
 from slicesr.modeldir import (
     read_model_dir,
     recover_dir,
@@ -59,6 +59,29 @@ def plan_shards(store: Any, config: Config, world_size: int, min_slices: int) ->
                          "(cluster.num_workers): each worker needs its own scans")
     return ShardPlan(ids, train_ids, val_ids, [usable[rank::world_size] for rank in range(world_size)],
                      [scan_id for scan_id in val_ids if scan_id in long_enough])
+
+
+def learning_rate(train: TrainConfig, step: int) -> float:
+    """The learning rate of the step that follows `step` steps done (train.lr_warmup_steps, train.lr_decay_steps)."""
+    rate = train.lr
+    if step < train.lr_warmup_steps:
+        rate *= (step + 1) / train.lr_warmup_steps
+    decay_start = train.max_steps - train.lr_decay_steps
+    if train.lr_decay_steps and step >= decay_start:
+        rate *= max(0.0, (train.max_steps - step) / train.lr_decay_steps)
+    return rate
+
+
+def schedule_identity(train: TrainConfig) -> dict[str, Any]:
+    """The learning-rate schedule's part of a run's identity: a constant rate adds nothing (so runs saved
+    before the schedule existed resume), a warm-up its length, a decay the step it starts at (a run that
+    decayed does not resume into a longer one)."""
+    identity: dict[str, Any] = {}
+    if train.lr_warmup_steps:
+        identity["train.lr_warmup_steps"] = train.lr_warmup_steps
+    if train.lr_decay_steps:
+        identity["train.lr_decay_start"] = train.max_steps - train.lr_decay_steps
+    return identity
 
 
 def resolve_device(name: str) -> torch.device:
@@ -114,6 +137,12 @@ class Engine:
 
     def step(self, name: str) -> None:
         self.optimizers[name].step()
+
+    def set_lr(self, lr: float) -> None:
+        """The learning rate of every network's next steps."""
+        for optimizer in self.optimizers.values():
+            for group in optimizer.param_groups:
+                group["lr"] = lr
 
     def state_dict(self) -> dict[str, Any]:
         return {name: opt.state_dict() for name, opt in self.optimizers.items()}
@@ -355,11 +384,13 @@ class TrainingLoop:
         self.model.train()
         started, started_step = time.perf_counter(), self.step
         while self.step < cfg.max_steps:
+            lr = learning_rate(cfg, self.step)
+            self.engine.set_lr(lr)
             metrics = self.train_step()
             if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
                 elapsed = time.perf_counter() - started
                 metrics["samples_per_s"] = (self.step - started_step) * self.samples_per_step() / max(elapsed, 1e-9)
-                metrics["lr"] = cfg.lr
+                metrics["lr"] = lr
                 self.reporter.report(self.step, metrics)
                 started, started_step = time.perf_counter(), self.step
             if images is not None:  # the reporter decides when it wants previews; rendering only then

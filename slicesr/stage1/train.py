@@ -33,7 +33,14 @@ from slicesr.stage1.losses import (
     kl_to_standard_normal,
     weights_at,
 )
-from slicesr.training import Checkpointer, LogReporter, Reporter, TrainingLoop, resolve_device
+from slicesr.training import (
+    Checkpointer,
+    LogReporter,
+    Reporter,
+    TrainingLoop,
+    resolve_device,
+    schedule_identity,
+)
 from slicesr.training import Engine as BaseEngine
 
 log = logging.getLogger(__name__)
@@ -184,7 +191,8 @@ class Stage1Trainer(TrainingLoop):
         return {"data.store": c.data.store, "model": asdict(c.model), "schedule": asdict(c.schedule),
                 "effective_phase_steps": list(self.phase_steps),
                 "train.seed": c.train.seed, "train.batch_size": c.train.batch_size, "train.lr": c.train.lr,
-                "train.val_fraction": c.train.val_fraction, "split": {"train": self.train_ids, "val": self.val_ids}}
+                "train.val_fraction": c.train.val_fraction, "split": {"train": self.train_ids, "val": self.val_ids},
+                **schedule_identity(c.train)}
 
     def validate(self) -> float:
         if self.val_sampler is None:

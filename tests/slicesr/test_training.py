@@ -69,3 +69,24 @@ def test_cli_device_cuda_without_a_gpu_is_a_usage_error(tmp_path, capsys):
     assert main(["train-sr", "--config", "configs/debug/stage2.yaml", "--device", "cuda",
                  "--set", f"run.storage_path={tmp_path}"]) == 2
     assert "no CUDA device" in capsys.readouterr().err
+
+
+def test_learning_rate_warms_up_holds_and_decays():
+    from slicesr.config import TrainConfig
+    from slicesr.training import learning_rate
+
+    constant = TrainConfig(max_steps=10, lr=1e-3)
+    assert [learning_rate(constant, s) for s in range(10)] == [1e-3] * 10
+    both = TrainConfig(max_steps=10, lr=1e-3, lr_warmup_steps=4, lr_decay_steps=4)
+    rates = [learning_rate(both, s) for s in range(10)]
+    np.testing.assert_allclose(rates, np.array([1, 2, 3, 4, 4, 4, 4, 3, 2, 1]) / 4 * 1e-3)
+    assert min(rates) > 0  # neither the first nor the last step is wasted at a zero rate
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["train.lr_warmup_steps=-1"], "train.lr_warmup_steps"),
+    (["train.max_steps=10", "train.lr_warmup_steps=6", "train.lr_decay_steps=5"], "must not exceed train.max_steps"),
+])
+def test_bad_schedules_are_refused(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        load_config("configs/debug/stage2.yaml", overrides)

@@ -211,3 +211,46 @@ def test_a_run_starts_from_another_models_weights(sr_config, tmp_path):
     with pytest.raises(ValueError, match=r"sr.init_from: .*missing.* is not a slicesr model directory"):
         Stage2Trainer(sr_config("run.name=other", f"sr.init_from={tmp_path / 'missing'}"))
     assert not (tmp_path / "runs" / "other").exists()
+
+
+
+def test_a_scheduled_run_applies_its_rates(sr_config):
+    schedule = ["train.lr_warmup_steps=2", "train.lr_decay_steps=3", "train.log_every=1"]
+    straight = Stage2Trainer(sr_config("run.name=straight", *schedule))
+    rates = {}
+
+    class Rates:
+        def report(self, step, metrics):
+            if "lr" in metrics:
+                rates[step] = metrics["lr"]
+
+    straight.reporter = Rates()
+    straight.fit()
+    lr = straight.config.train.lr
+    assert rates == pytest.approx({1: lr / 2, 2: lr, 3: lr, 4: lr, 5: lr * 2 / 3, 6: lr / 3})
+    assert straight.engine.optimizers["generator"].param_groups[0]["lr"] == pytest.approx(lr / 3)
+    # a run that decayed does not resume into a longer one (its last steps were taken at a falling rate)
+    with pytest.raises(ValueError, match="train.lr_decay_start"):
+        Stage2Trainer(sr_config("run.name=straight", *schedule, "train.max_steps=10")).fit()
+
+
+def test_a_scheduled_run_resumes_exactly(sr_config):
+    schedule = ["train.lr_warmup_steps=2", "train.lr_decay_steps=3", "train.checkpoint_every=2"]
+    straight = Stage2Trainer(sr_config("run.name=straight", *schedule))
+    straight.fit()
+    killed = Stage2Trainer(sr_config("run.name=resumed", *schedule))
+    original_step = killed.train_step
+
+    def train_step():
+        if killed.step == 4:  # killed inside the decay, after the checkpoint of step 4
+            raise KeyboardInterrupt
+        return original_step()
+
+    killed.train_step = train_step
+    with pytest.raises(KeyboardInterrupt):
+        killed.fit()
+    resumed = Stage2Trainer(sr_config("run.name=resumed", *schedule))
+    resumed.fit()
+    assert resumed.step == 6
+    for key, value in straight.model.state_dict().items():
+        torch.testing.assert_close(value, resumed.model.state_dict()[key], rtol=0, atol=0, msg=key)
