@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -72,16 +73,20 @@ def learning_rate(train: TrainConfig, step: int) -> float:
     return rate
 
 
-def schedule_identity(train: TrainConfig) -> dict[str, Any]:
-    """The learning-rate schedule's part of a run's identity: a constant rate adds nothing (so runs saved
-    before the schedule existed resume), a warm-up its length, a decay the step it starts at (a run that
-    decayed does not resume into a longer one)."""
-    identity: dict[str, Any] = {}
-    if train.lr_warmup_steps:
-        identity["train.lr_warmup_steps"] = train.lr_warmup_steps
-    if train.lr_decay_steps:
-        identity["train.lr_decay_start"] = train.max_steps - train.lr_decay_steps
-    return identity
+SCHEDULE_KEYS = ("max_steps", "lr_warmup_steps", "lr_decay_steps")
+
+
+def first_changed_rate(saved: TrainConfig, current: TrainConfig, steps_done: int) -> int | None:
+    """The first of the `steps_done` steps that `saved`'s schedule took at another rate than `current`'s
+    would (None: the same rates, so a run may resume under `current`, e.g. a decay branched off a constant
+    run). Rates differ only inside a warm-up or a decay, so only those steps are compared."""
+    warmup = range(min(steps_done, max(saved.lr_warmup_steps, current.lr_warmup_steps)))
+    starts = [c.max_steps - c.lr_decay_steps for c in (saved, current) if c.lr_decay_steps]
+    decay = range(max(len(warmup), min(starts + [steps_done])), steps_done)
+    for step in [*warmup, *decay]:
+        if not math.isclose(learning_rate(saved, step), learning_rate(current, step), rel_tol=1e-12):
+            return step
+    return None
 
 
 def resolve_device(name: str) -> torch.device:
@@ -321,6 +326,7 @@ class TrainingLoop:
                 "identity": json.dumps(self.identity(), sort_keys=True), "world_size": self.world_size,
                 "step": self.step, "best_val": self.best_val, "optimizers": self.engine.state_dict(),
                 "optimizer_layout": self.engine.optimizer_layout,
+                "lr_schedule": {key: getattr(self.config.train, key) for key in SCHEDULE_KEYS},
                 **self._rank_state(),
             }
             write_model_files(directory, self.model.state_dict(), self.config, self.metadata(),
@@ -341,6 +347,16 @@ class TrainingLoop:
                 f"{directory} was trained with other settings ({', '.join(changed)}); "
                 "resume with the same config, pick another run.name, or pass --no-resume"
             )
+        # runs saved before the schedule existed had a constant rate
+        saved_schedule = replace(self.config.train, **{"lr_warmup_steps": 0, "lr_decay_steps": 0,
+                                                           **state.get("lr_schedule", {})})
+        changed_step = first_changed_rate(saved_schedule, self.config.train, int(state["step"]))
+        if changed_step is not None:
+            raise ValueError(
+                f"{directory} took step {changed_step + 1} at another learning rate than this config's schedule "
+                f"would (saved: max_steps {saved_schedule.max_steps}, lr_warmup_steps {saved_schedule.lr_warmup_steps}, "
+                f"lr_decay_steps {saved_schedule.lr_decay_steps}); resume with the same train.lr_warmup_steps, "
+                "train.lr_decay_steps and train.max_steps, pick another run.name, or pass --no-resume")
         saved_world = int(state.get("world_size", 1))
         if saved_world != self.world_size:
             raise ValueError(f"{directory} was written by {saved_world} workers, this run has {self.world_size}; "

@@ -39,7 +39,6 @@ from slicesr.training import (
     Reporter,
     TrainingLoop,
     resolve_device,
-    schedule_identity,
 )
 from slicesr.training import Engine as BaseEngine
 
@@ -191,8 +190,7 @@ class Stage1Trainer(TrainingLoop):
         return {"data.store": c.data.store, "model": asdict(c.model), "schedule": asdict(c.schedule),
                 "effective_phase_steps": list(self.phase_steps),
                 "train.seed": c.train.seed, "train.batch_size": c.train.batch_size, "train.lr": c.train.lr,
-                "train.val_fraction": c.train.val_fraction, "split": {"train": self.train_ids, "val": self.val_ids},
-                **schedule_identity(c.train)}
+                "train.val_fraction": c.train.val_fraction, "split": {"train": self.train_ids, "val": self.val_ids}}
 
     def validate(self) -> float:
         if self.val_sampler is None:

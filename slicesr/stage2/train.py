@@ -23,7 +23,7 @@ from slicesr.models.generators import GeneratorSize, build_generator, display_na
 from slicesr.stage2.data import Degradation, PatchSampler
 from slicesr.stage2.inplane import InplanePairSampler
 from slicesr.store import SliceStore
-from slicesr.training import Checkpointer, Engine, Reporter, TrainingLoop, resolve_device, schedule_identity
+from slicesr.training import Checkpointer, Engine, Reporter, TrainingLoop, resolve_device
 
 log = logging.getLogger(__name__)
 # generators that train on 2D planes when given in-plane pairs (their forward takes (N, 1, slices, width))
@@ -210,8 +210,7 @@ class Stage2Trainer(TrainingLoop):
             sr["init_from"] = c.sr.init_from
         return {"data.store": c.data.store, "model": asdict(c.model), "sr": sr,
                 "train.seed": c.train.seed, "train.batch_size": c.train.batch_size, "train.lr": c.train.lr,
-                "train.val_fraction": c.train.val_fraction, "split": {"train": self.train_ids, "val": self.val_ids},
-                **schedule_identity(c.train)}
+                "train.val_fraction": c.train.val_fraction, "split": {"train": self.train_ids, "val": self.val_ids}}
 
     def lr_scan(self, scan_id: str) -> np.ndarray:
         """The LR version of a training-store scan: the LR scan a synthetic volume was synthesised from

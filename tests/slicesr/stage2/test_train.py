@@ -230,8 +230,23 @@ def test_a_scheduled_run_applies_its_rates(sr_config):
     assert rates == pytest.approx({1: lr / 2, 2: lr, 3: lr, 4: lr, 5: lr * 2 / 3, 6: lr / 3})
     assert straight.engine.optimizers["generator"].param_groups[0]["lr"] == pytest.approx(lr / 3)
     # a run that decayed does not resume into a longer one (its last steps were taken at a falling rate)
-    with pytest.raises(ValueError, match="train.lr_decay_start"):
+    with pytest.raises(ValueError, match="took step 5 at another learning rate"):
         Stage2Trainer(sr_config("run.name=straight", *schedule, "train.max_steps=10")).fit()
+
+
+def test_a_decay_branches_off_a_constant_run(sr_config):
+    """Steps taken at the rate the new schedule gives them resume: a decay appended to a constant run is the
+    run that planned the decay from the start."""
+    planned = Stage2Trainer(sr_config("run.name=planned", "train.lr_decay_steps=3"))
+    planned.fit()
+    Stage2Trainer(sr_config("run.name=branched", "train.max_steps=3")).fit()
+    branched = Stage2Trainer(sr_config("run.name=branched", "train.lr_decay_steps=3"))
+    branched.fit()
+    assert branched.step == 6
+    for key, value in planned.model.state_dict().items():
+        torch.testing.assert_close(value, branched.model.state_dict()[key], rtol=0, atol=0, msg=key)
+    with pytest.raises(ValueError, match="took step 1 at another learning rate"):  # a warm-up it never had
+        Stage2Trainer(sr_config("run.name=branched", "train.max_steps=8", "train.lr_warmup_steps=2")).fit()
 
 
 def test_a_scheduled_run_resumes_exactly(sr_config):
