@@ -33,13 +33,7 @@ from slicesr.stage1.losses import (
     kl_to_standard_normal,
     weights_at,
 )
-from slicesr.training import (
-    Checkpointer,
-    LogReporter,
-    Reporter,
-    TrainingLoop,
-    resolve_device,
-)
+from slicesr.training import Checkpointer, LogReporter, Reporter, TrainingLoop, resolve_device
 from slicesr.training import Engine as BaseEngine
 
 log = logging.getLogger(__name__)
