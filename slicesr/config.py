@@ -203,7 +203,7 @@ class TrainConfig:
     lr: float = 2e-4
     # The learning rate rises linearly from lr / lr_warmup_steps to lr over the first lr_warmup_steps steps
     # and falls linearly to 0 over the last lr_decay_steps steps before max_steps; constant otherwise (0, 0:
-    # the default). A warm-up lets Adam's moment estimates settle before full-size steps; a final decay
+    # the default); where the two overlap (a run shorter than both) their factors multiply. A warm-up lets Adam's moment estimates settle before full-size steps; a final decay
     # anneals the noise of a constant rate (benchmarks/NOTES.md, twelfth session).
     lr_warmup_steps: int = 0
     lr_decay_steps: int = 0
@@ -224,9 +224,6 @@ class TrainConfig:
         _require(self.lr_warmup_steps >= 0 and self.lr_decay_steps >= 0,
                  f"train.lr_warmup_steps and train.lr_decay_steps must be >= 0, got {self.lr_warmup_steps} and "
                  f"{self.lr_decay_steps}")
-        _require(self.lr_warmup_steps + self.lr_decay_steps <= self.max_steps,
-                 f"train.lr_warmup_steps + train.lr_decay_steps ({self.lr_warmup_steps} + {self.lr_decay_steps}) "
-                 f"must not exceed train.max_steps ({self.max_steps})")
         _require(self.checkpoint_every >= 1, f"train.checkpoint_every must be >= 1, got {self.checkpoint_every}")
         _require(0 <= self.val_fraction < 1, f"train.val_fraction must be in [0, 1), got {self.val_fraction}")
         _require(self.val_every >= 1 and self.log_every >= 1 and self.val_batches >= 1,
