@@ -203,8 +203,9 @@ class TrainConfig:
     lr: float = 2e-4
     # The learning rate rises linearly from lr / lr_warmup_steps to lr over the first lr_warmup_steps steps
     # and falls linearly to 0 over the last lr_decay_steps steps before max_steps; constant otherwise (0, 0:
-    # the default); where the two overlap (a run shorter than both) their factors multiply. A warm-up lets Adam's moment estimates settle before full-size steps; a final decay
-    # anneals the noise of a constant rate (benchmarks/NOTES.md, twelfth session).
+    # the default); where the two overlap (a run shorter than both) their factors multiply. A warm-up lets
+    # Adam's moment estimates settle before full-size steps; a final decay anneals the noise of a constant
+    # rate (benchmarks/NOTES.md, twelfth session).
     lr_warmup_steps: int = 0
     lr_decay_steps: int = 0
     seed: int = 0

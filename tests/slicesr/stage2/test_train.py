@@ -213,7 +213,6 @@ def test_a_run_starts_from_another_models_weights(sr_config, tmp_path):
     assert not (tmp_path / "runs" / "other").exists()
 
 
-
 def test_a_scheduled_run_applies_its_rates(sr_config):
     schedule = ["train.lr_warmup_steps=2", "train.lr_decay_steps=3", "train.log_every=1"]
     straight = Stage2Trainer(sr_config("run.name=straight", *schedule))
