@@ -332,7 +332,22 @@ def adapted_label(row: dict, steps: int) -> str:
 def beyond_label(row: dict) -> str:
     from slicesr.stage2.train import method_label
 
-    return method_label(row["generator"], row["supervision"])
+    return method_label(row["generator"], row["supervision"], row_subpixel(row))
+
+
+def row_subpixel(row: dict) -> bool:
+    """Whether a beyond row's own settings (`set`) make its generator a sub-pixel one (`model.subpixel`):
+    another row and another run folder than the same generator without it."""
+    from slicesr.config import apply_override
+
+    tree: dict = {}
+    for assignment in row.get("set", []):
+        tree = apply_override(tree, assignment)
+    return bool(tree.get("model", {}).get("subpixel", False))
+
+
+def beyond_run_name(row: dict) -> str:
+    return f"{row['generator']}-{row['supervision']}" + ("-subpixel" if row_subpixel(row) else "")
 
 
 def beyond_settings(plan: dict, row: dict) -> dict:
@@ -494,10 +509,10 @@ def beyond_part(args, plan: dict, parts: Parts, shared: Shared, eval_volumes: li
         for row in beyond.get(set_name, []):
             label, inplane = beyond_label(row), row["supervision"] == "inplane"
             if set_name == "brain":
-                part, name, extra = label, f"{row['generator']}-{row['supervision']}", list(beyond["set"])
+                part, name, extra = label, beyond_run_name(row), list(beyond["set"])
                 store = shared.lr_brain() if inplane else shared.synthetic()
             else:  # the knee has no validation scan
-                part, name = "knee " + label, f"knee-{row['generator']}-{row['supervision']}"
+                part, name = "knee " + label, f"knee-{beyond_run_name(row)}"
                 extra = ["train.val_fraction=0", *[s for s in beyond["set"] if not s.startswith("sr.validation")]]
                 store = shared.lr_knee() if inplane else shared.knee_synthetic()
             model = parts.run(part, train_sr, plan["sr_config"], beyond_settings(plan, row), seed, k, store,

@@ -62,7 +62,7 @@ def _train(args: argparse.Namespace, stage: str) -> int:
 
         trainer = Stage2Trainer(config)
         result = trainer.fit(resume=not args.no_resume)
-        print(f"{method_label(config.model.name, config.sr.supervision)}: trained to step {result['step']}; "
+        print(f"{method_label(config.model.name, config.sr.supervision, config.model.subpixel)}: trained to step {result['step']}; "
               f"best model: {result['run_dir']}/best ({trainer.val_metric} {result['best_' + trainer.val_metric]:.4f})")
     return EXIT_OK
 

@@ -52,6 +52,11 @@ class ModelConfig:
     num_filters: int = 64  # DeepResolve and throughplane2d: filters per layer
     dense_units: int = 4  # DCSRN: BN-ELU-conv units in the dense block
     growth_rate: int = 24  # DCSRN: filters each unit adds (its first conv has 2 x growth_rate)
+    # throughplane2d: run the network on the acquired lines only (the LR grid) and let its last conv give the
+    # K - 1 lines after each of them (a sub-pixel convolution), instead of on every line of the interpolated
+    # input: K times fewer pixels per layer, and each layer sees K times further along the slice axis.
+    # For one integer ratio (sr.k) and the point profile: the acquired lines must sit at 0, K, 2K, ...
+    subpixel: bool = False
 
     def validate(self) -> None:
         for key in ("image_size", "channels", "max_channels", "num_blocks", "latent_dim", "disc_channels",
@@ -317,6 +322,12 @@ class Config:
         else:
             _require(self.model.name in generators,
                      f"stage sr trains a generator: model.name must be one of {', '.join(generators)}, got {self.model.name}")
+        if self.model.subpixel:
+            _require(self.model.name == "throughplane2d",
+                     f"model.subpixel is for the throughplane2d generator, got model.name {self.model.name}")
+            _require(not self.sr.ratio_range and self.sr.slice_profile == "point",
+                     "model.subpixel needs one integer ratio (sr.k, no sr.ratio_range) and the point profile: "
+                     "it reads the acquired lines at 0, K, 2K, ...")
         # the supervised upper bound must never become a version (let alone the champion) of the proposed method
         _require(not (self.stage == "sr" and self.sr.supervision == "real"
                       and self.tracking.registered_model in ("slicesr-sr", "slicesr-vae")),

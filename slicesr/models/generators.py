@@ -21,6 +21,7 @@ class GeneratorSize:
     num_filters: int = 64
     dense_units: int = 4
     growth_rate: int = 24
+    subpixel_k: int = 0  # throughplane2d: > 0 runs on the acquired lines (every K-th) and outputs K - 1 lines each
 
 
 def conv3(in_channels: int, out_channels: int) -> nn.Conv3d:
@@ -31,12 +32,12 @@ def conv2(in_channels: int, out_channels: int) -> nn.Conv2d:
     return nn.Conv2d(in_channels, out_channels, 3, padding=1, padding_mode="replicate")
 
 
-def residual_stack(conv, num_layers: int, num_filters: int) -> nn.Sequential:
+def residual_stack(conv, num_layers: int, num_filters: int, out_channels: int = 1) -> nn.Sequential:
     """`num_layers` convs (`conv(in, out)`) with ReLU between them, He-initialised, the last one zero."""
     layers: list[nn.Module] = [conv(1, num_filters), nn.ReLU(inplace=True)]
     for _ in range(num_layers - 2):
         layers += [conv(num_filters, num_filters), nn.ReLU(inplace=True)]
-    layers.append(conv(num_filters, 1))
+    layers.append(conv(num_filters, out_channels))
     # He initialisation keeps the signal's scale through the ReLU stack (PyTorch's default init
     # shrinks it about 6-fold per layer, which starves a deep plain stack of gradient).
     for layer in layers[:-1]:
@@ -68,20 +69,40 @@ class ThroughPlane2D(nn.Module):
     the two orientations' residuals are averaged. Missing slices are a 1D gap along the slice axis, so a
     2D network that sees that axis and one in-plane axis does the 3D network's work at a fraction of its
     cost, and each 3D patch gives it rows + cols training planes.
+
+    With `subpixel_k` = K the network runs on the acquired lines only (0, K, 2K, ... of the slice axis: the
+    LR grid) and its last conv gives K - 1 channels, the residuals of the K - 1 lines after each acquired
+    one (a sub-pixel convolution along the slice axis); the acquired lines get no residual. A plane's
+    length must then be K * m + 1 lines.
     """
 
-    def __init__(self, num_layers: int = 8, num_filters: int = 48):
+    def __init__(self, num_layers: int = 8, num_filters: int = 48, subpixel_k: int = 0):
         super().__init__()
+        if subpixel_k == 1 or subpixel_k < 0:
+            raise ValueError(f"subpixel_k must be 0 (off) or a ratio >= 2, got {subpixel_k}")
+        self.subpixel_k = int(subpixel_k)
+        out_channels = self.subpixel_k - 1 if self.subpixel_k else 1
         # channels-last weights: oneDNN's fast layout for 2D convolutions on a CPU (benchmarks/NOTES.md,
         # "Third quality run"); the values and the state dict are the same
-        self.body = residual_stack(conv2, num_layers, num_filters).to(memory_format=torch.channels_last)
+        self.body = residual_stack(conv2, num_layers, num_filters, out_channels).to(memory_format=torch.channels_last)
 
     orientations = (0, 1)  # (slices, rows) planes, (slices, cols) planes
     axis_across_planes = {0: 2, 1: 1}  # of (slices, rows, cols): the axis that each orientation's planes stack along
 
     def plane_residual(self, planes: torch.Tensor) -> torch.Tensor:
         """The network's residual on (N, 1, slices, width) planes (inference runs whole planes through it)."""
-        return self.body(planes)
+        k = self.subpixel_k
+        if not k:
+            return self.body(planes)
+        n, _, length, width = planes.shape
+        if (length - 1) % k:
+            raise ValueError(f"this through-plane 2D generator reads the acquired lines 0, {k}, {2 * k}, ...: a "
+                             f"plane must be {k} * m + 1 lines long, got {length}")
+        lines = planes[:, :, ::k]
+        after = self.body(lines)  # (N, K - 1, m, width): the lines after each acquired one
+        residual = torch.cat([torch.zeros_like(lines), after], dim=1)  # (N, K, m, width)
+        residual = residual.permute(0, 2, 1, 3).reshape(n, 1, lines.shape[2] * k, width)
+        return residual[:, :, :length]
 
     def forward(self, x: torch.Tensor, orientation: int | None = None) -> torch.Tensor:
         """(B, 1, slices, rows, cols) volumes, or (N, 1, slices, width) planes: the network on each plane
@@ -137,7 +158,7 @@ def build_generator(size: GeneratorSize) -> nn.Module:
     if size.name == "dcsrn":
         return DCSRN(size.dense_units, size.growth_rate)
     if size.name == "throughplane2d":
-        return ThroughPlane2D(size.num_layers, size.num_filters)
+        return ThroughPlane2D(size.num_layers, size.num_filters, size.subpixel_k)
     raise ValueError(f"unknown generator {size.name!r} (deepresolve, dcsrn or throughplane2d)")
 
 

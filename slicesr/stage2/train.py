@@ -33,13 +33,15 @@ PLANE_GENERATORS = ("throughplane2d",)
 def generator_size(config: Config) -> GeneratorSize:
     m = config.model
     return GeneratorSize(name=m.name, num_layers=m.num_layers, num_filters=m.num_filters,
-                         dense_units=m.dense_units, growth_rate=m.growth_rate)
+                         dense_units=m.dense_units, growth_rate=m.growth_rate,
+                         subpixel_k=config.sr.k if m.subpixel else 0)
 
 
-def method_label(name: str, supervision: str) -> str:
+def method_label(name: str, supervision: str, subpixel: bool = False) -> str:
     """The paper's names ('Proposed with DeepResolve', the upper bound 'DeepResolve only') and slicesr's
-    ('DeepResolve, in-plane pairs', 'Proposed with DeepResolve + in-plane pairs')."""
-    generator = display_name(name)
+    ('DeepResolve, in-plane pairs', 'Proposed with DeepResolve + in-plane pairs'; 'through-plane 2D
+    (sub-pixel), ...' for `model.subpixel`)."""
+    generator = display_name(name) + (" (sub-pixel)" if subpixel else "")
     return {"real": f"{generator} only", "inplane": f"{generator}, in-plane pairs",
             "both": f"Proposed with {generator} + in-plane pairs"}.get(supervision, f"Proposed with {generator}")
 
@@ -175,7 +177,8 @@ class Stage2Trainer(TrainingLoop):
     def metadata(self) -> dict[str, Any]:
         sr = self.config.sr
         return {"stage": "sr", "k": sr.k, "step": self.step, "generator": self.config.model.name,
-                "supervision": sr.supervision, "method": method_label(self.config.model.name, sr.supervision),
+                "supervision": sr.supervision, "method": method_label(self.config.model.name, sr.supervision,
+                                                                      self.config.model.subpixel),
                 "normalisation": "slicesr.intensity.robust_intensity_params (per scan)",
                 "model_size": asdict(generator_size(self.config)), "training_store": self.store.url,
                 "train_scans": self.train_ids, "val_scans": self.val_ids, f"best_{self.val_metric}": self.best_val,

@@ -66,6 +66,17 @@ def test_a_beyond_row_adds_its_own_settings_to_its_generator_s():
         beyond_settings(plan, {**row, "set": "train.lr=1e-3"})  # a string would be split into characters
 
 
+def test_a_sub_pixel_row_is_its_own_row_and_run():
+    from benchmarks.quality import beyond_label, beyond_run_name
+
+    row = {"generator": "throughplane2d", "supervision": "inplane", "steps": 8, "set": ["train.lr=1e-3"]}
+    sub = {**row, "set": ["train.lr=1e-3", "model.subpixel=true"]}
+    assert beyond_label(row) == "through-plane 2D, in-plane pairs"
+    assert beyond_label(sub) == "through-plane 2D (sub-pixel), in-plane pairs"
+    assert beyond_run_name(row) == "throughplane2d-inplane" and beyond_run_name(sub) == "throughplane2d-inplane-subpixel"
+    assert beyond_run_name({**sub, "set": ["model.subpixel=false"]}) == "throughplane2d-inplane"
+
+
 def test_a_beyond_row_is_adapted_once_per_step_count():
     row = {"generator": "throughplane2d", "supervision": "inplane", "steps": 8}
     assert adapt_counts(row) == [] and adapt_counts({**row, "adapt_steps": 100}) == [100]

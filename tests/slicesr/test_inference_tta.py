@@ -26,9 +26,10 @@ from slicesr.stage2.train import generator_size
 from tests.slicesr.test_inference import _lr_file
 
 
-def model_dir(path, name: str, trained: bool = True) -> str:
+def model_dir(path, name: str, trained: bool = True, *overrides: str) -> str:
     """A generator model directory; `trained`: a random (not zero) last layer, so flips change its output."""
-    config = load_config("configs/debug/stage2.yaml", [f"model.name={name}", "sr.k=3", "sr.patch_size=[7,12,12]"])
+    config = load_config("configs/debug/stage2.yaml", [f"model.name={name}", "sr.k=3", "sr.patch_size=[7,12,12]",
+                                                       *overrides])
     torch.manual_seed(1)
     model = build_generator(generator_size(config))
     if trained:
@@ -52,9 +53,11 @@ def test_orientations_average_to_the_whole_through_plane_network():
         model(x, orientation=2)
 
 
-@pytest.mark.parametrize("name", ["throughplane2d", "deepresolve"])
-def test_augmented_mean_is_flip_equivariant(tmp_path, name):
-    method = load_method(model_dir(tmp_path / "sr", name))
+@pytest.mark.parametrize("name, overrides", [("throughplane2d", ()), ("throughplane2d", ("model.subpixel=true",)),
+                                             ("deepresolve", ())])
+def test_augmented_mean_is_flip_equivariant(tmp_path, name, overrides):
+    # a sub-pixel network reads the acquired lines 0, K, 2K, ...: a flip of the slice axis keeps them there
+    method = load_method(model_dir(tmp_path / "sr", name, True, *overrides))
     slices = np.random.default_rng(0).random((4, 10, 9)).astype(np.float32)
     predictions = list(method.augmented(slices, 3))
     assert len(predictions) == 8  # through-plane 2D: 4 flips x 2 orientations (below)
@@ -126,11 +129,12 @@ def test_interpolation_refuses_augmentation(tmp_path, capsys, option):
     assert not (tmp_path / "o.nii.gz").exists()
 
 
-def test_adaptation_fine_tunes_a_copy_per_scan(tmp_path, capsys):
+@pytest.mark.parametrize("overrides", [(), ("model.subpixel=true",)])
+def test_adaptation_fine_tunes_a_copy_per_scan(tmp_path, capsys, overrides):
     import hashlib
 
     path, _, _ = _lr_file(tmp_path, "oblique", 1, n=5)
-    model = model_dir(tmp_path / "sr", "throughplane2d")
+    model = model_dir(tmp_path / "sr", "throughplane2d", True, *overrides)
     weights = tmp_path / "sr" / "model.safetensors"
     digest = hashlib.sha256(weights.read_bytes()).hexdigest()
     assert main(["infer", path, "--output", str(tmp_path / "plain.nii.gz"), "--model", model]) == 0

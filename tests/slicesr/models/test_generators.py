@@ -56,3 +56,34 @@ def test_throughplane2d_runs_one_2d_network_on_both_through_plane_orientations()
     assert changed[0, 0] and changed[0, 1] and changed[1, 0] and not changed[1:, 1:].any()
     out = model.eval()(torch.full((1, 1, 5, 9, 9), 0.3)).detach()
     assert float(out.max() - out.min()) < 1e-5  # replicate padding: no border effect
+
+
+def test_subpixel_throughplane2d_reads_only_the_acquired_lines():
+    k = 4
+    model = build_generator(GeneratorSize("throughplane2d", num_layers=3, num_filters=5, subpixel_k=k))
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs[-1].out_channels == k - 1  # one channel per line between two acquired ones
+    x = torch.rand(2, 1, 4 * k + 1, 6, 5)
+    torch.testing.assert_close(model(x), x)  # zero last layer: linear interpolation until trained
+    torch.nn.init.normal_(convs[-1].weight)
+    torch.nn.init.normal_(convs[-1].bias)
+    y = model(x)
+    torch.testing.assert_close(y[:, :, ::k], x[:, :, ::k], rtol=0, atol=0)  # acquired lines: no residual
+    assert not torch.allclose(y, x)
+    # the in-between lines of the input are ignored: the residual depends on the acquired lines only
+    x2 = x.clone()
+    x2[:, :, 1::k] += 1.0
+    torch.testing.assert_close(model(x2) - x2, y - x)
+    # a change to one acquired line reaches the lines just after it and after its neighbours
+    x3 = x.clone()
+    x3[0, 0, 2 * k, 0, 0] += 1.0
+    moved = ((model(x3) - x3) - (y - x)).abs()[0, 0, :, 0, 0] > 0
+    assert moved[2 * k + 1] and moved[k + 1] and not moved[2 * k] and not moved[0]
+    # the same sizes as the plain network otherwise
+    plain = build_generator(GeneratorSize("throughplane2d", num_layers=3, num_filters=5))
+    assert [c.out_channels for c in [m for m in plain.modules() if isinstance(m, torch.nn.Conv2d)]][:-1] == \
+        [c.out_channels for c in convs][:-1]
+    with pytest.raises(ValueError, match="4 \\* m \\+ 1 lines long, got 8"):
+        model(torch.rand(3, 1, 8, 5))
+    with pytest.raises(ValueError, match="subpixel_k"):
+        build_generator(GeneratorSize("throughplane2d", subpixel_k=1))

@@ -120,11 +120,13 @@ def test_workers_train_on_disjoint_shards_of_the_training_scans(sr_config, synth
     assert not torch.equal(shards[0].data_rng.get_state(), shards[1].data_rng.get_state())
 
 
-def test_throughplane2d_trains_resumes_and_super_resolves_a_scan(sr_config, tmp_path):
+@pytest.mark.parametrize("subpixel", [False, True])
+def test_throughplane2d_trains_resumes_and_super_resolves_a_scan(sr_config, tmp_path, subpixel):
     from slicesr.inference import infer_volume, load_method
     from slicesr.nifti import Volume
 
-    overrides = ("model.name=throughplane2d", "model.num_layers=3", "model.num_filters=4")
+    overrides = ("model.name=throughplane2d", "model.num_layers=3", "model.num_filters=4",
+                 f"model.subpixel={str(subpixel).lower()}")
     straight = Stage2Trainer(sr_config(*overrides, "run.name=tp_straight"))
     straight.fit()
     Stage2Trainer(sr_config(*overrides, "run.name=tp_resumed", "train.max_steps=3")).fit()
@@ -133,7 +135,8 @@ def test_throughplane2d_trains_resumes_and_super_resolves_a_scan(sr_config, tmp_
     for key, value in straight.model.state_dict().items():
         torch.testing.assert_close(value, resumed.model.state_dict()[key], rtol=0, atol=0, msg=key)
     method = load_method(str(straight.best_dir))
-    assert method.label == "Proposed with through-plane 2D" and method.trained_k == 4
+    assert method.label == "Proposed with through-plane 2D" + " (sub-pixel)" * subpixel and method.trained_k == 4
+    assert method.model.subpixel_k == (4 if subpixel else 0)  # the model directory rebuilds the same network
     data = np.random.default_rng(0).random((20, 18, 5)).astype(np.float32)
     image = infer_volume(Volume(data, np.diag([1.0, 1.0, 4.0, 1.0]), "x", "float32"), method, 4, 2)
     assert image.shape == (20, 18, 17)
