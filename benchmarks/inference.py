@@ -45,12 +45,24 @@ CASES = [("linear", None, []), ("cubic", None, []),
          ("DeepResolve (cpu)", CPU_STAGE2, []),
          ("DCSRN (cpu)", CPU_STAGE2, ["model.name=dcsrn"]),
          ("through-plane 2D (quality.yaml)", CPU_STAGE2, THROUGH_PLANE),
-         ("through-plane 2D (quality.yaml), --precision bfloat16", CPU_STAGE2, THROUGH_PLANE)]
+         ("through-plane 2D (quality.yaml), --precision bfloat16", CPU_STAGE2, THROUGH_PLANE),
+         ("through-plane 2D, sub-pixel (quality.yaml)", CPU_STAGE2, [*THROUGH_PLANE, "model.subpixel=true"])]
 REFERENCE_CASES = [("DCSRN (reference)", REFERENCE_STAGE2, ["model.name=dcsrn"]),
                    ("DeepResolve (reference)", REFERENCE_STAGE2, [])]
 # --quick: the same rows with the debug models
 QUICK_CONFIGS = {CPU_STAGE1: datasets.DEBUG_STAGE1, CPU_STAGE2: datasets.DEBUG_STAGE2,
                  REFERENCE_STAGE2: datasets.DEBUG_STAGE2}
+
+
+def native_bfloat16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX-512 BF16 or AMX): without it torch emulates bfloat16,
+    about ten times slower than float32 (benchmarks/NOTES.md, ninth session), and the row would time the
+    emulation, not what `--precision bfloat16` is for."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return True  # not Linux: time it
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def model_size(config: Config) -> str:
@@ -59,7 +71,7 @@ def model_size(config: Config) -> str:
         return f"{m.image_size}x{m.image_size} tiles, {m.num_blocks} blocks, Z={m.latent_dim}"
     if m.name == "dcsrn":
         return f"{m.dense_units} units, growth {m.growth_rate}"
-    return f"{m.num_layers} layers x {m.num_filters} filters"
+    return f"{m.num_layers} layers x {m.num_filters} filters" + (", sub-pixel" if m.subpixel else "")
 
 
 def make_model(config: Config, folder: Path) -> str:
@@ -113,7 +125,11 @@ def run(args) -> None:
     nib.save(lr_image, lr_path)
     configs = QUICK_CONFIGS if args.quick else {}
     cases = []  # label, model, size, options of `slicesr infer`
+    skipped = []
     for index, (label, config_path, overrides) in enumerate(CASES + ([] if args.skip_reference else REFERENCE_CASES)):
+        if "bfloat16" in label and not (native_bfloat16() or args.quick):
+            skipped.append(label)
+            continue
         if config_path is None:
             cases.append((label, label, "-", []))
         else:
@@ -138,6 +154,9 @@ def run(args) -> None:
         seconds, peak = run_infer(lr_path, model, str(work / "out.nii.gz"), args.k, options)
         lines.append(f"| {label} | {size} | {seconds:.1f} | {peak:.0f} |")
         print(lines[-1], flush=True)
+    if skipped:
+        lines += ["", f"Not run: {', '.join(skipped)}: this CPU has no native bfloat16 (AVX-512 BF16 or AMX in "
+                  "/proc/cpuinfo); torch would time its emulation."]
     publish(args, "inference", "Inference: one 512x512x20 knee scan, K = 4", "\n".join(lines))
 
 
