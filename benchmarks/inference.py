@@ -58,6 +58,8 @@ def native_bfloat16() -> bool:
     """Whether this CPU computes bfloat16 natively (AVX-512 BF16 or AMX): without it torch emulates bfloat16,
     about ten times slower than float32 (benchmarks/NOTES.md, ninth session), and the row would time the
     emulation, not what `--precision bfloat16` is for."""
+    if torch.cuda.is_available():
+        return True  # `slicesr infer` takes the GPU
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:
@@ -81,7 +83,7 @@ def make_model(config: Config, folder: Path) -> str:
         model, metadata = VaeGan(size_from_config(config)), {"stage": "vae", "k": config.synthesis.k}
     else:
         model = build_generator(generator_size(config))
-        metadata = {"stage": "sr", "k": config.sr.k, "method": method_label(config.model.name, "synthetic")}
+        metadata = {"stage": "sr", "k": config.sr.k, "method": method_label(config.model.name, "synthetic", config.model.subpixel)}
     write_model_dir(folder, model.state_dict(), config, metadata)
     return str(folder)
 

@@ -96,6 +96,11 @@ def check_beyond_rows(plan: dict[str, Any]) -> None:
                 raise ValueError(f"the beyond row {row} needs a positive number of training `steps`")
             beyond_settings(plan, row)
             adapt_counts(row)
+            # the row's label and run folder say "sub-pixel" from its own settings: elsewhere it would be hidden
+            shared = [*plan["generators"][row["generator"]].get("set", []), *plan["beyond"].get("set", [])]
+            if row_subpixel({"set": shared}):
+                raise ValueError(f"the beyond row {row} gets model.subpixel from its generator's or the beyond "
+                                 "table's `set`; set it in the row's own `set` (it names the row and its run folder)")
 
 
 def digest(*texts: str) -> str:

@@ -12,7 +12,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, ClassVar, Literal, Union
 
 import yaml
 
@@ -57,6 +57,18 @@ class ModelConfig:
     # input: K times fewer pixels per layer, and each layer sees K times further along the slice axis.
     # For one integer ratio (sr.k) and the point profile: the acquired lines must sit at 0, K, 2K, ...
     subpixel: bool = False
+
+    # keys added after runs had been saved: left out of a run's identity at these defaults, so that the
+    # checkpoints saved before them still resume
+    LATER_KEYS: ClassVar[dict[str, Any]] = {"subpixel": False}
+
+    def identity(self) -> dict[str, Any]:
+        """The settings a checkpoint must have been trained with to resume (slicesr.training)."""
+        values = dataclasses.asdict(self)
+        for key, default in self.LATER_KEYS.items():
+            if values[key] == default:
+                del values[key]
+        return values
 
     def validate(self) -> None:
         for key in ("image_size", "channels", "max_channels", "num_blocks", "latent_dim", "disc_channels",

@@ -181,7 +181,7 @@ class Stage1Trainer(TrainingLoop):
 
     def identity(self) -> dict[str, Any]:
         c = self.config
-        return {"data.store": c.data.store, "model": asdict(c.model), "schedule": asdict(c.schedule),
+        return {"data.store": c.data.store, "model": c.model.identity(), "schedule": asdict(c.schedule),
                 "effective_phase_steps": list(self.phase_steps),
                 "train.seed": c.train.seed, "train.batch_size": c.train.batch_size, "train.lr": c.train.lr,
                 "train.val_fraction": c.train.val_fraction, "split": {"train": self.train_ids, "val": self.val_ids}}

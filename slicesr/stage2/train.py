@@ -211,7 +211,7 @@ class Stage2Trainer(TrainingLoop):
             sr["holdout_ratios"] = c.sr.holdout_ratios()
         if c.sr.init_from:
             sr["init_from"] = c.sr.init_from
-        return {"data.store": c.data.store, "model": asdict(c.model), "sr": sr,
+        return {"data.store": c.data.store, "model": c.model.identity(), "sr": sr,
                 "train.seed": c.train.seed, "train.batch_size": c.train.batch_size, "train.lr": c.train.lr,
                 "train.val_fraction": c.train.val_fraction, "split": {"train": self.train_ids, "val": self.val_ids}}
 

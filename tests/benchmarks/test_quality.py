@@ -75,6 +75,13 @@ def test_a_sub_pixel_row_is_its_own_row_and_run():
     assert beyond_label(sub) == "through-plane 2D (sub-pixel), in-plane pairs"
     assert beyond_run_name(row) == "throughplane2d-inplane" and beyond_run_name(sub) == "throughplane2d-inplane-subpixel"
     assert beyond_run_name({**sub, "set": ["model.subpixel=false"]}) == "throughplane2d-inplane"
+    from benchmarks.quality import check_beyond_rows
+
+    plan = {"generators": {"throughplane2d": {"set": ["model.name=throughplane2d"]}}, "beyond": {"brain": [sub]}}
+    check_beyond_rows(plan)
+    plan["generators"]["throughplane2d"]["set"].append("model.subpixel=true")  # the row's label would not say so
+    with pytest.raises(ValueError, match="in the row's own `set`"):
+        check_beyond_rows({**plan, "beyond": {"brain": [row]}})
 
 
 def test_a_beyond_row_is_adapted_once_per_step_count():

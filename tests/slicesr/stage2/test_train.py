@@ -143,6 +143,24 @@ def test_throughplane2d_trains_resumes_and_super_resolves_a_scan(sr_config, tmp_
     np.testing.assert_array_equal(np.asarray(image.dataobj)[..., ::4], data)  # acquired slices kept
 
 
+def test_a_checkpoint_saved_before_model_subpixel_existed_resumes(sr_config):
+    from slicesr.training import TRAINING_STATE
+
+    overrides = ("model.name=throughplane2d", "model.num_layers=3", "model.num_filters=4", "run.name=older")
+    Stage2Trainer(sr_config(*overrides, "train.max_steps=3")).fit()
+    state_path = Stage2Trainer(sr_config(*overrides)).latest_dir / TRAINING_STATE
+    state = torch.load(state_path, weights_only=True)
+    identity = json.loads(state["identity"])
+    assert identity["model"].pop("subpixel", "absent") == "absent"  # the plain network's identity has no such key
+    state["identity"] = json.dumps(identity, sort_keys=True)  # as a checkpoint of an older slicesr saved it
+    torch.save(state, state_path)
+    resumed = Stage2Trainer(sr_config(*overrides))
+    assert resumed.fit()["step"] == resumed.config.train.max_steps
+    # a sub-pixel network is another model: it does not resume the plain one's checkpoint
+    with pytest.raises(ValueError, match="other settings \\(model\\)"):
+        Stage2Trainer(sr_config(*overrides, "model.subpixel=true")).fit()
+
+
 def test_loss_on_missing_slices_only(sr_config):
     trainer = Stage2Trainer(sr_config("sr.loss_slices=missing"))
     inputs, target = trainer.sampler.sample(2, torch.Generator().manual_seed(0))
