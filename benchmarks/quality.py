@@ -520,6 +520,9 @@ def beyond_part(args, plan: dict, parts: Parts, shared: Shared, eval_volumes: li
                 part, name = "knee " + label, f"knee-{beyond_run_name(row)}"
                 extra = ["train.val_fraction=0", *[s for s in beyond["set"] if not s.startswith("sr.validation")]]
                 store = shared.lr_knee() if inplane else shared.knee_synthetic()
+            if not inplane:  # the LR store of this run, not the one the synthetic volumes' records name (it
+                # may have been built in another folder)
+                extra.append(f"data.lr_store={shared.lr_brain() if set_name == 'brain' else shared.lr_knee()}")
             model = parts.run(part, train_sr, plan["sr_config"], beyond_settings(plan, row), seed, k, store,
                               row["supervision"], shared.runs, name, *extra)
             methods.append(f"{label}={model}")

@@ -217,12 +217,14 @@ class Stage2Trainer(TrainingLoop):
 
     def lr_scan(self, scan_id: str) -> np.ndarray:
         """The LR version of a training-store scan: the LR scan a synthetic volume was synthesised from
-        (its record names the store and scan), or a real HR volume's every K-th slice."""
+        (its record names the store and scan; data.lr_store, when set, is that store, as for the in-plane
+        pairs of `both`), or a real HR volume's every K-th slice."""
         if self.config.sr.supervision == "inplane":  # data.store holds the LR scans themselves
             return np.asarray(self.store.slices(scan_id)[...])
         values = self.store.record(scan_id).values
         if "lr_store" in values:
-            lr_store = SliceStore.open(values["lr_store"], self.config.data.storage_options)
+            url = self.config.data.lr_store or values["lr_store"]
+            lr_store = SliceStore.open(url, self.config.data.storage_options)
             return np.asarray(lr_store.slices(values.get("lr_scan_id", scan_id))[...])
         return np.asarray(self.store.slices(scan_id)[:: self.config.sr.k])
 

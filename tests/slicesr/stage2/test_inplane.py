@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from preprocessing.to_zarr import convert
+from slicesr.errors import StoreError
 from slicesr.stage2.inplane import InplanePairSampler, inplane_scale
 from slicesr.stage2.train import Stage2Trainer, load_generator, method_label
 from slicesr.store import SliceStore
@@ -109,6 +110,23 @@ def test_both_sources_draw_each_and_find_the_lr_store(sr_config, tmp_path):
     metadata = json.loads((trainer.best_dir / "metadata.json").read_text())
     assert metadata["method"] == "Proposed with through-plane 2D + in-plane pairs"
     assert metadata["inplane"]["fraction"] == 0.5
+
+
+def test_a_moved_lr_store_is_found_through_data_lr_store(sr_config, tmp_path):
+    # the synthetic volumes' records name the LR store where it was when they were made; moved, data.lr_store
+    # names it for the in-plane pairs and the LR hold-out alike
+    import shutil
+
+    moved = tmp_path / "moved" / "lr.zarr"
+    moved.parent.mkdir()
+    shutil.move(str(tmp_path / "lr.zarr"), moved)
+    settings = ("sr.supervision=both", "model.name=throughplane2d", "sr.validation=lr_holdout",
+                "sr.holdout_crop=[16,16]", "run.name=moved")
+    with pytest.raises(StoreError, match="lr.zarr"):
+        Stage2Trainer(sr_config(*settings))
+    trainer = Stage2Trainer(sr_config(*settings, f"data.lr_store={moved}"))
+    assert trainer.lr_store_url == str(moved)
+    assert trainer.fit()["step"] == trainer.config.train.max_steps
 
 
 def test_sources_are_checked_against_the_store(sr_config, lr_store, real_hr_store):
