@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 DATA ?= ../shared/data
 DEMO_DIR ?= demo_out
-# The demo's training lengths: 15 to 22 minutes on 2 cores in all (README) (benchmarks/quality.py runs the longer
+# The demo's training lengths: about 16 minutes on 2 cores in all (README) (benchmarks/quality.py runs the longer
 # trainings). Stage II (the through-plane 2D generator on in-plane pairs) gets most of them.
 DEMO_VAE_STEPS ?= 150
 DEMO_SR_STEPS ?= 500
