@@ -72,7 +72,7 @@ def load_plan(path: Path, quick: bool) -> dict[str, Any]:
     return plan
 
 
-BEYOND_ROW_KEYS = {"generator", "supervision", "steps", "uncertainty", "adapt_steps", "set"}
+BEYOND_ROW_KEYS = {"generator", "supervision", "steps", "uncertainty", "adapt_steps", "adapt_tta", "set"}
 
 
 def check_beyond_rows(plan: dict[str, Any]) -> None:
@@ -96,6 +96,10 @@ def check_beyond_rows(plan: dict[str, Any]) -> None:
                 raise ValueError(f"the beyond row {row} needs a positive number of training `steps`")
             beyond_settings(plan, row)
             adapt_counts(row)
+            if not isinstance(row.get("adapt_tta", False), bool):
+                raise ValueError(f"the beyond row {row} has `adapt_tta: {row['adapt_tta']!r}`; it must be true or false")
+            if row.get("adapt_tta") and not adapt_counts(row):
+                raise ValueError(f"the beyond row {row} has `adapt_tta` without `adapt_steps`: nothing to augment")
             # the row's label and run folder say "sub-pixel" from its own settings: elsewhere it would be hidden
             shared = [*plan["generators"][row["generator"]].get("set", []), *plan["beyond"].get("set", [])]
             if row_subpixel({"set": shared}):
@@ -229,15 +233,16 @@ def train_sr(config_path: str, settings: dict, seed: int, k: int, store: str, su
 # --------------------------------------------------------------------------- scoring
 def score_set(volumes: list[str], k: int, methods: list[str], output: Path, axis: int, figures: bool = False,
               uncertainty: bool = False, smoothing_voxels: float = UNCERTAINTY_SMOOTHING_VOXELS,
-              adapt_steps: int = 0) -> list[dict]:
+              adapt_steps: int = 0, tta: bool = False) -> list[dict]:
     """`slicesr evaluate` over `volumes`; the rows of its metrics.csv (with its figures when asked; with
     `uncertainty`, the trained methods with test-time augmentation and their maps' Spearman, the maps
     smoothed in-plane by `smoothing_voxels`; with `adapt_steps`, the trained generators fine-tuned on each
-    LR scan first)."""
+    LR scan first; with `tta`, the trained methods with test-time augmentation, without maps)."""
     from slicesr.evaluate import evaluate
 
     result = evaluate(volumes, k, methods, str(output), slice_axis=str(axis), figures=figures, progress=False,
-                      uncertainty=uncertainty, uncertainty_smoothing_voxels=smoothing_voxels, adapt_steps=adapt_steps)
+                      tta=tta, uncertainty=uncertainty, uncertainty_smoothing_voxels=smoothing_voxels,
+                      adapt_steps=adapt_steps)
     if result.failures:
         raise RuntimeError(f"evaluation in {output}: {result.failures}")
     return result.rows
@@ -331,7 +336,9 @@ def adapt_counts(row: dict) -> list[int]:
 
 
 def adapted_label(row: dict, steps: int) -> str:
-    return f"{beyond_label(row)} (adapted, {steps} steps)"
+    """`slicesr evaluate`'s label of the row adapted `steps` steps (and with test-time augmentation when the row
+    has `adapt_tta`: the adapted copy's predictions averaged over the flips)."""
+    return f"{beyond_label(row)}{' (TTA)' if row.get('adapt_tta') else ''} (adapted, {steps} steps)"
 
 
 def beyond_label(row: dict) -> str:
@@ -506,7 +513,7 @@ def beyond_part(args, plan: dict, parts: Parts, shared: Shared, eval_volumes: li
     """The rows trained on pairs from the LR scans' own in-plane axes (issue 13), alone or with the
     synthetic pairs (which need stage I), beside linear and cubic; rows marked `uncertainty` again with
     test-time augmentation and uncertainty maps, rows with `adapt_steps` again with each held-out LR scan's
-    own in-plane pairs fine-tuning a copy first."""
+    own in-plane pairs fine-tuning a copy first (and its predictions averaged over the flips: `adapt_tta`)."""
     beyond, k, seed = plan["beyond"], plan["k"], plan["seed"]
     rows_by_set = {}
     for set_name, volumes, axis in (("brain", eval_volumes, args.brain_axis), ("knee", [args.knee], args.knee_axis)):
@@ -534,9 +541,11 @@ def beyond_part(args, plan: dict, parts: Parts, shared: Shared, eval_volumes: li
                                       True, UNCERTAINTY_SMOOTHING_VOXELS))
             for j, steps in enumerate(adapt_counts(row)):
                 # the first count keeps the folder that a plan with one count used: its finished parts stay valid
-                folder = output / f"{set_name}-adapted" / (str(i) if j == 0 else f"{i}-{steps}")
+                folder = output / f"{set_name}-adapted" / ((str(i) if j == 0 else f"{i}-{steps}")
+                                                           + ("-tta" if row.get("adapt_tta") else ""))
                 rows.extend(parts.run(f"score {adapted_label(row, steps)} ({set_name})", score_set, volumes, k,
-                                      [method], folder, axis, False, False, UNCERTAINTY_SMOOTHING_VOXELS, steps))
+                                      [method], folder, axis, False, False, UNCERTAINTY_SMOOTHING_VOXELS, steps,
+                                      bool(row.get("adapt_tta"))))
         rows_by_set[set_name] = rows
 
     from slicesr.evaluate import write_metrics

@@ -100,6 +100,22 @@ def test_a_beyond_row_is_adapted_once_per_step_count():
             adapt_counts({**row, "adapt_steps": bad})
 
 
+def test_a_beyond_row_may_be_adapted_with_test_time_augmentation():
+    from benchmarks.quality import check_beyond_rows
+
+    row = {"generator": "throughplane2d", "supervision": "inplane", "steps": 8, "adapt_steps": [300, 600],
+           "adapt_tta": True}
+    # evaluate's own label of a method with --tta and --adapt-steps: the table's row names what was run
+    assert [label for label in beyond_labels({"beyond": {"brain": [row]}}) if "adapted" in label] == [
+        "through-plane 2D, in-plane pairs (TTA) (adapted, 300 steps)",
+        "through-plane 2D, in-plane pairs (TTA) (adapted, 600 steps)"]
+    plan = {"generators": {"throughplane2d": {"set": ["model.name=throughplane2d"]}}, "beyond": {"brain": [row]}}
+    check_beyond_rows(plan)
+    for bad, message in (({"adapt_tta": "yes"}, "true or false"), ({"adapt_steps": []}, "without `adapt_steps`")):
+        with pytest.raises(ValueError, match=message):
+            check_beyond_rows({**plan, "beyond": {"brain": [{**row, **bad}]}})
+
+
 def test_the_plan_s_beyond_rows_are_checked_when_it_is_loaded(tmp_path):
     assert load_plan(PLAN, quick=False)["beyond"]["brain"] and load_plan(PLAN, quick=True)["beyond"]["knee"]
     plan = yaml.safe_load(PLAN.read_text())
