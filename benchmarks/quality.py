@@ -72,7 +72,8 @@ def load_plan(path: Path, quick: bool) -> dict[str, Any]:
     return plan
 
 
-BEYOND_ROW_KEYS = {"generator", "supervision", "steps", "uncertainty", "adapt_steps", "adapt_tta", "set"}
+BEYOND_ROW_KEYS = {"generator", "supervision", "steps", "uncertainty", "adapt_steps", "adapt_tta", "tta_angles",
+                   "set"}
 
 
 def check_beyond_rows(plan: dict[str, Any]) -> None:
@@ -100,6 +101,10 @@ def check_beyond_rows(plan: dict[str, Any]) -> None:
                 raise ValueError(f"the beyond row {row} has `adapt_tta: {row['adapt_tta']!r}`; it must be true or false")
             if row.get("adapt_tta") and not adapt_counts(row):
                 raise ValueError(f"the beyond row {row} has `adapt_tta` without `adapt_steps`: nothing to augment")
+            row_tta_angles(row)
+            if row.get("tta_angles") and not (row.get("uncertainty") or row.get("adapt_tta")):
+                raise ValueError(f"the beyond row {row} has `tta_angles` but neither `uncertainty` nor `adapt_tta`: "
+                                 "no row of it is augmented")
             # the row's label and run folder say "sub-pixel" from its own settings: elsewhere it would be hidden
             shared = [*plan["generators"][row["generator"]].get("set", []), *plan["beyond"].get("set", [])]
             if row_subpixel({"set": shared}):
@@ -233,16 +238,17 @@ def train_sr(config_path: str, settings: dict, seed: int, k: int, store: str, su
 # --------------------------------------------------------------------------- scoring
 def score_set(volumes: list[str], k: int, methods: list[str], output: Path, axis: int, figures: bool = False,
               uncertainty: bool = False, smoothing_voxels: float = UNCERTAINTY_SMOOTHING_VOXELS,
-              adapt_steps: int = 0, tta: bool = False) -> list[dict]:
+              adapt_steps: int = 0, tta: bool = False, tta_angles: tuple[float, ...] = ()) -> list[dict]:
     """`slicesr evaluate` over `volumes`; the rows of its metrics.csv (with its figures when asked; with
     `uncertainty`, the trained methods with test-time augmentation and their maps' Spearman, the maps
     smoothed in-plane by `smoothing_voxels`; with `adapt_steps`, the trained generators fine-tuned on each
-    LR scan first; with `tta`, the trained methods with test-time augmentation, without maps)."""
+    LR scan first; with `tta`, the trained methods with test-time augmentation, without maps; `tta_angles`: that
+    augmentation on the slices rotated in-plane as well)."""
     from slicesr.evaluate import evaluate
 
     result = evaluate(volumes, k, methods, str(output), slice_axis=str(axis), figures=figures, progress=False,
                       tta=tta, uncertainty=uncertainty, uncertainty_smoothing_voxels=smoothing_voxels,
-                      adapt_steps=adapt_steps)
+                      adapt_steps=adapt_steps, tta_angles=tuple(tta_angles))
     if result.failures:
         raise RuntimeError(f"evaluation in {output}: {result.failures}")
     return result.rows
@@ -311,7 +317,7 @@ def beyond_labels(plan: dict) -> list[str]:
     again with test-time augmentation and with per-scan adaptation; then the knee's rows that the brains
     lack, in the same order."""
     def set_labels(rows: list[dict]) -> list[str]:
-        again = [[f"{beyond_label(row)} (TTA)"] * bool(row.get("uncertainty"))
+        again = [[f"{beyond_label(row)}{tta_suffix(row)}"] * bool(row.get("uncertainty"))
                  + [adapted_label(row, steps) for steps in adapt_counts(row)] for row in rows]
         return [LINEAR, CUBIC, *[beyond_label(row) for row in rows], *[label for labels in again for label in labels]]
 
@@ -338,7 +344,27 @@ def adapt_counts(row: dict) -> list[int]:
 def adapted_label(row: dict, steps: int) -> str:
     """`slicesr evaluate`'s label of the row adapted `steps` steps (and with test-time augmentation when the row
     has `adapt_tta`: the adapted copy's predictions averaged over the flips)."""
-    return f"{beyond_label(row)}{' (TTA)' if row.get('adapt_tta') else ''} (adapted, {steps} steps)"
+    return f"{beyond_label(row)}{tta_suffix(row) if row.get('adapt_tta') else ''} (adapted, {steps} steps)"
+
+
+def row_tta_angles(row: dict) -> tuple[float, ...]:
+    """A beyond row's `tta_angles`: in-plane rotations (degrees) added to its test-time augmentation."""
+    from slicesr.inference import check_tta_angles
+
+    angles = row.get("tta_angles") or []
+    if not isinstance(angles, list) or any(isinstance(a, bool) or not isinstance(a, (int, float)) for a in angles):
+        raise ValueError(f"the beyond row {row} has `tta_angles: {row.get('tta_angles')!r}`; it must be a list of "
+                         "angles in degrees")
+    try:
+        return check_tta_angles(angles)
+    except ValueError as error:
+        raise ValueError(f"the beyond row {row}: {error}") from None
+
+
+def tta_suffix(row: dict) -> str:
+    """`slicesr evaluate`'s label suffix of the row's test-time augmentation."""
+    angles = row_tta_angles(row)
+    return f" (TTA, rotations {', '.join(f'{a:g}' for a in angles)})" if angles else " (TTA)"
 
 
 def beyond_label(row: dict) -> str:
@@ -535,17 +561,23 @@ def beyond_part(args, plan: dict, parts: Parts, shared: Shared, eval_volumes: li
             methods.append(f"{label}={model}")
         rows = score_methods(parts, set_name, volumes, k, [LINEAR, CUBIC, *methods], output, axis)
         for i, (row, method) in enumerate(zip(beyond.get(set_name, []), methods)):
+            # the rotations are an argument only when there are some: the parts of rows without them stay valid
+            angles = [list(row_tta_angles(row))] if row.get("tta_angles") else []
             if row.get("uncertainty"):
-                rows.extend(parts.run(f"score {method.split('=', 1)[0]} with uncertainty ({set_name})", score_set,
-                                      volumes, k, [method], output / f"{set_name}-uncertainty" / str(i), axis, True,
-                                      True, UNCERTAINTY_SMOOTHING_VOXELS))
+                rows.extend(parts.run(f"score {method.split('=', 1)[0]}{tta_suffix(row) if angles else ''} with "
+                                      f"uncertainty ({set_name})", score_set, volumes, k, [method],
+                                      output / f"{set_name}-uncertainty" / (str(i) + ("-rot" if angles else "")),
+                                      axis, True, True, UNCERTAINTY_SMOOTHING_VOXELS, *([0, True] if angles else []),
+                                      *angles))
             for j, steps in enumerate(adapt_counts(row)):
                 # the first count keeps the folder that a plan with one count used: its finished parts stay valid
+                rotated = angles if row.get("adapt_tta") else []
                 folder = output / f"{set_name}-adapted" / ((str(i) if j == 0 else f"{i}-{steps}")
-                                                           + ("-tta" if row.get("adapt_tta") else ""))
+                                                           + ("-tta" if row.get("adapt_tta") else "")
+                                                           + ("-rot" if rotated else ""))
                 rows.extend(parts.run(f"score {adapted_label(row, steps)} ({set_name})", score_set, volumes, k,
                                       [method], folder, axis, False, False, UNCERTAINTY_SMOOTHING_VOXELS, steps,
-                                      bool(row.get("adapt_tta"))))
+                                      bool(row.get("adapt_tta")), *rotated))
         rows_by_set[set_name] = rows
 
     from slicesr.evaluate import write_metrics

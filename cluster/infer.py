@@ -37,9 +37,11 @@ from cluster.infer_inputs import collect_jobs
 from slicesr.cli_common import (
     EXIT_OK,
     EXIT_SOME_FAILED,
+    TTA_ANGLES_HELP,
     UsageError,
     add_batch_options,
     finish,
+    parse_angles,
     parse_storage_options,
     run_command,
 )
@@ -182,6 +184,7 @@ def infer_many(
     tta: bool = False,
     uncertainty: bool = False,
     spacing_mm: float | None = None,
+    tta_angles: tuple[float, ...] = (),
 ) -> InferManyReport:
     """Super-resolve every scan named by `inputs` into OUT/<name>.nii.gz, one Ray task per scan.
 
@@ -206,6 +209,13 @@ def infer_many(
     if spacing_mm is not None and not spacing_mm > 0:
         raise UsageError(f"--spacing must be positive, got {spacing_mm}")
     spec = load_model(model, k, tracking_uri, spacing=spacing_mm is not None)
+    from slicesr.inference import check_tta_angles
+
+    try:
+        tta_angles = check_tta_angles(tta_angles)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    tta = tta or bool(tta_angles)
     if (tta or uncertainty) and spec.files is None:
         raise UsageError(f"{spec.label} gives the same result under every flip: --tta and --uncertainty need a "
                          "trained model")
@@ -239,7 +249,7 @@ def infer_many(
     if todo:
         connect_ray(address)
     settings = {"k": spec.k, "slice_axis": slice_axis, "keep_acquired": keep_acquired, "tta": tta,
-                "uncertainty": uncertainty, "spacing_mm": spacing_mm,
+                "uncertainty": uncertainty, "spacing_mm": spacing_mm, "tta_angles": list(tta_angles),
                 "storage_options": storage_options, "threads": max(1, int(cpus_per_task))}
     try:
         with tqdm(total=len(todo), unit="scan", desc="infer", disable=not progress or not todo,
@@ -288,6 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="average over the 8 flips (and a through-plane 2D generator's orientations)")
     parser.add_argument("--uncertainty", action="store_true",
                         help="--tta, and <name>_uncertainty.nii.gz beside each output (per-voxel SD)")
+    parser.add_argument("--tta-angles", type=parse_angles, default=(), metavar="DEG[,DEG]", help=TTA_ANGLES_HELP)
     add_batch_options(parser, "super-resolve again scans whose output exists")
     return parser
 
@@ -298,7 +309,7 @@ def _infer_many(args: argparse.Namespace) -> int:
         keep_acquired=not args.no_keep_acquired, address=args.address, cpus_per_task=args.cpus_per_task,
         storage_options=parse_storage_options(args.storage_option), tracking_uri=args.tracking_uri,
         overwrite=args.overwrite, progress=not args.no_progress, tta=args.tta, uncertainty=args.uncertainty,
-        spacing_mm=args.spacing,
+        spacing_mm=args.spacing, tta_angles=args.tta_angles,
     )
     grid = f"K={report.k}" if args.spacing is None else f"spacing {args.spacing:g} mm"
     return finish(f"super-resolved {len(report.written)} scans with {report.method} ({grid}), already done "

@@ -51,6 +51,19 @@ def parse_scalar(text: str) -> Any:
     return value  # scalars, and flow lists/mappings such as [1000, 0]
 
 
+TTA_ANGLES_HELP = ("test-time augmentation (--tta implied) on the slices rotated in-plane by these angles in degrees "
+                   "as well, comma-separated: each costs about twice the unrotated passes; 45 is the one measured to "
+                   "help (benchmarks/NOTES.md)")
+
+
+def parse_angles(text: str) -> tuple[float, ...]:
+    """DEG[,DEG...] -> a tuple of floats (an argparse type: a bad value is a usage error)."""
+    try:
+        return tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected degrees separated by commas, got {text!r}") from None
+
+
 def parse_storage_options(pairs: list[str]) -> dict[str, Any]:
     """KEY=VALUE pairs into an fsspec storage_options dict; dotted keys nest (client_kwargs.region_name=...)."""
     options: dict[str, Any] = {}

@@ -28,6 +28,7 @@ from slicesr.inference import (
     UNCERTAINTY_SMOOTHING_VOXELS,
     Method,
     check_k,
+    check_tta_angles,
     expand_inputs,
     infer_volume,
     infer_volume_uncertainty,
@@ -247,7 +248,8 @@ def evaluate(hr_inputs: list[str], k: int | None, methods: str | list[str], outp
              device: str = "auto", lr_spacing: float | None = None, profile: str = "point",
              thickness_mm: float | None = None,
              uncertainty_smoothing_voxels: float = UNCERTAINTY_SMOOTHING_VOXELS,
-             adapt_steps: int = 0, precision: str = "float32") -> EvaluationResult:
+             adapt_steps: int = 0, precision: str = "float32",
+             tta_angles: tuple[float, ...] = ()) -> EvaluationResult:
     """Score every method on every HR volume; write metrics.csv, summary.md and the figures into `output`.
 
     The LR scan keeps every K-th slice, or with `lr_spacing` (mm, any multiple of the HR spacing) has its
@@ -259,7 +261,9 @@ def evaluate(hr_inputs: list[str], k: int | None, methods: str | list[str], outp
     generator is fine-tuned on each simulated LR scan's own in-plane pairs first (per-scan adaptation, no HR;
     rows labelled '... (adapted, N steps)'); the other methods are scored as they are. `precision` bfloat16
     runs the through-plane 2D generators in bfloat16 (rows labelled '... (bfloat16)'; slicesr.inference
-    `planes_on_grid`); the other methods as they are."""
+    `planes_on_grid`); the other methods as they are. `tta_angles` (implies `tta`): the trained methods'
+    augmentations again on the slices rotated in-plane by each angle (degrees; slicesr.inference.predict;
+    rows labelled '... (TTA, rotations 45)')."""
     if adapt_steps < 0:
         raise ValueError(f"--adapt-steps must be 0 or more, got {adapt_steps}")
     if precision not in PRECISIONS:
@@ -272,7 +276,8 @@ def evaluate(hr_inputs: list[str], k: int | None, methods: str | list[str], outp
         raise ValueError(f"unknown slice profile {profile!r} (one of {', '.join(PROFILES)})")
     if profile != "point" and not (thickness_mm and thickness_mm > 0):
         raise ValueError(f"the {profile} slice profile needs a positive slice thickness (--slice-thickness MM)")
-    tta = tta or uncertainty
+    tta_angles = check_tta_angles(tta_angles)
+    tta = tta or uncertainty or bool(tta_angles)
     loaded: dict[str, Method] = {}
     for label, spec in parse_methods(methods):
         method = load_method(spec, device=device)
@@ -283,7 +288,7 @@ def evaluate(hr_inputs: list[str], k: int | None, methods: str | list[str], outp
             method.precision = precision
             name += f" ({precision})"
         if tta and method.supports_tta:
-            name += " (TTA)"
+            name += (f" (TTA, rotations {', '.join(f'{a:g}' for a in tta_angles)})" if tta_angles else " (TTA)")
         if adapt_steps and method.adaptable:
             name += f" (adapted, {adapt_steps} steps)"
         if name in loaded:
@@ -325,10 +330,11 @@ def evaluate(hr_inputs: list[str], k: int | None, methods: str | list[str], outp
                     image, spread_image = infer_volume_uncertainty(lr, method, grid["k"], axis, keep_acquired=keep,
                                                                    spacing_mm=grid.get("spacing_mm"),
                                                                    smoothing_voxels=uncertainty_smoothing_voxels,
-                                                                   adapt_steps=adapt)
+                                                                   adapt_steps=adapt, tta_angles=tta_angles)
                 else:
                     image = infer_volume(lr, method, grid["k"], axis, keep_acquired=keep, tta=augmented,
-                                         spacing_mm=grid.get("spacing_mm"), adapt_steps=adapt)
+                                         spacing_mm=grid.get("spacing_mm"), adapt_steps=adapt,
+                                         tta_angles=tta_angles if augmented else ())
                     spread_image = None
                 prediction, _ = to_slice_first(np.asarray(image.get_fdata(dtype=np.float32)), image.affine, axis)
                 outputs[label] = prediction

@@ -29,6 +29,7 @@ from slicesr.geometry import resolve_slice_axis, scale_axis, to_slice_first, vox
 from slicesr.intensity import denormalize, normalize, robust_intensity_params
 from slicesr.interpolation import (
     SPACING_RTOL,
+    InPlaneRotation,
     cubic_at,
     cubic_slices,
     hr_num_slices,
@@ -365,6 +366,21 @@ def check_adaptable(method: Method) -> None:
         raise ValueError(f"{method.label} cannot be adapted to a scan (--adapt-steps): only stage II generators can")
 
 
+def check_tta_angles(angles) -> tuple[float, ...]:
+    """The in-plane rotations of test-time augmentation (degrees), as a tuple of floats."""
+    try:
+        values = tuple(float(a) for a in (angles or ()))
+    except (TypeError, ValueError):
+        raise ValueError(f"TTA rotation angles must be numbers of degrees, got {angles!r}") from None
+    for angle in values:
+        if not np.isfinite(angle) or angle % 360 == 0:
+            raise ValueError(f"a TTA rotation angle must be a finite number of degrees that is not a multiple of "
+                             f"360 (the unrotated augmentations always run), got {angle:g}")
+    if len(set(v % 360 for v in values)) != len(values):
+        raise ValueError(f"TTA rotation angles repeat one another: {', '.join(f'{v:g}' for v in values)}")
+    return values
+
+
 def check_tta(method: Method) -> None:
     if not method.supports_tta:
         raise ValueError(f"{method.label} gives the same result under every flip: test-time augmentation and "
@@ -420,18 +436,37 @@ class Prediction:
     adapt_seconds: float = 0.0  # time spent adapting the method to this scan
 
 
+def rotated_predictions(method: Method, slices: np.ndarray, k: int, rotation: InPlaneRotation,
+                        progress: bool = False) -> Iterator[np.ndarray]:
+    """Test-time augmentation by a rotation about the slice axis: `method.augmented` on the slices rotated
+    in-plane (`rotation`), each prediction brought back. What comes back is only the method's departure from
+    linear interpolation on the rotated slices; it is added to the linear interpolation of the slices
+    themselves (the two commute: one acts in-plane, the other along the slice axis), so the acquired
+    content is not resampled there and back, only the part the method invented."""
+    turned = rotation.forward(slices)
+    turned_linear = linear_slices(turned, k)
+    linear = linear_slices(slices, k)
+    for sample in method.augmented(turned, k, progress):
+        departure = np.subtract(sample, turned_linear, dtype=np.float32)
+        yield linear + rotation.backward(departure)
+
+
 def predict(volume: Volume, method: Method, k: int | None, slice_axis: int | str = "auto", keep_acquired: bool = True,
             progress: bool = False, tta: bool = False, uncertainty: bool = False, adapt_steps: int = 0,
             spacing_mm: float | None = None,
-            uncertainty_smoothing_voxels: float = UNCERTAINTY_SMOOTHING_VOXELS) -> Prediction:
+            uncertainty_smoothing_voxels: float = UNCERTAINTY_SMOOTHING_VOXELS,
+            tta_angles: tuple[float, ...] = ()) -> Prediction:
     """The super-resolved volume on the grid of K or of `spacing_mm` (`output_grid`); with `tta` the mean
     of the augmented predictions (`Method.augmented`), with `uncertainty` (implies `tta`) also their standard
     deviation, smoothed in each slice's plane by a Gaussian of `uncertainty_smoothing_voxels` (0: the raw
     per-voxel SD), zero at kept acquired slices; with `adapt_steps`, by a copy of the method fine-tuned on
-    the scan's own in-plane pairs (`Method.adapted`)."""
+    the scan's own in-plane pairs (`Method.adapted`). `tta_angles` (implies `tta`): the augmentations again on
+    the slices rotated in-plane by each angle in degrees (`rotated_predictions`; 45 is the one measured to
+    help, benchmarks/NOTES.md)."""
     if uncertainty_smoothing_voxels < 0:
         raise ValueError(f"uncertainty_smoothing_voxels must be 0 or more, got {uncertainty_smoothing_voxels}")
-    tta = tta or uncertainty
+    tta_angles = check_tta_angles(tta_angles)
+    tta = tta or uncertainty or bool(tta_angles)
     if tta:
         check_tta(method)
     if keep_acquired and not method.copies_acquired:
@@ -443,6 +478,8 @@ def predict(volume: Volume, method: Method, k: int | None, slice_axis: int | str
     if slices.shape[0] < 2:
         raise InputError(f"{slices.shape[0]} slice along axis {axis}: nothing to interpolate")
     spacing = voxel_spacing(volume.affine)
+    rotations = [InPlaneRotation(slices.shape[1:], tuple(float(v) for v in np.delete(spacing, axis)), angle)
+                 for angle in tta_angles]
     grid = output_grid(slices.shape[0], float(spacing[axis]), k, spacing_mm)
     if spacing_mm is not None and spacing_mm < min(np.delete(spacing, axis)):
         log.warning("%s: --spacing %g mm is finer than the in-plane spacing (%s mm)", volume.source, spacing_mm,
@@ -468,7 +505,10 @@ def predict(volume: Volume, method: Method, k: int | None, slice_axis: int | str
         # Welford's running mean and sum of squared deviations, float32 and in place: 3 volumes besides the
         # sample, whatever the number of augmentations (float32 is ample for 8 or 16 of them)
         count, out, squares, delta = 0, None, None, None
-        for sample in method.augmented(normalised, k, progress):
+        samples = itertools.chain(method.augmented(normalised, k, progress),
+                                  *(rotated_predictions(method, normalised, k, rotation, progress)
+                                    for rotation in rotations))
+        for sample in samples:
             count += 1
             sample = np.asarray(sample, dtype=np.float32)
             if not sample.flags.writeable:
@@ -621,19 +661,21 @@ def uncertainty_path(output: str) -> str:
 
 def infer_volume(volume: Volume, method: Method, k: int | None, slice_axis: int | str = "auto",
                  keep_acquired: bool = True, progress: bool = False, tta: bool = False,
-                 spacing_mm: float | None = None, adapt_steps: int = 0) -> nib.Nifti1Image | nib.Nifti2Image:
+                 spacing_mm: float | None = None, adapt_steps: int = 0,
+                 tta_angles: tuple[float, ...] = ()) -> nib.Nifti1Image | nib.Nifti2Image:
     prediction = predict(volume, method, k, slice_axis, keep_acquired, progress, tta, adapt_steps=adapt_steps,
-                         spacing_mm=spacing_mm)
+                         spacing_mm=spacing_mm, tta_angles=tta_angles)
     return output_image(volume, prediction.data, prediction.affine)
 
 
 def infer_volume_uncertainty(volume: Volume, method: Method, k: int, slice_axis: int | str = "auto",
                              keep_acquired: bool = True, progress: bool = False, spacing_mm: float | None = None,
-                             smoothing_voxels: float = UNCERTAINTY_SMOOTHING_VOXELS, adapt_steps: int = 0):
+                             smoothing_voxels: float = UNCERTAINTY_SMOOTHING_VOXELS, adapt_steps: int = 0,
+                             tta_angles: tuple[float, ...] = ()):
     """(the test-time-augmented output image, its uncertainty image)."""
     return predicted_images(volume, predict(volume, method, k, slice_axis, keep_acquired, progress, uncertainty=True,
                                             adapt_steps=adapt_steps, spacing_mm=spacing_mm,
-                                            uncertainty_smoothing_voxels=smoothing_voxels))
+                                            uncertainty_smoothing_voxels=smoothing_voxels, tta_angles=tta_angles))
 
 
 @dataclass
@@ -715,12 +757,15 @@ def log_slice_sidecar(source: str, method: Method) -> None:
 def infer_files(inputs: list[str], output: str, method: Method, k: int, slice_axis: int | str = "auto",
                 keep_acquired: bool = True, progress: bool = True, tta: bool = False,
                 uncertainty: bool = False, adapt_steps: int = 0, labels: str | None = None,
-                spacing_mm: float | None = None) -> InferenceReport:
+                spacing_mm: float | None = None, tta_angles: tuple[float, ...] = ()) -> InferenceReport:
     """Super-resolve every input into `output`; a bad file is reported and the others still done. With
     `uncertainty`, `<stem>_uncertainty.nii.gz` is written beside each output (`tta` implied); with
     `adapt_steps`, each scan by a copy of the method fine-tuned on that scan's in-plane pairs; `labels`
     (one input only): a label image on the input's grid, carried to the output's as `<stem>_labels.nii.gz`;
-    `spacing_mm`: the output's slice spacing instead of K (`output_grid`; k is then None)."""
+    `spacing_mm`: the output's slice spacing instead of K (`output_grid`; k is then None); `tta_angles`: TTA
+    on the slices rotated in-plane by these angles as well (`predict`; `tta` implied)."""
+    tta_angles = check_tta_angles(tta_angles)
+    tta = tta or bool(tta_angles)
     if tta or uncertainty:
         check_tta(method)
     if adapt_steps < 0:
@@ -755,7 +800,7 @@ def infer_files(inputs: list[str], output: str, method: Method, k: int, slice_ax
             volume = load_volume(source)
             log_slice_sidecar(source, method)
             prediction = predict(volume, method, k, slice_axis, keep_acquired, progress, tta, uncertainty, adapt_steps,
-                                 spacing_mm)
+                                 spacing_mm, tta_angles=tta_angles)
             image, spread = predicted_images(volume, prediction)
             carried = (carried_labels_image(label_volume, volume, k, slice_axis, spacing_mm)
                        if label_volume is not None else None)

@@ -6,6 +6,8 @@ spacing, output slice j lies at input slice j * ratio^-1 (`target_positions`).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
@@ -106,3 +108,68 @@ def cubic_at(slices: np.ndarray, positions: np.ndarray) -> np.ndarray:
     exact = positions == np.round(positions)
     out[exact] = slices[np.round(positions[exact]).astype(np.int64)]
     return out
+
+
+@dataclass(frozen=True)
+class InPlaneRotation:
+    """A rotation of every slice's plane about the slice axis by `angle_deg`, in millimetres (a non-square
+    in-plane pixel is rotated as the anatomy is, not as the index grid is), onto a canvas that holds the whole
+    rotated field of view (`canvas_shape`, same pixel size), and back. Cubic splines; the canvas's corners
+    outside the field of view are mirrored from it rather than left empty, so that no artificial edge
+    reaches the method that runs on it."""
+
+    shape: tuple[int, int]
+    spacing_mm: tuple[float, float]
+    angle_deg: float
+
+    def __post_init__(self) -> None:
+        if not np.isfinite(self.angle_deg):
+            raise ValueError(f"a rotation angle must be a finite number of degrees, got {self.angle_deg!r}")
+        if len(self.shape) != 2 or min(self.shape) < 1:
+            raise ValueError(f"a slice's plane must have 2 axes of 1 pixel or more, got {self.shape}")
+        if len(self.spacing_mm) != 2 or not all(np.isfinite(s) and s > 0 for s in self.spacing_mm):
+            raise ValueError(f"in-plane spacing must be 2 positive numbers of mm, got {self.spacing_mm}")
+
+    @property
+    def _matrix(self) -> np.ndarray:
+        """Index of the canvas -> index of the plane about their centres: S^-1 R^-1 S (S: the pixel size)."""
+        theta = np.deg2rad(self.angle_deg)
+        rotation = np.array([[np.cos(theta), -np.sin(theta)], [np.sin(theta), np.cos(theta)]])
+        scale = np.diag(np.asarray(self.spacing_mm, dtype=np.float64))
+        return np.linalg.inv(scale) @ rotation.T @ scale
+
+    @property
+    def canvas_shape(self) -> tuple[int, int]:
+        corners = (np.array([[0, 0], [0, 1], [1, 0], [1, 1]]) * (np.array(self.shape) - 1)
+                   - (np.array(self.shape) - 1) / 2)
+        reach = np.abs(corners @ np.linalg.inv(self._matrix).T).max(axis=0)
+        return tuple(int(v) for v in np.ceil(2 * reach - 1e-6) + 1)
+
+    def _centres(self) -> tuple[np.ndarray, np.ndarray]:
+        return (np.array(self.shape) - 1) / 2, (np.array(self.canvas_shape) - 1) / 2
+
+    def forward(self, slices: np.ndarray) -> np.ndarray:
+        """(n, rows, cols) -> (n, *canvas_shape), float32."""
+        from scipy.ndimage import affine_transform
+
+        plane, canvas = self._centres()
+        matrix = self._matrix
+        offset = plane - matrix @ canvas
+        out = np.empty((slices.shape[0], *self.canvas_shape), dtype=np.float32)
+        for index, image in enumerate(np.asarray(slices, dtype=np.float32)):
+            affine_transform(image, matrix, offset=offset, output_shape=self.canvas_shape, output=out[index],
+                             order=3, mode="mirror")
+        return out
+
+    def backward(self, slices: np.ndarray) -> np.ndarray:
+        """(n, *canvas_shape) -> (n, rows, cols), float32: the rotation undone."""
+        from scipy.ndimage import affine_transform
+
+        plane, canvas = self._centres()
+        matrix = np.linalg.inv(self._matrix)
+        offset = canvas - matrix @ plane
+        out = np.empty((slices.shape[0], *self.shape), dtype=np.float32)
+        for index, image in enumerate(np.asarray(slices, dtype=np.float32)):
+            affine_transform(image, matrix, offset=offset, output_shape=self.shape, output=out[index], order=3,
+                             mode="nearest")
+        return out

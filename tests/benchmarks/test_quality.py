@@ -116,6 +116,24 @@ def test_a_beyond_row_may_be_adapted_with_test_time_augmentation():
             check_beyond_rows({**plan, "beyond": {"brain": [{**row, **bad}]}})
 
 
+def test_a_beyond_row_s_augmentation_may_add_in_plane_rotations():
+    from benchmarks.quality import check_beyond_rows
+
+    row = {"generator": "throughplane2d", "supervision": "inplane", "steps": 8, "uncertainty": True,
+           "adapt_steps": [300], "adapt_tta": True, "tta_angles": [45]}
+    # evaluate's own labels of --tta-angles 45: with uncertainty, and adapted with TTA
+    assert beyond_labels({"beyond": {"brain": [row]}})[3:] == [
+        "through-plane 2D, in-plane pairs (TTA, rotations 45)",
+        "through-plane 2D, in-plane pairs (TTA, rotations 45) (adapted, 300 steps)"]
+    plan = {"generators": {"throughplane2d": {"set": ["model.name=throughplane2d"]}}, "beyond": {"brain": [row]}}
+    check_beyond_rows(plan)
+    for bad, message in (({"tta_angles": 45}, "list of angles"), ({"tta_angles": ["a"]}, "list of angles"),
+                         ({"tta_angles": [360]}, "multiple of 360"),
+                         ({"uncertainty": False, "adapt_tta": False}, "no row of it is augmented")):
+        with pytest.raises(ValueError, match=message):
+            check_beyond_rows({**plan, "beyond": {"brain": [{**row, **bad}]}})
+
+
 def test_the_plan_s_beyond_rows_are_checked_when_it_is_loaded(tmp_path):
     assert load_plan(PLAN, quick=False)["beyond"]["brain"] and load_plan(PLAN, quick=True)["beyond"]["knee"]
     plan = yaml.safe_load(PLAN.read_text())

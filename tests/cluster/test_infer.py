@@ -201,6 +201,14 @@ def test_uncertainty_maps_beside_the_outputs(ray_cluster, scans, sr_model, tmp_p
     for source in sources:  # the slice axis's spacing is 1 mm in every output
         got = nib.load(tmp_path / "spaced" / Path(source).name)
         assert np.linalg.norm(got.affine[:3, find_slice_axis(nib.load(source).affine)]) == pytest.approx(1.0)
+    from slicesr.inference import infer_volume
+
+    turned = infer_many([sources[0]], str(tmp_path / "turned"), sr_model, tta_angles=(45,),
+                        address=ray_cluster["address"], progress=False)  # the rotations reach the tasks
+    assert len(turned.written) == 1 and turned.failures == []
+    expected = infer_volume(load_volume(sources[0]), load_method(sr_model), 4, tta_angles=(45,)).get_fdata()
+    np.testing.assert_allclose(nib.load(turned.written[0]).get_fdata(), expected, rtol=1e-4,
+                               atol=1e-5 * (np.ptp(expected) or 1.0))
     os.unlink(out / "scan001_uncertainty.nii.gz")  # an output without its map is redone
     again = infer_many([str(folder)], str(out), sr_model, uncertainty=True, address=ray_cluster["address"],
                        progress=False)
@@ -238,6 +246,8 @@ def test_usage_errors_stop_before_any_task(scans, sr_model, tmp_path, capsys):
     assert code == 2 and "--cpus-per-task" in err
     code, err = run(str(folder), "--model", "linear", "--k", "2", "--uncertainty")
     assert code == 2 and "need a trained model" in err
+    code, err = run(str(folder), "--model", sr_model, "--tta-angles", "720")
+    assert code == 2 and "multiple of 360" in err
     clash = tmp_path / "clash"
     clash.mkdir()
     for name in ("a.nii.gz", "a_uncertainty.nii.gz"):

@@ -124,6 +124,23 @@ def test_tta_and_uncertainty_rows(tmp_path):
     assert (tmp_path / "out" / "uncertainty_calibration.png").stat().st_size > 0
 
 
+def test_rotated_tta_rows(tmp_path):
+    from tests.slicesr.test_inference_tta import model_dir
+
+    hr_path = write_nifti(tmp_path / "hr.nii.gz", np.random.default_rng(1).random((10, 9, 13)).astype(np.float32) + 0.2,
+                          np.diag([1.0, 1.0, 1.0, 1.0]))
+    model = model_dir(tmp_path / "sr", "throughplane2d")
+    result = evaluate([hr_path], 3, ["linear", f"mine={model}"], str(tmp_path / "out"), slice_axis=2, figures=False,
+                      progress=False, tta_angles=(45,))
+    assert result.methods == ["linear", "mine (TTA, rotations 45)"] and not result.failures
+    flips = evaluate([hr_path], 3, [f"mine={model}"], str(tmp_path / "flips"), slice_axis=2, figures=False,
+                     progress=False, tta=True)
+    assert result.rows[1]["psnr_missing"] != flips.rows[0]["psnr_missing"]
+    with pytest.raises(ValueError, match="multiple of 360"):
+        evaluate([hr_path], 3, [f"mine={model}"], str(tmp_path / "bad"), slice_axis=2, progress=False,
+                 tta_angles=(0,))
+
+
 def test_adapted_rows(tmp_path, capsys):
     """--adapt-steps: each trained generator fine-tuned on each simulated LR scan before it is scored (its own
     row label); linear is scored as it is; the model directory is unchanged; a negative count is refused."""

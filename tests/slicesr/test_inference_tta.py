@@ -12,13 +12,16 @@ from slicesr.geometry import to_slice_first
 from slicesr.inference import (
     FLIPS,
     UNCERTAINTY_SMOOTHING_VOXELS,
+    Method,
     flip,
     generator_upsample,
     load_method,
     predict,
+    rotated_predictions,
     uncertainty_path,
 )
-from slicesr.intensity import normalize, robust_intensity_params
+from slicesr.intensity import denormalize, normalize, robust_intensity_params
+from slicesr.interpolation import InPlaneRotation, linear_slices
 from slicesr.modeldir import write_model_dir
 from slicesr.models.generators import ThroughPlane2D, build_generator
 from slicesr.nifti import load_volume
@@ -220,3 +223,78 @@ def test_uncertainty_smoothing_must_not_be_negative(tmp_path):
     method = load_method(model_dir(tmp_path / "sr", "throughplane2d"))
     with pytest.raises(ValueError, match="uncertainty_smoothing_voxels"):
         predict(load_volume(path), method, 3, 2, uncertainty=True, uncertainty_smoothing_voxels=-1)
+
+
+class _LinearPlus(Method):
+    """Linear interpolation plus `departure` at the missing slices: what a method adds is known exactly."""
+
+    label = "linear plus"
+
+    def __init__(self, departure: float):
+        self.departure = departure
+
+    def upsample(self, slices, k, progress=False):
+        out = linear_slices(slices, k)
+        missing = np.ones(out.shape[0], bool)
+        missing[::k] = False
+        out[missing] += self.departure
+        return out
+
+
+def test_rotated_predictions_resample_only_what_the_method_adds():
+    slices = np.random.default_rng(2).random((4, 14, 11)).astype(np.float32)  # sharp: a resampled copy would differ
+    linear = linear_slices(slices, 3)
+    rotation = InPlaneRotation((14, 11), (0.8, 0.9), 45)
+    for sample in rotated_predictions(_LinearPlus(0.0), slices, 3, rotation):
+        np.testing.assert_allclose(sample, linear, atol=1e-5)  # the acquired content is not resampled
+    samples = list(rotated_predictions(_LinearPlus(0.25), slices, 3, rotation))
+    assert len(samples) == 8  # the flips, on the rotated slices
+    for sample in samples:
+        np.testing.assert_allclose(sample[::3], slices, atol=1e-5)
+        np.testing.assert_allclose(np.delete(sample - linear, np.s_[::3], axis=0), 0.25, atol=1e-4)
+
+
+@pytest.mark.parametrize("orientation, slice_axis", [("oblique", 0), ("lps", 2)])
+def test_tta_angles_add_rotated_augmentations(tmp_path, orientation, slice_axis):
+    path, data, affine = _lr_file(tmp_path, orientation, slice_axis, n=5)
+    model = model_dir(tmp_path / "sr", "throughplane2d")
+    method = load_method(model)
+    volume = load_volume(path)
+    plain = predict(volume, method, 3, slice_axis, tta=True)
+    rotated = predict(volume, method, 3, slice_axis, uncertainty=True, tta_angles=(45,))
+    assert rotated.data.shape == plain.data.shape
+    np.testing.assert_array_equal(rotated.affine, plain.affine)
+    # the mean of the 8 flips and of the 8 flips of the slices turned by 45 degrees in millimetres
+    slices, _ = to_slice_first(data, affine, slice_axis)
+    params = robust_intensity_params(slices)
+    normalised = normalize(slices, params)
+    spacing = np.delete(np.array([0.8, 0.9, 0.7]), slice_axis)  # _lr_file's in-plane voxel sizes
+    rotation = InPlaneRotation(normalised.shape[1:], tuple(spacing), 45)
+    samples = [*method.augmented(normalised, 3), *rotated_predictions(method, normalised, 3, rotation)]
+    assert len(samples) == 16
+    expected = np.clip(denormalize(np.mean(samples, axis=0), params), slices.min(), slices.max())
+    got = np.moveaxis(rotated.data, slice_axis, 0)
+    np.testing.assert_allclose(got[1::3], expected[1::3], rtol=1e-4, atol=1e-4 * float(np.ptp(slices)))
+    np.testing.assert_array_equal(got[::3], slices)  # acquired slices bit-exact
+    assert np.abs(got - np.moveaxis(plain.data, slice_axis, 0)).max() > 1e-3  # the rotations changed the mean
+    spread = np.moveaxis(rotated.uncertainty, slice_axis, 0)
+    assert np.all(spread[::3] == 0) and spread[1::3].max() > 0
+
+
+def test_tta_angles_on_the_command_line(tmp_path, capsys):
+    path, _, _ = _lr_file(tmp_path, "ras", 2, n=4)
+    model = model_dir(tmp_path / "sr", "throughplane2d")
+    out = tmp_path / "o.nii.gz"
+    assert main(["infer", path, "--output", str(out), "--model", model, "--tta-angles", "45"]) == 0
+    assert "rotations 45" in capsys.readouterr().out
+    expected = predict(load_volume(path), load_method(model), 3, tta_angles=(45,)).data
+    np.testing.assert_allclose(np.asarray(nib.load(out).dataobj), expected, rtol=1e-6, atol=1e-5)
+    for angles, message in [("abc", "degrees separated by commas"), ("360", "multiple of 360"),
+                            ("45,405", "repeat")]:
+        assert main(["infer", path, "--output", str(tmp_path / "bad.nii.gz"), "--model", model,
+                     "--tta-angles", angles]) == 2
+        assert message in capsys.readouterr().err
+    assert main(["infer", path, "--output", str(tmp_path / "bad.nii.gz"), "--model", "linear", "--k", "3",
+                 "--tta-angles", "45"]) == 2
+    assert "need a trained model" in capsys.readouterr().err
+    assert not (tmp_path / "bad.nii.gz").exists()
