@@ -72,8 +72,8 @@ def load_plan(path: Path, quick: bool) -> dict[str, Any]:
     return plan
 
 
-BEYOND_ROW_KEYS = {"generator", "supervision", "steps", "uncertainty", "adapt_steps", "adapt_tta", "tta_angles",
-                   "set"}
+BEYOND_ROW_KEYS = {"generator", "supervision", "steps", "uncertainty", "adapt_steps", "adapt_tta", "adapt_patch",
+                   "tta_angles", "set"}
 
 
 def check_beyond_rows(plan: dict[str, Any]) -> None:
@@ -102,6 +102,10 @@ def check_beyond_rows(plan: dict[str, Any]) -> None:
             if row.get("adapt_tta") and not adapt_counts(row):
                 raise ValueError(f"the beyond row {row} has `adapt_tta` without `adapt_steps`: nothing to augment")
             row_tta_angles(row)
+            if row.get("adapt_patch") is not None:
+                row_adapt_patch(row, plan.get("k"))
+                if not adapt_counts(row):
+                    raise ValueError(f"the beyond row {row} has `adapt_patch` without `adapt_steps`: nothing adapts")
             if row.get("tta_angles") and not (row.get("uncertainty") or row.get("adapt_tta")):
                 raise ValueError(f"the beyond row {row} has `tta_angles` but neither `uncertainty` nor `adapt_tta`: "
                                  "no row of it is augmented")
@@ -238,17 +242,19 @@ def train_sr(config_path: str, settings: dict, seed: int, k: int, store: str, su
 # --------------------------------------------------------------------------- scoring
 def score_set(volumes: list[str], k: int, methods: list[str], output: Path, axis: int, figures: bool = False,
               uncertainty: bool = False, smoothing_voxels: float = UNCERTAINTY_SMOOTHING_VOXELS,
-              adapt_steps: int = 0, tta: bool = False, tta_angles: tuple[float, ...] = ()) -> list[dict]:
+              adapt_steps: int = 0, tta: bool = False, tta_angles: tuple[float, ...] = (),
+              adapt_patch: list[int] | None = None) -> list[dict]:
     """`slicesr evaluate` over `volumes`; the rows of its metrics.csv (with its figures when asked; with
     `uncertainty`, the trained methods with test-time augmentation and their maps' Spearman, the maps
     smoothed in-plane by `smoothing_voxels`; with `adapt_steps`, the trained generators fine-tuned on each
     LR scan first; with `tta`, the trained methods with test-time augmentation, without maps; `tta_angles`: that
-    augmentation on the slices rotated in-plane as well)."""
+    augmentation on the slices rotated in-plane as well; `adapt_patch`: the adaptation's own training patch)."""
     from slicesr.evaluate import evaluate
 
     result = evaluate(volumes, k, methods, str(output), slice_axis=str(axis), figures=figures, progress=False,
                       tta=tta, uncertainty=uncertainty, uncertainty_smoothing_voxels=smoothing_voxels,
-                      adapt_steps=adapt_steps, tta_angles=tuple(tta_angles))
+                      adapt_steps=adapt_steps, tta_angles=tuple(tta_angles),
+                      adapt_patch=tuple(adapt_patch) if adapt_patch else None)
     if result.failures:
         raise RuntimeError(f"evaluation in {output}: {result.failures}")
     return result.rows
@@ -344,7 +350,22 @@ def adapt_counts(row: dict) -> list[int]:
 def adapted_label(row: dict, steps: int) -> str:
     """`slicesr evaluate`'s label of the row adapted `steps` steps (and with test-time augmentation when the row
     has `adapt_tta`: the adapted copy's predictions averaged over the flips)."""
-    return f"{beyond_label(row)}{tta_suffix(row) if row.get('adapt_tta') else ''} (adapted, {steps} steps)"
+    patch = row_adapt_patch(row)
+    return (f"{beyond_label(row)}{tta_suffix(row) if row.get('adapt_tta') else ''} (adapted, {steps} steps"
+            + (f", patch {'x'.join(map(str, patch))})" if patch else ")"))
+
+
+def row_adapt_patch(row: dict, k: int | None = None) -> tuple[int, int, int] | None:
+    """A beyond row's `adapt_patch`: the per-scan adaptation's training patch, or None (the model's own)."""
+    from slicesr.inference import check_adapt_patch
+
+    patch = row.get("adapt_patch")
+    if patch is not None and not isinstance(patch, list):
+        raise ValueError(f"the beyond row {row} has `adapt_patch: {patch!r}`; it must be [slices, rows, cols]")
+    try:
+        return check_adapt_patch(patch, k)
+    except ValueError as error:
+        raise ValueError(f"the beyond row {row}: {error}") from None
 
 
 def row_tta_angles(row: dict) -> tuple[float, ...]:
@@ -571,13 +592,16 @@ def beyond_part(args, plan: dict, parts: Parts, shared: Shared, eval_volumes: li
                                       *angles))
             for j, steps in enumerate(adapt_counts(row)):
                 # the first count keeps the folder that a plan with one count used: its finished parts stay valid
+                # as above: the newer arguments only when set, so that older rows keep their parts
                 rotated = angles if row.get("adapt_tta") else []
+                patch = [list(row_adapt_patch(row))] if row.get("adapt_patch") else []
                 folder = output / f"{set_name}-adapted" / ((str(i) if j == 0 else f"{i}-{steps}")
                                                            + ("-tta" if row.get("adapt_tta") else "")
-                                                           + ("-rot" if rotated else ""))
+                                                           + ("-rot" if rotated else "")
+                                                           + (f"-p{patch[0][0]}" if patch else ""))
                 rows.extend(parts.run(f"score {adapted_label(row, steps)} ({set_name})", score_set, volumes, k,
                                       [method], folder, axis, False, False, UNCERTAINTY_SMOOTHING_VOXELS, steps,
-                                      bool(row.get("adapt_tta")), *rotated))
+                                      bool(row.get("adapt_tta")), *(rotated or ([[]] if patch else [])), *patch))
         rows_by_set[set_name] = rows
 
     from slicesr.evaluate import write_metrics

@@ -6,12 +6,12 @@
     slicesr train-sr --config FILE [--set a.b=value ...] [--no-resume] [--device auto|cpu|cuda]
     slicesr synthesize --model DIR --input STORE --output STORE [--k K] [--keep-acquired] [--overwrite]
     slicesr infer IN [IN ...] --output OUT --model MODEL [--k K | --spacing MM] [--slice-axis auto|0|1|2] [--no-keep-acquired]
-                  [--tta] [--uncertainty] [--tta-angles DEG[,DEG]] [--adapt-steps N] [--labels SEG]
-                  [--device auto|cpu|cuda] [--precision float32|bfloat16]
+                  [--tta] [--uncertainty] [--tta-angles DEG[,DEG]] [--adapt-steps N [--adapt-patch D,H,W]]
+                  [--labels SEG] [--device auto|cpu|cuda] [--precision float32|bfloat16]
     slicesr evaluate HR [HR ...] (--k K | --lr-spacing MM) --methods linear,cubic,MODEL,... --output DIR
                      [--slice-profile point|box|gaussian --slice-thickness MM] [--slice-axis auto|0|1|2]
-                     [--no-figures] [--tta] [--uncertainty] [--tta-angles DEG[,DEG]] [--adapt-steps N]
-                     [--device auto|cpu|cuda]
+                     [--no-figures] [--tta] [--uncertainty] [--tta-angles DEG[,DEG]]
+                     [--adapt-steps N [--adapt-patch D,H,W]] [--device auto|cpu|cuda]
     slicesr latent-analysis --model DIR [--model DIR ...] --hr HR.nii.gz [...] [--k 4] [--slice-axis auto|0|1|2]
 
 Exit codes: 0 all done, 1 some inputs failed (the rest done), 2 usage or environment error.
@@ -23,11 +23,13 @@ import argparse
 import sys
 
 from slicesr.cli_common import (
+    ADAPT_PATCH_HELP,
     EXIT_OK,
     TTA_ANGLES_HELP,
     UsageError,
     finish,
     parse_angles,
+    parse_patch,
     parse_storage_options,
     run_command,
 )
@@ -109,7 +111,7 @@ def _infer(args: argparse.Namespace) -> int:
         check_tta(method)
     report = infer_files(args.inputs, args.output, method, k, args.slice_axis, keep_acquired=not args.no_keep_acquired,
                          tta=args.tta, uncertainty=args.uncertainty, adapt_steps=args.adapt_steps, labels=args.labels,
-                         spacing_mm=args.spacing, tta_angles=args.tta_angles)
+                         spacing_mm=args.spacing, tta_angles=args.tta_angles, adapt_patch=args.adapt_patch)
     adapted = (f", adapted to each scan in {args.adapt_steps} steps: {sum(report.adapt_seconds) / len(report.adapt_seconds):.1f} s per scan"
                if report.adapt_seconds else "")
     return finish(f"super-resolved {len(report.written)} scans with {method.label} ("
@@ -128,7 +130,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     result = evaluate(args.hr, args.k, args.methods, args.output, args.slice_axis, figures=not args.no_figures,
                       tta=args.tta, uncertainty=args.uncertainty, device=args.device, lr_spacing=args.lr_spacing,
                       profile=args.slice_profile, thickness_mm=args.slice_thickness, adapt_steps=args.adapt_steps,
-                      precision=args.precision, tta_angles=args.tta_angles)
+                      precision=args.precision, tta_angles=args.tta_angles, adapt_patch=args.adapt_patch)
     print(result.summary_table())
     return finish(f"-> {args.output}/metrics.csv, summary.md" + ("" if args.no_figures else ", *_slices.png, *_through_plane.png"),
                   result.failures)
@@ -217,6 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     infer.add_argument("--adapt-steps", type=int, default=0, metavar="N",
                        help="fine-tune a copy of the model on each scan's own in-plane pairs for N steps first (the "
                        "model on disk is not changed; the time per scan is printed)")
+    infer.add_argument("--adapt-patch", type=parse_patch, default=None, metavar="D,H,W", help=ADAPT_PATCH_HELP)
     infer.add_argument("--labels", default=None, metavar="SEG", help="a label image on the input's grid (one "
                        "input): carried to the output grid as <stem>_labels.nii.gz (shape-based interpolation)")
     infer.add_argument("--device", choices=DEVICES, default="auto",
@@ -248,6 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument("--adapt-steps", type=int, default=0, metavar="N",
                             help="fine-tune each stage II generator on each simulated LR scan's own in-plane pairs "
                             "for N steps first (rows labelled '... (adapted, N steps)'); the model is not changed")
+    evaluation.add_argument("--adapt-patch", type=parse_patch, default=None, metavar="D,H,W", help=ADAPT_PATCH_HELP)
     evaluation.add_argument("--device", choices=DEVICES, default="auto",
                             help="where the trained methods run: auto (default), cpu or cuda")
     evaluation.add_argument("--precision", choices=["float32", "bfloat16"], default="float32",

@@ -64,6 +64,21 @@ def parse_angles(text: str) -> tuple[float, ...]:
         raise argparse.ArgumentTypeError(f"expected degrees separated by commas, got {text!r}") from None
 
 
+ADAPT_PATCH_HELP = ("the per-scan adaptation's training patch, slices,rows,cols (default: the model's sr.patch_size); "
+                    "a step costs about what its patch holds (e.g. 33,64,64 for a model trained on 65,64,64)")
+
+
+def parse_patch(text: str) -> tuple[int, int, int]:
+    """D,H,W -> three positive whole numbers (an argparse type: a bad value is a usage error)."""
+    try:
+        values = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 3 or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected three positive whole numbers D,H,W, got {text!r}")
+    return values
+
+
 def parse_storage_options(pairs: list[str]) -> dict[str, Any]:
     """KEY=VALUE pairs into an fsspec storage_options dict; dotted keys nest (client_kwargs.region_name=...)."""
     options: dict[str, Any] = {}

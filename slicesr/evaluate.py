@@ -27,6 +27,7 @@ from slicesr.inference import (
     PRECISIONS,
     UNCERTAINTY_SMOOTHING_VOXELS,
     Method,
+    check_adapt_patch,
     check_k,
     check_tta_angles,
     expand_inputs,
@@ -249,7 +250,7 @@ def evaluate(hr_inputs: list[str], k: int | None, methods: str | list[str], outp
              thickness_mm: float | None = None,
              uncertainty_smoothing_voxels: float = UNCERTAINTY_SMOOTHING_VOXELS,
              adapt_steps: int = 0, precision: str = "float32",
-             tta_angles: tuple[float, ...] = ()) -> EvaluationResult:
+             tta_angles: tuple[float, ...] = (), adapt_patch: tuple[int, int, int] | None = None) -> EvaluationResult:
     """Score every method on every HR volume; write metrics.csv, summary.md and the figures into `output`.
 
     The LR scan keeps every K-th slice, or with `lr_spacing` (mm, any multiple of the HR spacing) has its
@@ -263,7 +264,8 @@ def evaluate(hr_inputs: list[str], k: int | None, methods: str | list[str], outp
     runs the through-plane 2D generators in bfloat16 (rows labelled '... (bfloat16)'; slicesr.inference
     `planes_on_grid`); the other methods as they are. `tta_angles` (implies `tta`): the trained methods'
     augmentations again on the slices rotated in-plane by each angle (degrees; slicesr.inference.predict;
-    rows labelled '... (TTA, rotations 45)')."""
+    rows labelled '... (TTA, rotations 45)'). `adapt_patch`: the adaptation's training patch (slices, rows, cols)
+    instead of each model's own (rows labelled '... (adapted, N steps, patch DxHxW)')."""
     if adapt_steps < 0:
         raise ValueError(f"--adapt-steps must be 0 or more, got {adapt_steps}")
     if precision not in PRECISIONS:
@@ -277,6 +279,9 @@ def evaluate(hr_inputs: list[str], k: int | None, methods: str | list[str], outp
     if profile != "point" and not (thickness_mm and thickness_mm > 0):
         raise ValueError(f"the {profile} slice profile needs a positive slice thickness (--slice-thickness MM)")
     tta_angles = check_tta_angles(tta_angles)
+    adapt_patch = check_adapt_patch(adapt_patch, k)
+    if adapt_patch and not adapt_steps:
+        raise ValueError("--adapt-patch is the patch of the per-scan adaptation: it needs --adapt-steps")
     tta = tta or uncertainty or bool(tta_angles)
     loaded: dict[str, Method] = {}
     for label, spec in parse_methods(methods):
@@ -290,7 +295,8 @@ def evaluate(hr_inputs: list[str], k: int | None, methods: str | list[str], outp
         if tta and method.supports_tta:
             name += (f" (TTA, rotations {', '.join(f'{a:g}' for a in tta_angles)})" if tta_angles else " (TTA)")
         if adapt_steps and method.adaptable:
-            name += f" (adapted, {adapt_steps} steps)"
+            name += (f" (adapted, {adapt_steps} steps"
+                     + (f", patch {'x'.join(map(str, adapt_patch))})" if adapt_patch else ")"))
         if name in loaded:
             raise ValueError(f"two methods are labelled {name!r}: name them with LABEL=MODEL")
         loaded[name] = method
@@ -330,11 +336,13 @@ def evaluate(hr_inputs: list[str], k: int | None, methods: str | list[str], outp
                     image, spread_image = infer_volume_uncertainty(lr, method, grid["k"], axis, keep_acquired=keep,
                                                                    spacing_mm=grid.get("spacing_mm"),
                                                                    smoothing_voxels=uncertainty_smoothing_voxels,
-                                                                   adapt_steps=adapt, tta_angles=tta_angles)
+                                                                   adapt_steps=adapt, tta_angles=tta_angles,
+                                                                   adapt_patch=adapt_patch if adapt else None)
                 else:
                     image = infer_volume(lr, method, grid["k"], axis, keep_acquired=keep, tta=augmented,
                                          spacing_mm=grid.get("spacing_mm"), adapt_steps=adapt,
-                                         tta_angles=tta_angles if augmented else ())
+                                         tta_angles=tta_angles if augmented else (),
+                                         adapt_patch=adapt_patch if adapt else None)
                     spread_image = None
                 prediction, _ = to_slice_first(np.asarray(image.get_fdata(dtype=np.float32)), image.affine, axis)
                 outputs[label] = prediction

@@ -85,7 +85,8 @@ class Method:
                          + (f" (trained for K={self.trained_k})" if self.trained_k else "")
                          + ": choose a --spacing that divides the input spacing by an integer")
 
-    def adapted(self, slices: np.ndarray, spacing_mm: tuple[float, float, float], k: int, steps: int) -> Method:
+    def adapted(self, slices: np.ndarray, spacing_mm: tuple[float, float, float], k: int, steps: int,
+                patch: tuple[int, int, int] | None = None) -> Method:
         """A copy fine-tuned on this scan's own in-plane pairs (per-scan adaptation)."""
         raise NotImplementedError
 
@@ -191,17 +192,20 @@ class GeneratorUpsampling(Method):
         return generator_on_grid(self.model, linear_at(slices, positions), self.window, self.overlap, (1, 1, 1),
                                  progress, precision=self.precision)
 
-    def adapted(self, slices: np.ndarray, spacing_mm: tuple[float, float, float], k: int, steps: int) -> Method:
+    def adapted(self, slices: np.ndarray, spacing_mm: tuple[float, float, float], k: int, steps: int,
+                patch: tuple[int, int, int] | None = None) -> Method:
         """A copy of this method whose generator is fine-tuned for `steps` steps (the training config's Adam,
-        learning rate, batch and patch; L1) on in-plane pairs of `slices` (normalised, slice axis first,
-        `spacing_mm` in that order); this object and the model directory are left as they are."""
+        learning rate, batch and patch, or `patch` (slices, rows, cols) instead; L1) on in-plane pairs of
+        `slices` (normalised, slice axis first, `spacing_mm` in that order); this object and the model
+        directory are left as they are. A step costs about what its patch holds: a model trained on long
+        planes adapts in half the time on planes half as long (benchmarks/NOTES.md)."""
         import copy
 
         from slicesr.stage2.inplane import InplanePairSampler
         from slicesr.stage2.train import PLANE_GENERATORS
 
         config = self.config
-        depth, rows, cols = config.sr.patch_size
+        depth, rows, cols = check_adapt_patch(patch, k) or config.sr.patch_size
         length = max(k + 1, (depth - 1) // k * k + 1)  # K*m + 1 lines: pairs start and end on kept lines
         sampler = InplanePairSampler.from_scan(slices, spacing_mm, (length, rows, cols), k,
                                                config.sr.min_foreground, planes=config.model.name in PLANE_GENERATORS)
@@ -366,6 +370,18 @@ def check_adaptable(method: Method) -> None:
         raise ValueError(f"{method.label} cannot be adapted to a scan (--adapt-steps): only stage II generators can")
 
 
+def check_adapt_patch(patch, k: int | None = None) -> tuple[int, int, int] | None:
+    """The per-scan adaptation's training patch (slices, rows, cols), or None for the model's own."""
+    if patch is None:
+        return None
+    values = tuple(patch)
+    if len(values) != 3 or any(isinstance(v, bool) or int(v) != v or v < 1 for v in values):
+        raise ValueError(f"an adaptation patch is 3 positive whole numbers (slices, rows, cols), got {patch!r}")
+    if k is not None and values[0] < k + 1:
+        raise ValueError(f"an adaptation patch needs at least K + 1 = {k + 1} slices, got {values[0]}")
+    return tuple(int(v) for v in values)
+
+
 def check_tta_angles(angles) -> tuple[float, ...]:
     """The in-plane rotations of test-time augmentation (degrees), as a tuple of floats."""
     try:
@@ -455,17 +471,19 @@ def predict(volume: Volume, method: Method, k: int | None, slice_axis: int | str
             progress: bool = False, tta: bool = False, uncertainty: bool = False, adapt_steps: int = 0,
             spacing_mm: float | None = None,
             uncertainty_smoothing_voxels: float = UNCERTAINTY_SMOOTHING_VOXELS,
-            tta_angles: tuple[float, ...] = ()) -> Prediction:
+            tta_angles: tuple[float, ...] = (), adapt_patch: tuple[int, int, int] | None = None) -> Prediction:
     """The super-resolved volume on the grid of K or of `spacing_mm` (`output_grid`); with `tta` the mean
     of the augmented predictions (`Method.augmented`), with `uncertainty` (implies `tta`) also their standard
     deviation, smoothed in each slice's plane by a Gaussian of `uncertainty_smoothing_voxels` (0: the raw
     per-voxel SD), zero at kept acquired slices; with `adapt_steps`, by a copy of the method fine-tuned on
-    the scan's own in-plane pairs (`Method.adapted`). `tta_angles` (implies `tta`): the augmentations again on
+    the scan's own in-plane pairs (`Method.adapted`; on patches of `adapt_patch` rather than the model's
+    training patch when given). `tta_angles` (implies `tta`): the augmentations again on
     the slices rotated in-plane by each angle in degrees (`rotated_predictions`; 45 is the one measured to
     help, benchmarks/NOTES.md)."""
     if uncertainty_smoothing_voxels < 0:
         raise ValueError(f"uncertainty_smoothing_voxels must be 0 or more, got {uncertainty_smoothing_voxels}")
     tta_angles = check_tta_angles(tta_angles)
+    adapt_patch = check_adapt_patch(adapt_patch)
     tta = tta or uncertainty or bool(tta_angles)
     if tta:
         check_tta(method)
@@ -497,7 +515,8 @@ def predict(volume: Volume, method: Method, k: int | None, slice_axis: int | str
     if adapt_steps:
         check_adaptable(method)
         started = time.perf_counter()
-        method = method.adapted(normalised, (spacing[axis], *np.delete(spacing, axis)), k, adapt_steps)
+        method = method.adapted(normalised, (spacing[axis], *np.delete(spacing, axis)), k, adapt_steps,
+                                patch=adapt_patch)
         adapt_seconds = time.perf_counter() - started
         log.info("adapted %s to the scan in %d steps: %.1f s", method.label, adapt_steps, adapt_seconds)
     spread = None
@@ -662,20 +681,22 @@ def uncertainty_path(output: str) -> str:
 def infer_volume(volume: Volume, method: Method, k: int | None, slice_axis: int | str = "auto",
                  keep_acquired: bool = True, progress: bool = False, tta: bool = False,
                  spacing_mm: float | None = None, adapt_steps: int = 0,
-                 tta_angles: tuple[float, ...] = ()) -> nib.Nifti1Image | nib.Nifti2Image:
+                 tta_angles: tuple[float, ...] = (),
+                 adapt_patch: tuple[int, int, int] | None = None) -> nib.Nifti1Image | nib.Nifti2Image:
     prediction = predict(volume, method, k, slice_axis, keep_acquired, progress, tta, adapt_steps=adapt_steps,
-                         spacing_mm=spacing_mm, tta_angles=tta_angles)
+                         spacing_mm=spacing_mm, tta_angles=tta_angles, adapt_patch=adapt_patch)
     return output_image(volume, prediction.data, prediction.affine)
 
 
 def infer_volume_uncertainty(volume: Volume, method: Method, k: int, slice_axis: int | str = "auto",
                              keep_acquired: bool = True, progress: bool = False, spacing_mm: float | None = None,
                              smoothing_voxels: float = UNCERTAINTY_SMOOTHING_VOXELS, adapt_steps: int = 0,
-                             tta_angles: tuple[float, ...] = ()):
+                             tta_angles: tuple[float, ...] = (), adapt_patch: tuple[int, int, int] | None = None):
     """(the test-time-augmented output image, its uncertainty image)."""
     return predicted_images(volume, predict(volume, method, k, slice_axis, keep_acquired, progress, uncertainty=True,
                                             adapt_steps=adapt_steps, spacing_mm=spacing_mm,
-                                            uncertainty_smoothing_voxels=smoothing_voxels, tta_angles=tta_angles))
+                                            uncertainty_smoothing_voxels=smoothing_voxels, tta_angles=tta_angles,
+                                            adapt_patch=adapt_patch))
 
 
 @dataclass
@@ -757,14 +778,19 @@ def log_slice_sidecar(source: str, method: Method) -> None:
 def infer_files(inputs: list[str], output: str, method: Method, k: int, slice_axis: int | str = "auto",
                 keep_acquired: bool = True, progress: bool = True, tta: bool = False,
                 uncertainty: bool = False, adapt_steps: int = 0, labels: str | None = None,
-                spacing_mm: float | None = None, tta_angles: tuple[float, ...] = ()) -> InferenceReport:
+                spacing_mm: float | None = None, tta_angles: tuple[float, ...] = (),
+                adapt_patch: tuple[int, int, int] | None = None) -> InferenceReport:
     """Super-resolve every input into `output`; a bad file is reported and the others still done. With
     `uncertainty`, `<stem>_uncertainty.nii.gz` is written beside each output (`tta` implied); with
     `adapt_steps`, each scan by a copy of the method fine-tuned on that scan's in-plane pairs; `labels`
     (one input only): a label image on the input's grid, carried to the output's as `<stem>_labels.nii.gz`;
     `spacing_mm`: the output's slice spacing instead of K (`output_grid`; k is then None); `tta_angles`: TTA
-    on the slices rotated in-plane by these angles as well (`predict`; `tta` implied)."""
+    on the slices rotated in-plane by these angles as well (`predict`; `tta` implied); `adapt_patch`: the
+    adaptation's training patch instead of the model's (`Method.adapted`)."""
     tta_angles = check_tta_angles(tta_angles)
+    adapt_patch = check_adapt_patch(adapt_patch, k)
+    if adapt_patch and not adapt_steps:
+        raise ValueError("--adapt-patch is the patch of the per-scan adaptation: it needs --adapt-steps")
     tta = tta or bool(tta_angles)
     if tta or uncertainty:
         check_tta(method)
@@ -800,7 +826,7 @@ def infer_files(inputs: list[str], output: str, method: Method, k: int, slice_ax
             volume = load_volume(source)
             log_slice_sidecar(source, method)
             prediction = predict(volume, method, k, slice_axis, keep_acquired, progress, tta, uncertainty, adapt_steps,
-                                 spacing_mm, tta_angles=tta_angles)
+                                 spacing_mm, tta_angles=tta_angles, adapt_patch=adapt_patch)
             image, spread = predicted_images(volume, prediction)
             carried = (carried_labels_image(label_volume, volume, k, slice_axis, spacing_mm)
                        if label_volume is not None else None)

@@ -134,6 +134,23 @@ def test_a_beyond_row_s_augmentation_may_add_in_plane_rotations():
             check_beyond_rows({**plan, "beyond": {"brain": [{**row, **bad}]}})
 
 
+def test_a_beyond_row_may_adapt_on_a_patch_of_its_own():
+    from benchmarks.quality import check_beyond_rows
+
+    row = {"generator": "throughplane2d", "supervision": "inplane", "steps": 8, "adapt_steps": [300],
+           "adapt_patch": [33, 64, 64]}
+    assert beyond_labels({"beyond": {"brain": [row]}})[-1] == (
+        "through-plane 2D, in-plane pairs (adapted, 300 steps, patch 33x64x64)")  # evaluate's own label
+    plan = {"k": 4, "generators": {"throughplane2d": {"set": ["model.name=throughplane2d"]}},
+            "beyond": {"brain": [row]}}
+    check_beyond_rows(plan)
+    for bad, message in (({"adapt_patch": 33}, "slices, rows, cols"), ({"adapt_patch": [33, 64]}, "3 positive"),
+                         ({"adapt_patch": [4, 64, 64]}, "at least K \\+ 1"),
+                         ({"adapt_steps": None}, "without `adapt_steps`")):
+        with pytest.raises(ValueError, match=message):
+            check_beyond_rows({**plan, "beyond": {"brain": [{**row, **bad}]}})
+
+
 def test_the_plan_s_beyond_rows_are_checked_when_it_is_loaded(tmp_path):
     assert load_plan(PLAN, quick=False)["beyond"]["brain"] and load_plan(PLAN, quick=True)["beyond"]["knee"]
     plan = yaml.safe_load(PLAN.read_text())

@@ -136,6 +136,12 @@ def test_rotated_tta_rows(tmp_path):
     flips = evaluate([hr_path], 3, [f"mine={model}"], str(tmp_path / "flips"), slice_axis=2, figures=False,
                      progress=False, tta=True)
     assert result.rows[1]["psnr_missing"] != flips.rows[0]["psnr_missing"]
+    adapted = evaluate([hr_path], 3, [f"mine={model}"], str(tmp_path / "adapted"), slice_axis=2, figures=False,
+                       progress=False, tta_angles=(45,), adapt_steps=1, adapt_patch=(4, 6, 12))
+    assert adapted.methods == ["mine (TTA, rotations 45) (adapted, 1 steps, patch 4x6x12)"]
+    with pytest.raises(ValueError, match="needs --adapt-steps"):
+        evaluate([hr_path], 3, [f"mine={model}"], str(tmp_path / "bad"), slice_axis=2, progress=False,
+                 adapt_patch=(4, 6, 12))
     with pytest.raises(ValueError, match="multiple of 360"):
         evaluate([hr_path], 3, [f"mine={model}"], str(tmp_path / "bad"), slice_axis=2, progress=False,
                  tta_angles=(0,))

@@ -157,6 +157,35 @@ def test_adaptation_fine_tunes_a_copy_per_scan(tmp_path, capsys, overrides):
         torch.testing.assert_close(value, before[key], rtol=0, atol=0)
 
 
+def test_adaptation_on_a_patch_of_its_own(tmp_path, capsys, monkeypatch):
+    from slicesr.stage2.inplane import InplanePairSampler
+
+    path, _, _ = _lr_file(tmp_path, "lps", 2, n=5)
+    model = model_dir(tmp_path / "sr", "throughplane2d")  # trained on 7 x 12 x 12 patches
+    patches = []
+    from_scan = InplanePairSampler.from_scan.__func__
+
+    def spy(cls, slices, spacing_mm, patch_size, *args, **kwargs):
+        patches.append(tuple(patch_size))
+        return from_scan(cls, slices, spacing_mm, patch_size, *args, **kwargs)
+
+    monkeypatch.setattr(InplanePairSampler, "from_scan", classmethod(spy))
+    outputs = {}
+    for name, extra in (("own", []), ("short", ["--adapt-patch", "4,6,12"])):
+        assert main(["infer", path, "--output", str(tmp_path / f"{name}.nii.gz"), "--model", model,
+                     "--adapt-steps", "2", *extra]) == 0
+        outputs[name] = np.asarray(nib.load(tmp_path / f"{name}.nii.gz").dataobj)
+    assert patches == [(7, 12, 12), (4, 6, 12)]  # K + 1 = 4 lines: pairs start and end on kept lines
+    assert np.abs(outputs["own"] - outputs["short"]).max() > 0
+    capsys.readouterr()
+    for extra, message in ((["--adapt-patch", "4,6,12"], "needs --adapt-steps"),
+                           (["--adapt-steps", "2", "--adapt-patch", "3,6,12"], "at least K + 1 = 4 slices"),
+                           (["--adapt-steps", "2", "--adapt-patch", "4,6"], "three positive whole numbers")):
+        assert main(["infer", path, "--output", str(tmp_path / "bad.nii.gz"), "--model", model, *extra]) == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "bad.nii.gz").exists()
+
+
 def test_only_generators_adapt(tmp_path, capsys):
     path, _, _ = _lr_file(tmp_path, "ras", 2, n=4)
     assert main(["infer", path, "--output", str(tmp_path / "o.nii.gz"), "--model", "linear", "--k", "2",
