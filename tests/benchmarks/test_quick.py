@@ -129,9 +129,11 @@ def check_beyond(quality, plan: dict, output: str) -> None:
     labels = quality.beyond_labels(plan)
     check_table(blocks[0], [(label,) for label in labels])
     check_table(blocks[1], [(label,) for label in labels if label != quality.LINEAR])
-    tta = [f"{quality.beyond_label(row)} (TTA)" for row in plan["beyond"]["brain"] if row.get("uncertainty")]
+    tta = [f"{quality.beyond_label(row)}{quality.tta_suffix(row)}" for row in plan["beyond"]["brain"]
+           if row.get("uncertainty")]
+    knee = plan["beyond"]["knee"][0]
     spearman = data_rows(blocks[2])  # every beyond row on the brain volume, the knee's on the knee
-    assert [row[0] for row in spearman] == [*tta, f"{quality.beyond_label(plan['beyond']['knee'][0])} (TTA)"]
+    assert [row[0] for row in spearman] == [*tta, f"{quality.beyond_label(knee)}{quality.tta_suffix(knee)}"]
     # a 4-step model may fall back to the untrained one (exactly linear): its flips agree, the map is
     # constant and ranks nothing (NaN); a trained one's correlation is a number in [-1, 1]
     assert all(-1 <= float(row[2]) <= 1 or math.isnan(float(row[2])) for row in spearman)
