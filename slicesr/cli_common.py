@@ -52,7 +52,7 @@ def parse_scalar(text: str) -> Any:
 
 
 TTA_ANGLES_HELP = ("test-time augmentation (--tta implied) on the slices rotated in-plane by these angles in degrees "
-                   "as well, comma-separated: each costs about twice the unrotated passes; 45 is the one measured to "
+                   "as well, comma-separated: each costs 2 to 3 times the unrotated passes; 45 is the one measured to "
                    "help (benchmarks/NOTES.md)")
 
 
