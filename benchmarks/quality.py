@@ -562,7 +562,7 @@ def beyond_part(args, plan: dict, parts: Parts, shared: Shared, eval_volumes: li
     test-time augmentation and uncertainty maps, rows with `adapt_steps` again with each held-out LR scan's
     own in-plane pairs fine-tuning a copy first (and its predictions averaged over the flips: `adapt_tta`)."""
     beyond, k, seed = plan["beyond"], plan["k"], plan["seed"]
-    rows_by_set = {}
+    rows_by_set, calibrations = {}, {"brain": [], "knee": []}
     for set_name, volumes, axis in (("brain", eval_volumes, args.brain_axis), ("knee", [args.knee], args.knee_axis)):
         methods = []
         for row in beyond.get(set_name, []):
@@ -585,11 +585,12 @@ def beyond_part(args, plan: dict, parts: Parts, shared: Shared, eval_volumes: li
             # the rotations are an argument only when there are some: the parts of rows without them stay valid
             angles = [list(row_tta_angles(row))] if row.get("tta_angles") else []
             if row.get("uncertainty"):
+                folder = output / f"{set_name}-uncertainty" / (str(i) + ("-rot" if angles else ""))
                 rows.extend(parts.run(f"score {method.split('=', 1)[0]}{tta_suffix(row) if angles else ''} with "
-                                      f"uncertainty ({set_name})", score_set, volumes, k, [method],
-                                      output / f"{set_name}-uncertainty" / (str(i) + ("-rot" if angles else "")),
+                                      f"uncertainty ({set_name})", score_set, volumes, k, [method], folder,
                                       axis, True, True, UNCERTAINTY_SMOOTHING_VOXELS, *([0, True] if angles else []),
                                       *angles))
+                calibrations[set_name].append(folder / "uncertainty_calibration.png")
             for j, steps in enumerate(adapt_counts(row)):
                 # the first count keeps the folder that a plan with one count used: its finished parts stay valid
                 # as above: the newer arguments only when set, so that older rows keep their parts
@@ -609,7 +610,8 @@ def beyond_part(args, plan: dict, parts: Parts, shared: Shared, eval_volumes: li
     write_metrics(rows_by_set["brain"] + rows_by_set["knee"], output / "beyond-metrics.csv")
     figures = figures_dir(args)
     for set_name in ("brain", "knee"):
-        for index, figure in enumerate(sorted((output / f"{set_name}-uncertainty").glob("*/uncertainty_calibration.png"))):
+        # this plan's rows only: a folder of a row that changed since (another setting) is not its figure
+        for index, figure in enumerate(f for f in calibrations[set_name] if f.is_file()):
             shutil.copy(figure, figures / f"quality_{set_name}_uncertainty_calibration_{index}.png")
     return rows_by_set["brain"], rows_by_set["knee"]
 
