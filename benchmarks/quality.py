@@ -600,9 +600,10 @@ def beyond_part(args, plan: dict, parts: Parts, shared: Shared, eval_volumes: li
                                                            + ("-tta" if row.get("adapt_tta") else "")
                                                            + ("-rot" if rotated else "")
                                                            + (f"-p{patch[0][0]}" if patch else ""))
+                newer = [*(rotated or [[]]), *patch] if patch else rotated  # tta_angles, then adapt_patch
                 rows.extend(parts.run(f"score {adapted_label(row, steps)} ({set_name})", score_set, volumes, k,
                                       [method], folder, axis, False, False, UNCERTAINTY_SMOOTHING_VOXELS, steps,
-                                      bool(row.get("adapt_tta")), *(rotated or ([[]] if patch else [])), *patch))
+                                      bool(row.get("adapt_tta")), *newer))
         rows_by_set[set_name] = rows
 
     from slicesr.evaluate import write_metrics

@@ -279,9 +279,7 @@ def evaluate(hr_inputs: list[str], k: int | None, methods: str | list[str], outp
     if profile != "point" and not (thickness_mm and thickness_mm > 0):
         raise ValueError(f"the {profile} slice profile needs a positive slice thickness (--slice-thickness MM)")
     tta_angles = check_tta_angles(tta_angles)
-    adapt_patch = check_adapt_patch(adapt_patch, k)
-    if adapt_patch and not adapt_steps:
-        raise ValueError("--adapt-patch is the patch of the per-scan adaptation: it needs --adapt-steps")
+    adapt_patch = check_adapt_patch(adapt_patch, k, adapt_steps)
     tta = tta or uncertainty or bool(tta_angles)
     loaded: dict[str, Method] = {}
     for label, spec in parse_methods(methods):

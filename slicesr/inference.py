@@ -370,10 +370,13 @@ def check_adaptable(method: Method) -> None:
         raise ValueError(f"{method.label} cannot be adapted to a scan (--adapt-steps): only stage II generators can")
 
 
-def check_adapt_patch(patch, k: int | None = None) -> tuple[int, int, int] | None:
-    """The per-scan adaptation's training patch (slices, rows, cols), or None for the model's own."""
+def check_adapt_patch(patch, k: int | None = None, adapt_steps: int | None = None) -> tuple[int, int, int] | None:
+    """The per-scan adaptation's training patch (slices, rows, cols), or None for the model's own; with
+    `adapt_steps`, a patch without any adaptation is refused."""
     if patch is None:
         return None
+    if adapt_steps is not None and not adapt_steps:
+        raise ValueError("--adapt-patch is the patch of the per-scan adaptation: it needs --adapt-steps")
     values = tuple(patch)
     if len(values) != 3 or any(isinstance(v, bool) or int(v) != v or v < 1 for v in values):
         raise ValueError(f"an adaptation patch is 3 positive whole numbers (slices, rows, cols), got {patch!r}")
@@ -483,7 +486,7 @@ def predict(volume: Volume, method: Method, k: int | None, slice_axis: int | str
     if uncertainty_smoothing_voxels < 0:
         raise ValueError(f"uncertainty_smoothing_voxels must be 0 or more, got {uncertainty_smoothing_voxels}")
     tta_angles = check_tta_angles(tta_angles)
-    adapt_patch = check_adapt_patch(adapt_patch)
+    adapt_patch = check_adapt_patch(adapt_patch, adapt_steps=adapt_steps)
     tta = tta or uncertainty or bool(tta_angles)
     if tta:
         check_tta(method)
@@ -788,9 +791,7 @@ def infer_files(inputs: list[str], output: str, method: Method, k: int, slice_ax
     on the slices rotated in-plane by these angles as well (`predict`; `tta` implied); `adapt_patch`: the
     adaptation's training patch instead of the model's (`Method.adapted`)."""
     tta_angles = check_tta_angles(tta_angles)
-    adapt_patch = check_adapt_patch(adapt_patch, k)
-    if adapt_patch and not adapt_steps:
-        raise ValueError("--adapt-patch is the patch of the per-scan adaptation: it needs --adapt-steps")
+    adapt_patch = check_adapt_patch(adapt_patch, k, adapt_steps)
     tta = tta or bool(tta_angles)
     if tta or uncertainty:
         check_tta(method)
