@@ -7,8 +7,8 @@ Ratios: one stage II model trained once over `ratio_range` (sr.ratio_range) and 
 ratio alone (`fixed`: their LR training scans decimated by that ratio; `alone_on_range_scans`: the range
 model's own scans with a range of one value, sr.ratio_range [r, r]), the same steps each, all without
 HR (the plan's supervision: in-plane pairs of the LR training scans); `range_variants`: the one model
-trained otherwise (`steps`: longer; `init_from_fixed: r`: starting from the ratio-r model, sr.init_from),
-each its own column. Each is scored with `slicesr
+trained otherwise (`steps`: longer; `init_from_fixed: r`: starting from the ratio-r model, sr.init_from;
+`set`: settings of its own, e.g. sr.ratio_integer_share), each its own column. Each is scored with `slicesr
 evaluate --lr-spacing` at every ratio of `ratios` on each held-out brain (LR slices at i x ratio HR
 slices; non-integer ratios included), beside linear and cubic.
 Thickness (at K = `thickness.k`): the LR scans simulated with each slice profile (box of n HR slices: a
@@ -118,6 +118,7 @@ def ratio_part(args, plan: dict, parts: Parts, lr_store, model, runs: Path) -> t
         extra = [f"sr.ratio_range=[{low}, {high}]"]
         if "init_from_fixed" in variant:
             extra.append(f"sr.init_from={fixed[variant['init_from_fixed']]}")
+        extra += variant.get("set", [])  # its own settings, e.g. sr.ratio_integer_share
         variants[variant["name"]] = parts.run(
             f"ratios {low:g} to {high:g}, {variant['name']}", train_sr, plan["sr_config"],
             {**settings, "steps": variant.get("steps", plan["steps"])}, seed, range_k,

@@ -143,6 +143,10 @@ class SrConfig:
     # [low, high]: each training pair is degraded at its own spacing ratio drawn uniformly from this range
     # (real numbers), so that one model serves every ratio in it (infer --spacing); empty: the ratio sr.k.
     ratio_range: list[float] = field(default_factory=list)
+    # The share of those pairs drawn at one of the range's integer ratios instead (each integer equally
+    # likely; slicesr.stage2.data.draw_ratios): a fractional ratio's acquired lines are linear samples between
+    # grid lines (blurred), an integer ratio's are sharp, as a scan's acquired slices. 0: uniform only.
+    ratio_integer_share: float = 0.0
     # The slice profile of T in the training pairs (slicesr.degradation): point (the paper), or box /
     # gaussian (FWHM) of slice_thickness mm: a model for thick clinical slices (it copies nothing back).
     slice_profile: Literal["point", "box", "gaussian"] = "point"
@@ -180,6 +184,12 @@ class SrConfig:
                      f"sr.patch_size[0] ({self.patch_size[0]}) must span the largest ratio of sr.ratio_range + 1")
             _require(self.loss_slices == "all", "sr.loss_slices: missing is for a single ratio (sr.k); with "
                      "sr.ratio_range use all")
+        _require(0 <= self.ratio_integer_share <= 1,
+                 f"sr.ratio_integer_share must be in [0, 1], got {self.ratio_integer_share}")
+        if self.ratio_integer_share > 0:
+            _require(bool(self.ratio_range) and math.floor(self.ratio_range[1]) >= math.ceil(self.ratio_range[0]),
+                     f"sr.ratio_integer_share needs an sr.ratio_range holding an integer ratio, got "
+                     f"{self.ratio_range or 'none'}")
         _require(self.slice_thickness >= 0, f"sr.slice_thickness must be 0 (from the scans' BIDS sidecars) or "
                  f"a thickness in mm, got {self.slice_thickness}")
         _require(self.slice_profile == "point" or self.loss_slices == "all",

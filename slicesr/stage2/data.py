@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -57,6 +58,26 @@ def degraded_pair_ratios(hr: torch.Tensor, ratios: list[float], profile: str = "
     return inputs, target
 
 
+def draw_ratios(count: int, ratio_range: tuple[float, float], integer_share: float, generator: torch.Generator
+                ) -> list[float]:
+    """`count` spacing ratios from [low, high]: uniform, except that a share `integer_share` of them (each
+    with that probability) is one of the range's integers, equally likely. At a fractional ratio the point
+    profile takes its acquired lines linearly between two grid lines, slightly blurred, while at an integer
+    ratio they are sharp grid lines, as a scan's acquired slices are at inference: a range model drawn
+    uniformly almost never sees sharp ones (benchmarks/NOTES.md, sixteenth and seventeenth sessions).
+    With no integer share the draw (and the generator's use) is the uniform one of earlier models."""
+    low, high = ratio_range
+    ratios = (low + (high - low) * torch.rand(count, generator=generator, dtype=torch.float64)).tolist()
+    if integer_share <= 0:
+        return ratios
+    integers = list(range(math.ceil(low), math.floor(high) + 1))
+    if not integers:
+        raise ValueError(f"an integer share of the ratio draw needs an integer in the ratio range {list(ratio_range)}")
+    pick = torch.rand(count, generator=generator, dtype=torch.float64).tolist()
+    which = torch.randint(0, len(integers), (count,), generator=generator).tolist()
+    return [float(integers[i]) if p < integer_share else r for r, p, i in zip(ratios, pick, which)]
+
+
 @dataclass(frozen=True)
 class Degradation:
     """How stage II degrades its training pairs: the ratio K or a range of ratios, and the slice profile
@@ -66,16 +87,16 @@ class Degradation:
     ratio_range: tuple[float, float] | None = None
     profile: str = "point"
     thickness_mm: float = 0.0
+    integer_share: float = 0.0  # of the pairs of a range drawn at an integer ratio (`draw_ratios`)
 
     def pair(self, hr: torch.Tensor, line_spacing_mm: list[float], generator: torch.Generator
              ) -> tuple[torch.Tensor, torch.Tensor]:
         """The (input, target) of HR patches or planes whose lines are `line_spacing_mm` apart (one per
-        pair): at the ratio K, or at a ratio drawn uniformly from `ratio_range` per pair (`generator`)."""
+        pair): at the ratio K, or at a ratio drawn from `ratio_range` per pair (`draw_ratios`)."""
         if not self.ratio_range and self.profile == "point":
             return degraded_pair(hr, self.k)
         if self.ratio_range:
-            low, high = self.ratio_range
-            ratios = (low + (high - low) * torch.rand(hr.shape[0], generator=generator, dtype=torch.float64)).tolist()
+            ratios = draw_ratios(hr.shape[0], self.ratio_range, self.integer_share, generator)
         else:
             ratios = [float(self.k)] * hr.shape[0]
         thicknesses = None if self.profile == "point" else [self.thickness_mm / s for s in line_spacing_mm]

@@ -112,7 +112,8 @@ class Stage2Trainer(TrainingLoop):
             self.slice_thickness = thickness_from_sidecars(self.store, self.train_ids + self.val_ids)
             self.thickness_source = "BIDS sidecars (SliceThickness)"
             log.info("slice thickness %g mm from the scans' BIDS sidecars", self.slice_thickness)
-        self.degradation = Degradation(sr.k, tuple(sr.ratio_range) or None, sr.slice_profile, self.slice_thickness)
+        self.degradation = Degradation(sr.k, tuple(sr.ratio_range) or None, sr.slice_profile, self.slice_thickness,
+                                       sr.ratio_integer_share)
         self.lr_store_url = ""
         if sr.supervision != "inplane":
             aligned = sr.supervision in ("synthetic", "both")
@@ -183,6 +184,7 @@ class Stage2Trainer(TrainingLoop):
                 "model_size": asdict(generator_size(self.config)), "training_store": self.store.url,
                 "train_scans": self.train_ids, "val_scans": self.val_ids, f"best_{self.val_metric}": self.best_val,
                 **({"ratio_range": [float(r) for r in sr.ratio_range]} if sr.ratio_range else {}),
+                **({"ratio_integer_share": sr.ratio_integer_share} if sr.ratio_integer_share else {}),
                 "slice_profile": sr.slice_profile, "validation": sr.validation,
                 **({"holdout_ratios": sr.holdout_ratios()} if sr.validation == "lr_holdout" else {}),
                 **({"init_from": sr.init_from} if sr.init_from else {}),
@@ -202,6 +204,8 @@ class Stage2Trainer(TrainingLoop):
             sr["inplane_fraction"], sr["lr_store"] = c.sr.inplane_fraction, self.lr_store_url
         if c.sr.ratio_range:
             sr["ratio_range"] = list(c.sr.ratio_range)
+        if c.sr.ratio_integer_share:  # older checkpoints (the uniform draw) resume unchanged
+            sr["ratio_integer_share"] = c.sr.ratio_integer_share
         if c.sr.slice_profile != "point":
             sr["slice_profile"], sr["slice_thickness"] = c.sr.slice_profile, c.sr.slice_thickness
         if c.sr.validation != "patches":

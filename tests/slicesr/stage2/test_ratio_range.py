@@ -10,7 +10,7 @@ import torch
 
 from slicesr.cli import main
 from slicesr.config import load_config
-from slicesr.stage2.data import degraded_pair, degraded_pair_ratios, ratio_matrix
+from slicesr.stage2.data import degraded_pair, degraded_pair_ratios, draw_ratios, ratio_matrix
 from slicesr.stage2.train import Stage2Trainer
 from tests.slicesr.test_inference import _lr_file
 
@@ -29,7 +29,40 @@ def test_pairs_at_any_ratio():
     torch.testing.assert_close(target[2, :, :13], hr[2, :, :13], rtol=0, atol=0)
 
 
+def test_a_share_of_the_ratio_draw_at_the_integers_of_the_range():
+    uniform = draw_ratios(4000, (2.0, 6.0), 0.0, torch.Generator().manual_seed(0))
+    assert uniform == (2 + 4 * torch.rand(4000, generator=torch.Generator().manual_seed(0), dtype=torch.float64)).tolist()
+    assert sum(r == int(r) for r in uniform) == 0  # as earlier models drew
+    mixed = draw_ratios(4000, (2.0, 6.0), 0.5, torch.Generator().manual_seed(0))
+    integers = [r for r in mixed if r == int(r)]
+    assert 0.45 < len(integers) / len(mixed) < 0.55
+    assert {int(r) for r in integers} == {2, 3, 4, 5, 6}
+    assert min(integers.count(i) for i in range(2, 7)) > 0.15 * len(integers)  # each integer equally likely
+    assert all(2 <= r <= 6 for r in mixed) and len(set(mixed) - set(integers)) > 1000  # the rest stays uniform
+    assert set(draw_ratios(50, (2.5, 3.5), 1.0, torch.Generator().manual_seed(1))) == {3.0}
+    with pytest.raises(ValueError, match="needs an integer in the ratio range"):
+        draw_ratios(4, (2.2, 2.8), 0.5, torch.Generator())
+
+
+def test_the_trainer_draws_integer_ratios_when_asked(sr_config):
+    """sr.ratio_integer_share reaches the pairs (an integer ratio's pair is degraded_pair's at that K), the
+    model's metadata and the run's identity (a run of another draw does not resume from it)."""
+    trainer = Stage2Trainer(sr_config("sr.ratio_range=[2, 4]", "sr.ratio_integer_share=1", "run.name=ints",
+                                      "model.name=throughplane2d", "sr.patch_size=[13,8,8]"))
+    inputs, target = trainer.sampler.sample(6, torch.Generator().manual_seed(0))
+    exact = {k: degraded_pair(target, k)[0] for k in (2, 3, 4)}
+    for index in range(inputs.shape[0]):  # every pair is one of the integer ratios' exact pairs
+        assert min(float((inputs[index] - exact[k][index]).abs().max()) for k in exact) < 1e-5
+    assert trainer.metadata()["ratio_integer_share"] == 1.0
+    assert trainer.identity()["sr"]["ratio_integer_share"] == 1.0
+    plain = Stage2Trainer(sr_config("sr.ratio_range=[2, 4]", "run.name=uniform", "model.name=throughplane2d"))
+    assert "ratio_integer_share" not in plain.metadata() and "ratio_integer_share" not in plain.identity()["sr"]
+
+
 @pytest.mark.parametrize("overrides, message", [
+    (["sr.ratio_integer_share=0.5"], "needs an sr.ratio_range holding an integer ratio"),
+    (["sr.ratio_range=[2.2, 2.8]", "sr.ratio_integer_share=0.5"], "needs an sr.ratio_range holding an integer"),
+    (["sr.ratio_range=[2, 4]", "sr.ratio_integer_share=1.5"], r"sr.ratio_integer_share must be in \[0, 1\]"),
     (["sr.ratio_range=[1, 4]"], "1 < low <= high"),
     (["sr.ratio_range=[2, 9]"], "must span the largest ratio"),
     (["sr.ratio_range=[2, 4]", "sr.loss_slices=missing"], "sr.loss_slices: missing"),
