@@ -118,6 +118,9 @@ def _degrade(args: argparse.Namespace) -> int:
         raise UsageError(f"output {args.output} is a file, not a folder")
     if args.slice_profile != "point" and not (args.slice_thickness and args.slice_thickness > 0):
         raise UsageError(f"--slice-profile {args.slice_profile} needs a positive --slice-thickness MM")
+    if args.slice_profile == "point" and args.slice_thickness:
+        log.warning("--slice-thickness %g mm is not used with the point profile (every K-th slice kept as it is); "
+                    "give --slice-profile box or gaussian for thick slices", args.slice_thickness)
     axis = args.slice_axis if args.slice_axis == "auto" else int(args.slice_axis)
     written, failures = degrade_files(args.input, args.output, args.k, axis, args.slice_profile, args.slice_thickness)
     profile = "" if args.slice_profile == "point" else f", {args.slice_profile} profile of {args.slice_thickness:g} mm"

@@ -206,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "sqlite:///mlflow.db)")
     infer.add_argument("--k", type=int, default=None, help="slices per acquired gap (default: the model's)")
     infer.add_argument("--spacing", type=float, default=None, metavar="MM",
-                       help="the output's slice spacing in mm instead of --k (any value up to the input spacing; "
+                       help="the output's slice spacing in mm instead of --k (any value below the input spacing; "
                        "one that divides it by an integer K is --k K)")
     infer.add_argument("--slice-axis", default="auto", choices=["auto", "0", "1", "2"])
     infer.add_argument("--no-keep-acquired", action="store_true", help="take the network's output at acquired slices too")

@@ -278,6 +278,9 @@ def evaluate(hr_inputs: list[str], k: int | None, methods: str | list[str], outp
         raise ValueError(f"unknown slice profile {profile!r} (one of {', '.join(PROFILES)})")
     if profile != "point" and not (thickness_mm and thickness_mm > 0):
         raise ValueError(f"the {profile} slice profile needs a positive slice thickness (--slice-thickness MM)")
+    if profile == "point" and thickness_mm:
+        log.warning("--slice-thickness %g mm is not used with the point profile (the paper's T keeps slices as they "
+                    "are); give --slice-profile box or gaussian to simulate thick slices", thickness_mm)
     tta_angles = check_tta_angles(tta_angles)
     adapt_patch = check_adapt_patch(adapt_patch, k, adapt_steps)
     tta = tta or uncertainty or bool(tta_angles)
@@ -359,7 +362,8 @@ def evaluate(hr_inputs: list[str], k: int | None, methods: str | list[str], outp
         except Exception as exc:  # a bad volume is listed; the others are still scored
             log.debug("evaluation of %s failed", path, exc_info=True)
             result.failures.append({"source": path, "error": f"{type(exc).__name__}: {exc}"})
-    _write_outputs(result, folder, k, figures)
+    _write_outputs(result, folder, f"LR spacing {lr_spacing:g} mm" if lr_spacing is not None else f"K = {k}",
+                   figures)
     return result
 
 
@@ -381,13 +385,13 @@ def read_metrics(path: Path) -> list[dict]:
                  for key, value in row.items()} for row in csv.DictReader(handle)]
 
 
-def _write_outputs(result: EvaluationResult, folder: Path, k: int, figures: bool = False) -> None:
+def _write_outputs(result: EvaluationResult, folder: Path, simulated: str, figures: bool = False) -> None:
     write_metrics(result.rows, folder / "metrics.csv")
     if result.calibration:
         (folder / "calibration.json").write_text(json.dumps(result.calibration, indent=1))
         if figures:
             _calibration_figure(result.calibration, folder / "uncertainty_calibration.png")
-    lines = [f"# Evaluation (K = {k})", "",
+    lines = [f"# Evaluation ({simulated})", "",
              "Mean ± SD over volumes. Missing = the slices the degradation removed (primary); all = every slice "
              "from the first to the last kept one. HR min-max normalisation, SSIM per slice with data_range=1.",
              "", result.summary_table(), ""]

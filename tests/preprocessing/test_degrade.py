@@ -47,7 +47,7 @@ def test_degrade_cli_exit_codes(tmp_path, capsys):
     assert main(["--input", str(tmp_path / "in")]) == 2
 
 
-def test_degrade_with_a_thick_slice_profile(tmp_path, capsys):
+def test_degrade_with_a_thick_slice_profile(tmp_path, capsys, caplog):
     from slicesr.degradation import profile_weights
 
     rng = np.random.default_rng(1)
@@ -65,3 +65,7 @@ def test_degrade_with_a_thick_slice_profile(tmp_path, capsys):
     assert main(["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out2"), "--k", "4",
                  "--slice-profile", "gaussian"]) == 2
     assert "needs a positive --slice-thickness" in capsys.readouterr().err
+    assert main(["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out3"), "--k", "4",
+                 "--slice-thickness", "4.5"]) == 0  # the point profile: slices kept as they are, and said so
+    np.testing.assert_array_equal(nib.load(tmp_path / "out3" / "knee.nii.gz").get_fdata(), data[..., ::4])
+    assert "is not used with the point profile" in caplog.text

@@ -204,7 +204,7 @@ def test_calibration_deciles_follow_the_error():
     np.testing.assert_allclose(curve["abs_error"], curve["uncertainty"])
 
 
-def test_lr_spacing_and_slice_profiles(tmp_path, capsys):
+def test_lr_spacing_and_slice_profiles(tmp_path, capsys, caplog):
     """A non-integer LR spacing (2.5 HR slices) and a thick-slice profile: the HR grid is reconstructed and
     scored on the slices that are not within half a slice of an acquired centre."""
     from slicesr.evaluate import missing_slices, scored_slices
@@ -217,6 +217,7 @@ def test_lr_spacing_and_slice_profiles(tmp_path, capsys):
                  "--output", str(out), "--no-figures"]) == 0
     rows = read_metrics(out / "metrics.csv")
     assert [r["ratio"] for r in rows] == [2.5, 2.5] and all(np.isfinite(r["psnr_missing"]) for r in rows)
+    assert (out / "summary.md").read_text().startswith("# Evaluation (LR spacing 5 mm)")
     assert main(["evaluate", path, "--k", "4", "--slice-profile", "box", "--slice-thickness", "6", "--slice-axis", "2",
                  "--methods", "linear", "--output", str(tmp_path / "box"), "--no-figures"]) == 0
     box = read_metrics(tmp_path / "box" / "metrics.csv")[0]
@@ -226,3 +227,8 @@ def test_lr_spacing_and_slice_profiles(tmp_path, capsys):
     assert main(["evaluate", path, "--k", "4", "--slice-profile", "gaussian", "--methods", "linear",
                  "--output", str(out)]) == 2
     assert "slice thickness" in capsys.readouterr().err
+    assert main(["evaluate", path, "--k", "4", "--slice-thickness", "6", "--slice-axis", "2", "--methods", "linear",
+                 "--output", str(tmp_path / "point"), "--no-figures"]) == 0  # scored with the point profile ...
+    assert read_metrics(tmp_path / "point" / "metrics.csv")[0]["profile"] == "point"
+    assert (tmp_path / "point" / "summary.md").read_text().startswith("# Evaluation (K = 4)")
+    assert "is not used with the point profile" in caplog.text  # ... and said so

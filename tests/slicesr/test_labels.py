@@ -93,6 +93,13 @@ def test_labels_on_another_grid_are_refused(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "seg.nii.gz" in err and "differs from the scan" in err
     assert not (tmp_path / "sr.nii.gz").exists() and not (tmp_path / "sr_labels.nii.gz").exists()
+    shifted = affine.copy()
+    shifted[:3, 3] = [0.0, 2.0, 0.0]  # the same shape, 2 mm away: not the scan's grid either
+    nib.save(nib.Nifti1Image(np.zeros((40, 40, 5), np.int16), shifted), tmp_path / "seg.nii.gz")
+    assert main(["infer", image, "--output", str(tmp_path / "sr.nii.gz"), "--model", "linear", "--k", "4",
+                 "--labels", str(tmp_path / "seg.nii.gz")]) == 2
+    assert "differs from the scan" in capsys.readouterr().err
+    assert not (tmp_path / "sr.nii.gz").exists() and not (tmp_path / "sr_labels.nii.gz").exists()
 
 
 def test_touching_labels_leave_no_background_seam():

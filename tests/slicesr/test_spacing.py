@@ -8,7 +8,7 @@ import torch
 from slicesr.cli import main
 from slicesr.geometry import scale_axis, world_coordinates
 from slicesr.inference import output_grid
-from tests.slicesr.test_inference import _lr_file
+from tests.slicesr.test_inference import ORIENTATIONS, _lr_file
 from tests.slicesr.test_inference_tta import model_dir
 
 
@@ -27,7 +27,8 @@ def test_output_grid_for_a_spacing():
             output_grid(5, 4.0, spacing_mm=bad)
 
 
-@pytest.mark.parametrize("orientation, slice_axis", [("oblique", 1), ("lps", 2), ("pir", 0)])
+@pytest.mark.parametrize("orientation", sorted(ORIENTATIONS))
+@pytest.mark.parametrize("slice_axis", [0, 1, 2])
 def test_linear_at_a_spacing_keeps_geometry_and_acquired_slices(tmp_path, orientation, slice_axis):
     path, data, affine = _lr_file(tmp_path, orientation, slice_axis, n=5)  # slice spacing 4 mm
     out = tmp_path / "sr.nii.gz"
@@ -79,17 +80,28 @@ def test_spacing_errors(tmp_path, capsys):
     assert main(["infer", path, "--output", out, "--model", generator, "--spacing", str(4 / 3)]) == 0
 
 
-def test_labels_follow_the_spacing(tmp_path):
+@pytest.mark.parametrize("orientation, slice_axis", [("ras", 2), ("pir", 0), ("oblique", 1)])
+def test_labels_follow_the_spacing(tmp_path, orientation, slice_axis):
     from tests.slicesr.test_labels import disc_stack
 
-    labels = np.moveaxis(disc_stack(), 0, 2)
-    affine = np.diag([0.8, 0.8, 4.0, 1.0])
+    labels = np.moveaxis(disc_stack(), 0, slice_axis)  # 5 slices of discs that grow and move
+    spacing = np.array([0.8, 0.8, 0.8])
+    spacing[slice_axis] = 4.0
+    affine = np.eye(4)
+    affine[:3, :3] = ORIENTATIONS[orientation] @ np.diag(spacing)
     image = tmp_path / "scan.nii.gz"
     nib.save(nib.Nifti1Image((labels * 10.0).astype(np.float32), affine), image)
     nib.save(nib.Nifti1Image(labels.astype(np.int16), affine), tmp_path / "seg.nii.gz")
     assert main(["infer", str(image), "--output", str(tmp_path / "sr.nii.gz"), "--model", "linear", "--spacing", "1.6",
                  "--labels", str(tmp_path / "seg.nii.gz")]) == 0
     out, carried = nib.load(tmp_path / "sr.nii.gz"), nib.load(tmp_path / "sr_labels.nii.gz")
-    assert carried.shape == out.shape == (40, 40, 11)
+    expected = list(labels.shape)
+    expected[slice_axis] = 11  # ratio 2.5
+    assert carried.shape == out.shape == tuple(expected)
     np.testing.assert_allclose(carried.affine, out.affine)
-    np.testing.assert_array_equal(np.asarray(carried.dataobj)[..., [0, 5, 10]], labels[..., [0, 2, 4]])
+    result, source = np.moveaxis(np.asarray(carried.dataobj), slice_axis, 0), np.moveaxis(labels, slice_axis, 0)
+    np.testing.assert_array_equal(result[[0, 5, 10]], source[[0, 2, 4]])  # acquired slices, as they were
+    assert set(np.unique(result)) <= set(np.unique(source))  # no label invented
+    for j in range(11):  # between two acquired slices each voxel takes one of its two bracketing labels
+        below, above = source[int(np.floor(j / 2.5))], source[min(int(np.ceil(j / 2.5)), 4)]
+        assert np.all((result[j] == below) | (result[j] == above)), j
