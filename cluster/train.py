@@ -63,8 +63,9 @@ def resolve_paths(config: Config) -> Config:
     from cluster.tracking import absolute_tracking_uri
 
     if os.environ.get(JOB_ENV):
-        relative = [key for key, value in (("data.store", config.data.store), ("run.storage_path", config.run.storage_path))
-                    if not _is_uri(value) and not Path(value).is_absolute()]
+        relative = [key for key, value in (("data.store", config.data.store), ("data.lr_store", config.data.lr_store),
+                                           ("run.storage_path", config.run.storage_path))
+                    if value and not _is_uri(value) and not Path(value).is_absolute()]
         if config.tracking.uri.startswith("sqlite:///") and not config.tracking.uri.startswith("sqlite:////"):
             relative.append("tracking.uri")
         if relative:
@@ -72,6 +73,8 @@ def resolve_paths(config: Config) -> Config:
                              "copy of the working folder, which Ray deletes; give absolute paths or URIs")
 
     config.data.store = absolute(config.data.store)
+    if config.data.lr_store:  # sr.supervision both: the in-plane pairs' LR store, opened by every worker
+        config.data.lr_store = absolute(config.data.lr_store)
     config.run.storage_path = absolute(config.run.storage_path)
     config.tracking.uri = absolute_tracking_uri(config.tracking.uri)
     return config

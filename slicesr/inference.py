@@ -201,14 +201,18 @@ class GeneratorUpsampling(Method):
         planes adapts in half the time on planes half as long (benchmarks/NOTES.md)."""
         import copy
 
+        from slicesr.stage2.data import Degradation
         from slicesr.stage2.inplane import InplanePairSampler
         from slicesr.stage2.train import PLANE_GENERATORS
 
         config = self.config
         depth, rows, cols = check_adapt_patch(patch, k) or config.sr.patch_size
         length = max(k + 1, (depth - 1) // k * k + 1)  # K*m + 1 lines: pairs start and end on kept lines
-        sampler = InplanePairSampler.from_scan(slices, spacing_mm, (length, rows, cols), k,
-                                               config.sr.min_foreground, planes=config.model.name in PLANE_GENERATORS)
+        # the pairs degraded as the model's were: a thick-slice model adapts on its own slice profile
+        degradation = Degradation(k, profile=self.slice_profile,
+                                  thickness_mm=float(self.metadata.get("slice_thickness_mm") or 0.0))
+        sampler = InplanePairSampler.from_scan(slices, spacing_mm, (length, rows, cols), k, config.sr.min_foreground,
+                                               planes=config.model.name in PLANE_GENERATORS, degradation=degradation)
         model = copy.deepcopy(self.model).train()
         optimizer = torch.optim.Adam(model.parameters(), lr=config.train.lr)
         generator = torch.Generator().manual_seed(config.train.seed)

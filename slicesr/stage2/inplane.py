@@ -90,9 +90,11 @@ class InplanePairSampler(WindowSampler):
 
     @classmethod
     def from_scan(cls, slices: np.ndarray, spacing_mm: tuple[float, float, float], patch_size: tuple[int, int, int],
-                  k: int, min_foreground: float = 0.0, planes: bool = False) -> InplanePairSampler:
+                  k: int, min_foreground: float = 0.0, planes: bool = False,
+                  degradation: Degradation | None = None) -> InplanePairSampler:
         """Pairs from one scan in memory (normalised slices, slice axis first): per-scan adaptation."""
-        return cls(ScanInMemory(slices, spacing_mm), [ScanInMemory.SCAN_ID], patch_size, k, min_foreground, planes)
+        return cls(ScanInMemory(slices, spacing_mm), [ScanInMemory.SCAN_ID], patch_size, k, min_foreground, planes,
+                   degradation)
 
     def read(self, scan_id: str, depth: int, size: tuple[int, int], degraded_axis: int,
              generator: torch.Generator) -> np.ndarray:

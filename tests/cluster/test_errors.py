@@ -81,6 +81,19 @@ def test_relative_paths_are_refused_inside_a_ray_job(args, tmp_path, capsys, mon
     assert "run.storage_path: relative paths inside a Ray job" in capsys.readouterr().err
     assert main([*args("vae"), "--set", "tracking.uri=sqlite:///mlflow.db"]) == 2
     assert "tracking.uri" in capsys.readouterr().err
+    assert main([*args("sr"), "--set", "data.lr_store=lr.zarr"]) == 2
+    assert "data.lr_store: relative paths inside a Ray job" in capsys.readouterr().err
+
+
+def test_the_lr_store_is_made_absolute_for_the_workers(tmp_path, monkeypatch):
+    from cluster.train import resolve_paths
+    from slicesr.config import load_config
+
+    monkeypatch.chdir(tmp_path)
+    debug = Path(__file__).resolve().parents[2] / "configs" / "debug" / "stage2.yaml"
+    config = resolve_paths(load_config(str(debug), ["data.store=hr.zarr", "data.lr_store=lr.zarr",
+                                                    "run.storage_path=runs"]))
+    assert config.data.lr_store == str(tmp_path / "lr.zarr") and config.data.store == str(tmp_path / "hr.zarr")
 
 
 def test_training_failures_name_the_workers_error():

@@ -186,6 +186,36 @@ def test_adaptation_on_a_patch_of_its_own(tmp_path, capsys, monkeypatch):
     assert not (tmp_path / "bad.nii.gz").exists()
 
 
+def test_a_thick_slice_model_adapts_on_its_own_slice_profile(tmp_path, monkeypatch):
+    """The adaptation's pairs are degraded as the model's training pairs were (box of its thickness here), not
+    with the point profile: a thick-slice model would otherwise learn to restore the wrong acquired lines."""
+    from slicesr.inference import load_method
+    from slicesr.stage2.inplane import InplanePairSampler
+
+    config = load_config("configs/debug/stage2.yaml", ["model.name=throughplane2d", "sr.k=3", "sr.patch_size=[7,12,12]"])
+    torch.manual_seed(1)
+    write_model_dir(tmp_path / "thick", build_generator(generator_size(config)).state_dict(), config,
+                    {"stage": "sr", "k": 3, "method": "thick", "slice_profile": "box", "slice_thickness_mm": 8.0})
+    seen = []
+    from_scan = InplanePairSampler.from_scan.__func__
+
+    def spy(cls, *args, **kwargs):
+        sampler = from_scan(cls, *args, **kwargs)
+        seen.append(sampler.degradation)
+        return sampler
+
+    monkeypatch.setattr(InplanePairSampler, "from_scan", classmethod(spy))
+    slices = np.random.default_rng(0).random((5, 12, 12)).astype(np.float32)
+    for model in (str(tmp_path / "thick"), model_dir(tmp_path / "point", "throughplane2d")):
+        load_method(model).adapted(slices, (12.0, 1.0, 1.0), 3, 1)
+    assert [(d.profile, d.thickness_mm, d.k) for d in seen] == [("box", 8.0, 3), ("point", 0.0, 3)]
+    hr = torch.rand(2, 1, 7, 12)
+    thick, _ = seen[0].pair(hr, [4.0, 4.0], torch.Generator())
+    point, _ = seen[1].pair(hr, [4.0, 4.0], torch.Generator())
+    torch.testing.assert_close(point[:, :, ::3], hr[:, :, ::3])  # the point profile keeps the acquired lines ...
+    assert (thick[:, :, 3] - hr[:, :, 3]).abs().max() > 0.05  # ... the box averages 2 lines about each
+
+
 def test_only_generators_adapt(tmp_path, capsys):
     path, _, _ = _lr_file(tmp_path, "ras", 2, n=4)
     assert main(["infer", path, "--output", str(tmp_path / "o.nii.gz"), "--model", "linear", "--k", "2",
