@@ -39,16 +39,21 @@ from slicesr.stage2.train import generator_size, method_label  # noqa: E402
 
 CPU_STAGE1, CPU_STAGE2, REFERENCE_STAGE2 = "configs/cpu/stage1.yaml", "configs/cpu/stage2.yaml", "configs/stage2.yaml"
 THROUGH_PLANE = ["model.name=throughplane2d", "model.num_layers=8", "model.num_filters=48"]
-# The rows: label, the config of the model (None: an interpolation baseline, the label is its name), overrides
-CASES = [("linear", None, []), ("cubic", None, []),
-         ("VAE-based up-sample (cpu stage I)", CPU_STAGE1, []),
-         ("DeepResolve (cpu)", CPU_STAGE2, []),
-         ("DCSRN (cpu)", CPU_STAGE2, ["model.name=dcsrn"]),
-         ("through-plane 2D (quality.yaml)", CPU_STAGE2, THROUGH_PLANE),
-         ("through-plane 2D (quality.yaml), --precision bfloat16", CPU_STAGE2, THROUGH_PLANE),
-         ("through-plane 2D, sub-pixel (quality.yaml)", CPU_STAGE2, [*THROUGH_PLANE, "model.subpixel=true"])]
-REFERENCE_CASES = [("DCSRN (reference)", REFERENCE_STAGE2, ["model.name=dcsrn"]),
-                   ("DeepResolve (reference)", REFERENCE_STAGE2, [])]
+SUBPIXEL = [*THROUGH_PLANE, "model.subpixel=true"]
+# The rows: label, the config of the model (None: an interpolation baseline, the label is its name), overrides,
+# and options of `slicesr infer`. The TTA rows time what the quality table's best knee row runs (benchmarks/
+# quality.yaml: the flips, and the flips of the slices turned 45 degrees as well).
+CASES = [("linear", None, [], []), ("cubic", None, [], []),
+         ("VAE-based up-sample (cpu stage I)", CPU_STAGE1, [], []),
+         ("DeepResolve (cpu)", CPU_STAGE2, [], []),
+         ("DCSRN (cpu)", CPU_STAGE2, ["model.name=dcsrn"], []),
+         ("through-plane 2D (quality.yaml)", CPU_STAGE2, THROUGH_PLANE, []),
+         ("through-plane 2D (quality.yaml), --precision bfloat16", CPU_STAGE2, THROUGH_PLANE, ["--precision", "bfloat16"]),
+         ("through-plane 2D, sub-pixel (quality.yaml)", CPU_STAGE2, SUBPIXEL, []),
+         ("through-plane 2D, sub-pixel (quality.yaml), --tta", CPU_STAGE2, SUBPIXEL, ["--tta"]),
+         ("through-plane 2D, sub-pixel (quality.yaml), --tta-angles 45", CPU_STAGE2, SUBPIXEL, ["--tta-angles", "45"])]
+REFERENCE_CASES = [("DCSRN (reference)", REFERENCE_STAGE2, ["model.name=dcsrn"], []),
+                   ("DeepResolve (reference)", REFERENCE_STAGE2, [], [])]
 # --quick: the same rows with the debug models
 QUICK_CONFIGS = {CPU_STAGE1: datasets.DEBUG_STAGE1, CPU_STAGE2: datasets.DEBUG_STAGE2,
                  REFERENCE_STAGE2: datasets.DEBUG_STAGE2}
@@ -128,15 +133,15 @@ def run(args) -> None:
     configs = QUICK_CONFIGS if args.quick else {}
     cases = []  # label, model, size, options of `slicesr infer`
     skipped = []
-    for index, (label, config_path, overrides) in enumerate(CASES + ([] if args.skip_reference else REFERENCE_CASES)):
-        if "bfloat16" in label and not (native_bfloat16() or args.quick):
+    for index, (label, config_path, overrides, options) in enumerate(CASES + ([] if args.skip_reference
+                                                                              else REFERENCE_CASES)):
+        if "bfloat16" in options and not (native_bfloat16() or args.quick):
             skipped.append(label)
             continue
         if config_path is None:
-            cases.append((label, label, "-", []))
+            cases.append((label, label, "-", options))
         else:
             config = load_config(configs.get(config_path, config_path), overrides)
-            options = ["--precision", "bfloat16"] if "bfloat16" in label else []
             cases.append((label, make_model(config, work / f"model{index}"), model_size(config), options))
     sr = load_config(configs.get(CPU_STAGE2, CPU_STAGE2)).sr
     out_shape = list(lr_data.shape)
