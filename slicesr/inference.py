@@ -748,6 +748,16 @@ def output_paths(files: list[str], output: str) -> list[str]:
     return targets
 
 
+def warn_stale_companions(target: str, uncertainty_written: bool, labels_written: bool) -> None:
+    """Warn of an uncertainty map or label map beside `target` that this run did not write: an earlier run's,
+    which no longer belongs to the output (left in place: nothing already written is deleted)."""
+    for written, path, what in ((uncertainty_written, uncertainty_path(target), "uncertainty map"),
+                                (labels_written, labels_path(target), "label map")):
+        if not written and os.path.exists(path):
+            log.warning("%s: an earlier run's %s lies beside this new output and does not belong to it: %s",
+                        target, what, path)
+
+
 def check_target_spacing(files: list[str], spacing_mm: float, slice_axis: int | str = "auto") -> None:
     """Refuse, before any work, a target spacing that is not positive or over an input's slice spacing
     (read from the headers; an unreadable file is left to be reported as that input's failure)."""
@@ -840,6 +850,7 @@ def infer_files(inputs: list[str], output: str, method: Method, k: int, slice_ax
             if spread is not None:
                 save_nifti_atomic(spread, uncertainty_path(target))
             save_nifti_atomic(image, target)
+            warn_stale_companions(target, uncertainty_written=spread is not None, labels_written=carried is not None)
             report.written.append(target)
             if adapt_steps:
                 report.adapt_seconds.append(prediction.adapt_seconds)

@@ -117,6 +117,18 @@ def test_uncertainty_map_beside_the_output(tmp_path, orientation, slice_axis):
     assert not (tmp_path / "tta_uncertainty.nii.gz").exists()
 
 
+def test_an_earlier_runs_map_beside_a_new_output_is_named(tmp_path, caplog):
+    path, _, _ = _lr_file(tmp_path, "ras", 2, n=5)
+    model = model_dir(tmp_path / "sr", "throughplane2d")
+    out = tmp_path / "sr.nii.gz"
+    assert main(["infer", path, "--output", str(out), "--model", model, "--uncertainty"]) == 0
+    assert "does not belong to it" not in caplog.text
+    before = (tmp_path / "sr_uncertainty.nii.gz").read_bytes()
+    assert main(["infer", path, "--output", str(out), "--model", model]) == 0  # no map this time
+    assert "earlier run's uncertainty map lies beside this new output" in caplog.text
+    assert (tmp_path / "sr_uncertainty.nii.gz").read_bytes() == before  # left as it was: nothing written is lost
+
+
 def test_untrained_generator_has_no_uncertainty(tmp_path):
     path, _, _ = _lr_file(tmp_path, "ras", 2, n=4)
     model = model_dir(tmp_path / "sr", "deepresolve", trained=False)  # = linear interpolation under every flip
