@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -94,13 +95,17 @@ def make_model(config: Config, folder: Path) -> str:
 
 
 def run_infer(lr_path: str, model: str, output: str, k: int, options: list[str]) -> tuple[float, float]:
-    started = time.perf_counter()
-    process = subprocess.Popen([sys.executable, "-m", "slicesr.cli", "infer", lr_path, "--output", output,
-                                "--model", model, "--k", str(k), *options], cwd=ROOT, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(process.pid, 0)
-    seconds = time.perf_counter() - started
-    stderr = process.stderr.read().decode(errors="replace")
+    # stderr into a file, not a pipe read after the wait: the progress bars of a long run (TTA) fill a pipe's
+    # buffer, and the process then blocks on its next write while we wait for it to end
+    with tempfile.TemporaryFile() as log_file:
+        started = time.perf_counter()
+        process = subprocess.Popen([sys.executable, "-m", "slicesr.cli", "infer", lr_path, "--output", output,
+                                    "--model", model, "--k", str(k), *options], cwd=ROOT, stdout=subprocess.DEVNULL,
+                                   stderr=log_file)
+        _, status, usage = os.wait4(process.pid, 0)
+        seconds = time.perf_counter() - started
+        log_file.seek(0)
+        stderr = log_file.read().decode(errors="replace")
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"slicesr infer failed with {model}:\n{stderr[-2000:]}")
     return seconds, usage.ru_maxrss / 1024  # KiB -> MiB
