@@ -474,6 +474,26 @@ def rotated_predictions(method: Method, slices: np.ndarray, k: int, rotation: In
         yield linear + rotation.backward(departure)
 
 
+def rotated_mean(method: Method, slices: np.ndarray, k: int, rotation: InPlaneRotation,
+                 progress: bool = False) -> tuple[np.ndarray, int]:
+    """The mean of `rotated_predictions` and how many predictions it holds, with one rotation back instead of
+    one per prediction: turning back is linear, so the mean of the departures from linear interpolation is
+    turned back once (what `predict` does when no uncertainty map needs the predictions one by one)."""
+    turned = rotation.forward(slices)
+    turned_linear = linear_slices(turned, k)
+    total, count = None, 0
+    for sample in method.augmented(turned, k, progress):
+        count += 1
+        if total is None:
+            total = np.subtract(sample, turned_linear, dtype=np.float32)
+        else:
+            total += sample
+            total -= turned_linear
+    del turned, turned_linear
+    total /= np.float32(count)
+    return linear_slices(slices, k) + rotation.backward(total), count
+
+
 def predict(volume: Volume, method: Method, k: int | None, slice_axis: int | str = "auto", keep_acquired: bool = True,
             progress: bool = False, tta: bool = False, uncertainty: bool = False, adapt_steps: int = 0,
             spacing_mm: float | None = None,
@@ -527,7 +547,18 @@ def predict(volume: Volume, method: Method, k: int | None, slice_axis: int | str
         adapt_seconds = time.perf_counter() - started
         log.info("adapted %s to the scan in %d steps: %.1f s", method.label, adapt_steps, adapt_seconds)
     spread = None
-    if tta:
+    if tta and not uncertainty:
+        out, count = None, 0
+        parts = itertools.chain(((sample, 1) for sample in method.augmented(normalised, k, progress)),
+                                (rotated_mean(method, normalised, k, rotation, progress) for rotation in rotations))
+        for part, weight in parts:
+            # a running mean, each part weighted by the number of predictions it averages
+            if out is None:
+                out = np.array(part, dtype=np.float32)
+            else:
+                out += (np.asarray(part, dtype=np.float32) - out) * np.float32(weight / (count + weight))
+            count += weight
+    elif tta:
         # Welford's running mean and sum of squared deviations, float32 and in place: 3 volumes besides the
         # sample, whatever the number of augmentations (float32 is ample for 8 or 16 of them)
         count, out, squares, delta = 0, None, None, None
