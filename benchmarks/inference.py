@@ -52,7 +52,13 @@ CASES = [("linear", None, [], []), ("cubic", None, [], []),
          ("through-plane 2D (quality.yaml), --precision bfloat16", CPU_STAGE2, THROUGH_PLANE, ["--precision", "bfloat16"]),
          ("through-plane 2D, sub-pixel (quality.yaml)", CPU_STAGE2, SUBPIXEL, []),
          ("through-plane 2D, sub-pixel (quality.yaml), --tta", CPU_STAGE2, SUBPIXEL, ["--tta"]),
-         ("through-plane 2D, sub-pixel (quality.yaml), --tta-angles 45", CPU_STAGE2, SUBPIXEL, ["--tta-angles", "45"])]
+         ("through-plane 2D, sub-pixel (quality.yaml), --tta-angles 45", CPU_STAGE2, SUBPIXEL, ["--tta-angles", "45"]),
+         ("through-plane 2D, sub-pixel (quality.yaml), --precision bfloat16", CPU_STAGE2, SUBPIXEL,
+          ["--precision", "bfloat16"]),
+         ("through-plane 2D, sub-pixel (quality.yaml), --tta --precision bfloat16", CPU_STAGE2, SUBPIXEL,
+          ["--tta", "--precision", "bfloat16"]),
+         ("through-plane 2D, sub-pixel (quality.yaml), --tta-angles 45 --precision bfloat16", CPU_STAGE2, SUBPIXEL,
+          ["--tta-angles", "45", "--precision", "bfloat16"])]
 REFERENCE_CASES = [("DCSRN (reference)", REFERENCE_STAGE2, ["model.name=dcsrn"], []),
                    ("DeepResolve (reference)", REFERENCE_STAGE2, [], [])]
 # --quick: the same rows with the debug models

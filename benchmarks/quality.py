@@ -73,7 +73,7 @@ def load_plan(path: Path, quick: bool) -> dict[str, Any]:
 
 
 BEYOND_ROW_KEYS = {"generator", "supervision", "steps", "uncertainty", "adapt_steps", "adapt_tta", "adapt_patch",
-                   "tta_angles", "set"}
+                   "tta_angles", "set", "then"}
 
 
 def check_beyond_rows(plan: dict[str, Any]) -> None:
@@ -96,6 +96,7 @@ def check_beyond_rows(plan: dict[str, Any]) -> None:
             if not is_count(row.get("steps")):
                 raise ValueError(f"the beyond row {row} needs a positive number of training `steps`")
             beyond_settings(plan, row)
+            then_settings(plan, row)
             adapt_counts(row)
             if not isinstance(row.get("adapt_tta", False), bool):
                 raise ValueError(f"the beyond row {row} has `adapt_tta: {row['adapt_tta']!r}`; it must be true or false")
@@ -418,6 +419,26 @@ def beyond_settings(plan: dict, row: dict) -> dict:
     return {"steps": row["steps"], "set": [*plan["generators"][row["generator"]]["set"], *own]}
 
 
+def then_settings(plan: dict, row: dict) -> dict | None:
+    """A beyond row's second phase (`then: {steps: N, set: [...]}`): its trained model trained N more steps
+    from its weights (sr.init_from) with its settings and `then`'s own after them (longer planes, say); None
+    without one. The architecture (model.*) stays the first phase's: the weights must fit it."""
+    then = row.get("then")
+    if then is None:
+        return None
+    if not isinstance(then, dict) or (unknown := sorted(set(then) - {"steps", "set"})):
+        raise ValueError(f"the beyond row {row} has `then: {then!r}`; it must be a mapping of `steps` and `set`")
+    if not is_count(then.get("steps")):
+        raise ValueError(f"the beyond row {row} needs a positive number of `steps` in `then`")
+    own = then.get("set", [])
+    if not (isinstance(own, list) and all(isinstance(item, str) for item in own)):
+        raise ValueError(f"the beyond row {row} has `then: set: {own!r}`; it must be a list of KEY=VALUE strings")
+    if model_keys := [item for item in own if item.strip().startswith("model.")]:
+        raise ValueError(f"the beyond row {row} changes the model in `then` ({', '.join(model_keys)}): the second "
+                         "phase starts from the first phase's weights, so it keeps its architecture")
+    return {"steps": then["steps"], "set": [*beyond_settings(plan, row)["set"], *own]}
+
+
 class Shared:
     """The stores and stage I runs that both tables may use, each a part of its own (done once: `Parts`
     returns a finished part's result). `names`: the parts it ran, which neither table's own time counts."""
@@ -579,6 +600,10 @@ def beyond_part(args, plan: dict, parts: Parts, shared: Shared, eval_volumes: li
                 extra.append(f"data.lr_store={shared.lr_brain() if set_name == 'brain' else shared.lr_knee()}")
             model = parts.run(part, train_sr, plan["sr_config"], beyond_settings(plan, row), seed, k, store,
                               row["supervision"], shared.runs, name, *extra)
+            if (then := then_settings(plan, row)) is not None:  # the second phase, from the first one's best/
+                model = parts.run(f"{part} (then {then['steps']} steps)", train_sr, plan["sr_config"], then, seed, k,
+                                  store, row["supervision"], shared.runs, f"{name}-then", *extra,
+                                  f"sr.init_from={model}")
             methods.append(f"{label}={model}")
         rows = score_methods(parts, set_name, volumes, k, [LINEAR, CUBIC, *methods], output, axis)
         for i, (row, method) in enumerate(zip(beyond.get(set_name, []), methods)):

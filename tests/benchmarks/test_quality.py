@@ -163,3 +163,21 @@ def test_the_plan_s_beyond_rows_are_checked_when_it_is_loaded(tmp_path):
         path.write_text(yaml.safe_dump(bad))
         with pytest.raises(ValueError, match=f"plan.yaml: .*{message}"):
             load_plan(path, quick=False)
+
+
+def test_a_beyond_row_may_train_on_in_a_second_phase():
+    from benchmarks.quality import check_beyond_rows, then_settings
+
+    row = {"generator": "throughplane2d", "supervision": "inplane", "steps": 8, "set": ["sr.patch_size=[9,8,8]"],
+           "then": {"steps": 3, "set": ["sr.patch_size=[17,8,8]"]}}
+    plan = {"generators": {"throughplane2d": {"set": ["model.name=throughplane2d"]}}, "beyond": {"brain": [row]}}
+    check_beyond_rows(plan)
+    # the first phase's settings, then the second's own: the later patch size wins in the config
+    assert then_settings(plan, row) == {"steps": 3, "set": ["model.name=throughplane2d", "sr.patch_size=[9,8,8]",
+                                                            "sr.patch_size=[17,8,8]"]}
+    assert then_settings(plan, {**row, "then": None}) is None
+    for bad, message in (({"steps": 0}, "positive number of `steps`"), ({"steps": 2, "lr": 1}, "mapping of"),
+                         ({"steps": 2, "set": "x=1"}, "KEY=VALUE"),
+                         ({"steps": 2, "set": ["model.num_filters=8"]}, "keeps its architecture")):
+        with pytest.raises(ValueError, match=message):
+            check_beyond_rows({**plan, "beyond": {"brain": [{**row, "then": bad}]}})

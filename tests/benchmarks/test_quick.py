@@ -144,6 +144,9 @@ def check_beyond(quality, plan: dict, output: str) -> None:
     seconds = {name: float(value) for name, value in re.findall(r"(.+?) ([0-9]+)(?:, |$)", listed.group(1))}
     shared = {"brain LR store", "knee LR store", "stage I", "synthesis"}
     assert shared <= set(seconds) and len(seconds) > len(shared) + 4, listed.group(1)
+    for row in plan["beyond"]["brain"]:  # a second phase is a part of its own
+        if row.get("then"):
+            assert f"{quality.beyond_label(row)} (then {row['then']['steps']} steps)" in seconds, listed.group(1)
     expected = sum(value for name, value in seconds.items() if name not in shared)
     assert abs(float(own.group(1)) - expected) <= 0.5 * len(seconds), (own.group(0), expected)
 
