@@ -789,9 +789,12 @@ def warn_stale_companions(target: str, uncertainty_written: bool, labels_written
                         target, what, path)
 
 
-def check_target_spacing(files: list[str], spacing_mm: float, slice_axis: int | str = "auto") -> None:
-    """Refuse, before any work, a target spacing that is not positive or over an input's slice spacing
-    (read from the headers; an unreadable file is left to be reported as that input's failure)."""
+def check_target_spacing(files: list[str], spacing_mm: float, slice_axis: int | str = "auto",
+                         method: Method | None = None, integer_only: bool = False) -> None:
+    """Refuse, before any work, a target spacing that is not positive or over an input's slice spacing, a
+    ratio outside the range `method` was trained for (`check_ratio`), or, with `integer_only` (TTA, the
+    uncertainty map, adaptation), a ratio that is not an integer: all read from the headers, each naming the
+    file (an unreadable file is left to be reported as that input's failure)."""
     if not spacing_mm > 0:
         raise ValueError(f"--spacing must be positive, got {spacing_mm}")
     for path in files:
@@ -805,6 +808,15 @@ def check_target_spacing(files: list[str], spacing_mm: float, slice_axis: int | 
         if grid.ratio < 1 + SPACING_RTOL:
             raise ValueError(f"--spacing {spacing_mm:g} mm is the slice spacing of {path} ({slice_spacing:g} mm): "
                              "nothing to super-resolve")
+        if method is not None:
+            try:
+                check_ratio(method, grid.ratio)
+            except ValueError as exc:
+                raise ValueError(f"{path}: {exc}") from None
+        if integer_only and grid.k is None:
+            raise ValueError(f"--tta, --uncertainty and --adapt-steps need a spacing that divides the input's by an "
+                             f"integer: {path} has {slice_spacing:g} mm slices, --spacing {spacing_mm:g} mm is a "
+                             f"ratio of {grid.ratio:.3g}")
 
 
 def log_slice_sidecar(source: str, method: Method) -> None:
@@ -847,7 +859,7 @@ def infer_files(inputs: list[str], output: str, method: Method, k: int, slice_ax
     files = expand_inputs(inputs)
     targets = output_paths(files, output)
     if spacing_mm is not None:
-        check_target_spacing(files, spacing_mm, slice_axis)
+        check_target_spacing(files, spacing_mm, slice_axis, method, integer_only=tta or uncertainty or adapt_steps > 0)
     label_volume = None
     if labels is not None:
         if len(files) != 1:

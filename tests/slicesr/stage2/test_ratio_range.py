@@ -102,8 +102,16 @@ def test_one_model_for_a_range_of_ratios(sr_config, tmp_path, capsys):
     capsys.readouterr()
     assert main(["infer", path, "--output", str(tmp_path / "x.nii.gz"), "--model", str(best), "--k", "6"]) == 2
     assert "trained for spacing ratios 2 to 5" in capsys.readouterr().err
-    assert main(["infer", path, "--output", str(tmp_path / "x.nii.gz"), "--model", str(best), "--spacing", "0.5"]) == 1
-    assert "trained for spacing ratios 2 to 5" in capsys.readouterr().err
+    # refused before any work, naming the file (a usage error: exit 2)
+    assert main(["infer", path, "--output", str(tmp_path / "x.nii.gz"), "--model", str(best), "--spacing", "0.5"]) == 2
+    err = capsys.readouterr().err
+    assert "trained for spacing ratios 2 to 5" in err and path in err
+    assert not (tmp_path / "x.nii.gz").exists()
+    for options in (["--tta"], ["--uncertainty"], ["--adapt-steps", "1"]):
+        assert main(["infer", path, "--output", str(tmp_path / "x.nii.gz"), "--model", str(best), "--spacing", "1.6",
+                     *options]) == 2
+        err = capsys.readouterr().err
+        assert "divides the input's by an integer" in err and path in err and "ratio of 2.5" in err
     assert main(["infer", path, "--output", str(tmp_path / "x.nii.gz"), "--model", str(best)]) == 2  # no K of its own
 
 
