@@ -8,7 +8,8 @@ ratio alone (`fixed`: their LR training scans decimated by that ratio; `alone_on
 model's own scans with a range of one value, sr.ratio_range [r, r]), the same steps each, all without
 HR (the plan's supervision: in-plane pairs of the LR training scans); `range_variants`: the one model
 trained otherwise (`steps`: longer; `init_from_fixed: r`: starting from the ratio-r model, sr.init_from;
-`set`: settings of its own, e.g. sr.ratio_integer_share), each its own column. Each is scored with `slicesr
+`set`: settings of its own, e.g. sr.ratio_integer_share), each its own column; `ratio_set`: settings of every
+model of the ratio table (after `set`; the thickness table's models do not take them). Each is scored with `slicesr
 evaluate --lr-spacing` at every ratio of `ratios` on each held-out brain (LR slices at i x ratio HR
 slices; non-integer ratios included), beside linear and cubic.
 Thickness (at K = `thickness.k`): the LR scans simulated with each slice profile (box of n HR slices: a
@@ -75,7 +76,7 @@ def run(args) -> int:
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     runs, parts = workdir / "runs", Parts(workdir)
-    settings = {"steps": plan["steps"], "set": plan["set"]}
+    settings = ratio_settings(plan)
     seed, supervision = plan["seed"], plan["supervision"]
 
     def lr_store(factor: int, inputs: list[str], name: str, slice_axis: int) -> str:
@@ -99,10 +100,19 @@ def run(args) -> int:
     return 0
 
 
+def ratio_settings(plan: dict) -> dict:
+    """The ratio table's models: the plan's `set`, then `ratio_set` (settings for these models alone, so that
+    the thickness table's models keep theirs)."""
+    extra = plan.get("ratio_set", [])
+    if not (isinstance(extra, list) and all(isinstance(item, str) for item in extra)):
+        raise ValueError(f"the clinical plan's `ratio_set: {extra!r}` must be a list of KEY=VALUE strings")
+    return {"steps": plan["steps"], "set": [*plan["set"], *extra]}
+
+
 def ratio_part(args, plan: dict, parts: Parts, lr_store, model, runs: Path) -> tuple[list[dict], list[str]]:
     """The ratio table's rows and the parts it used."""
     workdir, axis = Path(args.workdir), args.brain_axis
-    settings, seed, supervision = {"steps": plan["steps"], "set": plan["set"]}, plan["seed"], plan["supervision"]
+    settings, seed, supervision = ratio_settings(plan), plan["seed"], plan["supervision"]
     # one model over the ratio range, and models for one ratio each
     low, high = plan["ratio_range"]
     range_k = plan.get("range_k", 4)
@@ -208,6 +218,8 @@ def ratio_table(args, plan: dict, parts: Parts, ratio_rows: list[dict], used: li
              "spacing); a model trained for that ratio on scans decimated by it (`fixed`); a model trained for that "
              "ratio alone on the range model's scans (`sr.ratio_range: [r, r]`, `alone_on_range_scans`); gap = the "
              "one model minus the best single-ratio model."]
+    if plan.get("ratio_set"):
+        lines[-1] += f" Every model of this table trains with {', '.join(plan['ratio_set'])} (`ratio_set`)."
     variants = plan.get("range_variants", [])
     for variant in variants:
         lines[-1] += f" `{variant['name']}`: the one model again, {variant['why']}."

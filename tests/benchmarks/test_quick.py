@@ -202,6 +202,8 @@ def test_clinical_quick(untouched_results, capsys):
     ratio_times, thickness_times = (next(line for line in section.splitlines() if line.startswith("Time per part"))
                                     for section in (ratio_section, thickness_section))
     assert "score ratio 4" in ratio_times and "box" not in ratio_times
+    for item in plan.get("ratio_set", []):  # the ratio table's own settings, named there only
+        assert item in ratio_section and item not in thickness_section
     assert "box" in thickness_times and "score ratio" not in thickness_times
     # the brain LR store that the ratio table built first is also a part of the thickness table
     assert "brain LR store (1 slice of every 4)" in ratio_times and "brain LR store (1 slice of every 4)" in thickness_times
@@ -211,3 +213,11 @@ def test_clinical_quick_one_table(untouched_results, capsys):
     output = run_quick(clinical, capsys, "--parts", "thickness")
     assert "Command: `python benchmarks/clinical.py --quick --parts thickness`" in output
     assert "one model" not in output and len([b for b in output.split("\n\n") if "|---" in b]) == 1
+
+
+def test_the_clinical_ratio_table_s_own_settings():
+    plan = {"steps": 5, "set": ["model.name=throughplane2d"], "ratio_set": ["train.lr=1e-3"]}
+    assert clinical.ratio_settings(plan) == {"steps": 5, "set": ["model.name=throughplane2d", "train.lr=1e-3"]}
+    assert clinical.ratio_settings({**plan, "ratio_set": []})["set"] == ["model.name=throughplane2d"]
+    with pytest.raises(ValueError, match="ratio_set"):
+        clinical.ratio_settings({**plan, "ratio_set": "train.lr=1e-3"})
