@@ -9,7 +9,8 @@ model's own scans with a range of one value, sr.ratio_range [r, r]), the same st
 HR (the plan's supervision: in-plane pairs of the LR training scans); `range_variants`: the one model
 trained otherwise (`steps`: longer; `init_from_fixed: r`: starting from the ratio-r model, sr.init_from;
 `set`: settings of its own, e.g. sr.ratio_integer_share), each its own column; `ratio_set`: settings of every
-model of the ratio table (after `set`; the thickness table's models do not take them). Each is scored with `slicesr
+model of the ratio table (after `set`; the thickness table's models do not take them); `alone_set`: the
+`alone_on_range_scans` models' own settings after those. Each is scored with `slicesr
 evaluate --lr-spacing` at every ratio of `ratios` on each held-out brain (LR slices at i x ratio HR
 slices; non-integer ratios included), beside linear and cubic.
 Thickness (at K = `thickness.k`): the LR scans simulated with each slice profile (box of n HR slices: a
@@ -120,8 +121,12 @@ def ratio_part(args, plan: dict, parts: Parts, lr_store, model, runs: Path) -> t
                         f"sr.ratio_range=[{low}, {high}]")
     fixed = {r: model(f"ratio {r}", lr_store(r, args.brain_train, "brain", axis), r) for r in plan["fixed"]}
     # one ratio alone on the range model's own scans (a range of one value): the same data as the range model
+    # `alone_set`: their own settings after the table's (a ratio-2 model learned nothing at the range's rate)
+    alone_set = plan.get("alone_set", [])
+    if not (isinstance(alone_set, list) and all(isinstance(item, str) for item in alone_set)):
+        raise ValueError(f"the clinical plan's `alone_set: {alone_set!r}` must be a list of KEY=VALUE strings")
     alone = {r: model(f"ratio {r} on the range scans", lr_store(range_k, args.brain_train, "brain", axis), range_k,
-                      f"sr.ratio_range=[{r}, {r}]") for r in plan.get("alone_on_range_scans", [])}
+                      f"sr.ratio_range=[{r}, {r}]", *alone_set) for r in plan.get("alone_on_range_scans", [])}
     # the one model trained otherwise: longer (compute-matched), or starting from a single-ratio model
     variants = {}
     for variant in plan.get("range_variants", []):
@@ -219,7 +224,9 @@ def ratio_table(args, plan: dict, parts: Parts, ratio_rows: list[dict], used: li
              "ratio alone on the range model's scans (`sr.ratio_range: [r, r]`, `alone_on_range_scans`); gap = the "
              "one model minus the best single-ratio model."]
     if plan.get("ratio_set"):
-        lines[-1] += f" Every model of this table trains with {', '.join(plan['ratio_set'])} (`ratio_set`)."
+        lines[-1] += f" Every model of this table trains with {', '.join(plan['ratio_set'])} (`ratio_set`)"
+        lines[-1] += (f", the models of one ratio alone on the range scans then with {', '.join(plan['alone_set'])} "
+                      "(`alone_set`)." if plan.get("alone_set") else ".")
     variants = plan.get("range_variants", [])
     for variant in variants:
         lines[-1] += f" `{variant['name']}`: the one model again, {variant['why']}."
