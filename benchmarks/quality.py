@@ -426,7 +426,7 @@ def then_settings(plan: dict, row: dict) -> dict | None:
     then = row.get("then")
     if then is None:
         return None
-    if not isinstance(then, dict) or (unknown := sorted(set(then) - {"steps", "set"})):
+    if not isinstance(then, dict) or set(then) - {"steps", "set"}:
         raise ValueError(f"the beyond row {row} has `then: {then!r}`; it must be a mapping of `steps` and `set`")
     if not is_count(then.get("steps")):
         raise ValueError(f"the beyond row {row} needs a positive number of `steps` in `then`")
