@@ -552,12 +552,14 @@ def predict(volume: Volume, method: Method, k: int | None, slice_axis: int | str
         parts = itertools.chain(((sample, 1) for sample in method.augmented(normalised, k, progress)),
                                 (rotated_mean(method, normalised, k, rotation, progress) for rotation in rotations))
         for part, weight in parts:
-            # a running mean, each part weighted by the number of predictions it averages
+            # a running mean, each part weighted by the number of predictions it averages (one prediction: the
+            # same float32 steps as the Welford loop below, so that --tta gives what --uncertainty's mean gives)
+            count += weight
             if out is None:
                 out = np.array(part, dtype=np.float32)
-            else:
-                out += (np.asarray(part, dtype=np.float32) - out) * np.float32(weight / (count + weight))
-            count += weight
+                continue
+            delta = np.subtract(part, out, dtype=np.float32)
+            out += delta / np.float32(count) if weight == 1 else delta * np.float32(weight / count)
     elif tta:
         # Welford's running mean and sum of squared deviations, float32 and in place: 3 volumes besides the
         # sample, whatever the number of augmentations (float32 is ample for 8 or 16 of them)
