@@ -32,7 +32,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from benchmarks import datasets  # noqa: E402
-from benchmarks.quality import Parts, digest, make_lr_store, train_sr  # noqa: E402
+from benchmarks.quality import Parts, digest, make_lr_store, settings_list, train_sr  # noqa: E402
 from benchmarks.results import benchmark_parser, parse_arguments, publish  # noqa: E402
 from slicesr.cli_common import setup_logging  # noqa: E402
 
@@ -104,9 +104,7 @@ def run(args) -> int:
 def ratio_settings(plan: dict) -> dict:
     """The ratio table's models: the plan's `set`, then `ratio_set` (settings for these models alone, so that
     the thickness table's models keep theirs)."""
-    extra = plan.get("ratio_set", [])
-    if not (isinstance(extra, list) and all(isinstance(item, str) for item in extra)):
-        raise ValueError(f"the clinical plan's `ratio_set: {extra!r}` must be a list of KEY=VALUE strings")
+    extra = settings_list(plan.get("ratio_set", []), "the clinical plan's `ratio_set`")
     return {"steps": plan["steps"], "set": [*plan["set"], *extra]}
 
 
@@ -122,9 +120,7 @@ def ratio_part(args, plan: dict, parts: Parts, lr_store, model, runs: Path) -> t
     fixed = {r: model(f"ratio {r}", lr_store(r, args.brain_train, "brain", axis), r) for r in plan["fixed"]}
     # one ratio alone on the range model's own scans (a range of one value): the same data as the range model
     # `alone_set`: their own settings after the table's (a ratio-2 model learned nothing at the range's rate)
-    alone_set = plan.get("alone_set", [])
-    if not (isinstance(alone_set, list) and all(isinstance(item, str) for item in alone_set)):
-        raise ValueError(f"the clinical plan's `alone_set: {alone_set!r}` must be a list of KEY=VALUE strings")
+    alone_set = settings_list(plan.get("alone_set", []), "the clinical plan's `alone_set`")
     alone = {r: model(f"ratio {r} on the range scans", lr_store(range_k, args.brain_train, "brain", axis), range_k,
                       f"sr.ratio_range=[{r}, {r}]", *alone_set) for r in plan.get("alone_on_range_scans", [])}
     # the one model trained otherwise: longer (compute-matched), or starting from a single-ratio model

@@ -332,6 +332,13 @@ def beyond_labels(plan: dict) -> list[str]:
     return list(dict.fromkeys(set_labels(beyond.get("brain", [])) + set_labels(beyond.get("knee", []))))
 
 
+def settings_list(value: Any, where: str) -> list[str]:
+    """A plan's list of KEY=VALUE override strings (`set` and the like), or an error naming `where` it is."""
+    if not (isinstance(value, list) and all(isinstance(item, str) for item in value)):
+        raise ValueError(f"{where}: {value!r}; it must be a list of KEY=VALUE strings")
+    return value
+
+
 def is_count(value: Any) -> bool:
     """A positive integer; YAML's `true` is a bool (an int to Python), not a count."""
     return isinstance(value, int) and not isinstance(value, bool) and value > 0
@@ -413,9 +420,7 @@ def beyond_run_name(row: dict) -> str:
 def beyond_settings(plan: dict, row: dict) -> dict:
     """A beyond row's training: its generator's settings of the plan, then the row's own (`set`), its own
     length."""
-    own = row.get("set", [])
-    if not (isinstance(own, list) and all(isinstance(item, str) for item in own)):
-        raise ValueError(f"the beyond row {row} has `set: {own!r}`; it must be a list of KEY=VALUE strings")
+    own = settings_list(row.get("set", []), f"the beyond row {row} has `set`")
     return {"steps": row["steps"], "set": [*plan["generators"][row["generator"]]["set"], *own]}
 
 
@@ -430,9 +435,7 @@ def then_settings(plan: dict, row: dict) -> dict | None:
         raise ValueError(f"the beyond row {row} has `then: {then!r}`; it must be a mapping of `steps` and `set`")
     if not is_count(then.get("steps")):
         raise ValueError(f"the beyond row {row} needs a positive number of `steps` in `then`")
-    own = then.get("set", [])
-    if not (isinstance(own, list) and all(isinstance(item, str) for item in own)):
-        raise ValueError(f"the beyond row {row} has `then: set: {own!r}`; it must be a list of KEY=VALUE strings")
+    own = settings_list(then.get("set", []), f"the beyond row {row} has `then: set`")
     if model_keys := [item for item in own if item.strip().startswith("model.")]:
         raise ValueError(f"the beyond row {row} changes the model in `then` ({', '.join(model_keys)}): the second "
                          "phase starts from the first phase's weights, so it keeps its architecture")

@@ -90,9 +90,13 @@ class Method:
         """A copy fine-tuned on this scan's own in-plane pairs (per-scan adaptation)."""
         raise NotImplementedError
 
-    def augmented(self, slices: np.ndarray, k: int, progress: bool = False) -> Iterator[np.ndarray]:
+    def augmented(self, slices: np.ndarray, k: int, progress: bool = False,
+                  support: np.ndarray | None = None) -> Iterator[np.ndarray]:
         """Test-time augmentation: the method on each flip of the three axes, flipped back. Flipping the
-        slice axis keeps the acquired slices on the HR grid's multiples of K (the grid is symmetric)."""
+        slice axis keeps the acquired slices on the HR grid's multiples of K (the grid is symmetric).
+        `support`: an in-plane (rows, cols) mask of where the predictions are needed (a rotated canvas's
+        field of view); a method may leave the rest as linear interpolation (through-plane 2D generators
+        do: `planes_on_grid`), this one computes everything."""
         for flips in FLIPS:
             yield flip(self.upsample(np.ascontiguousarray(flip(slices, flips)), k, progress), flips)
 
@@ -229,12 +233,14 @@ class GeneratorUpsampling(Method):
         adapted.model = model.eval()
         return adapted
 
-    def augmented(self, slices: np.ndarray, k: int, progress: bool = False) -> Iterator[np.ndarray]:
+    def augmented(self, slices: np.ndarray, k: int, progress: bool = False,
+                  support: np.ndarray | None = None) -> Iterator[np.ndarray]:
         """The flips; for a generator with orientations (through-plane 2D), each orientation on its own.
         Such a network sees one plane at a time, so flipping the axis across an orientation's planes only
         reorders them and gives that orientation's prediction again: each orientation runs on the 4 flips
         of its own plane's axes, 8 distinct predictions for the cost of 4 whole passes (the 16 flip x
-        orientation predictions hold each of them twice: the same mean and SD)."""
+        orientation predictions hold each of them twice: the same mean and SD). `support`: see
+        `Method.augmented` (a through-plane 2D generator runs only where it is needed)."""
         orientations = getattr(self.model, "orientations", (None,))
         across = getattr(self.model, "axis_across_planes", {})
         for flips in FLIPS:
@@ -242,36 +248,38 @@ class GeneratorUpsampling(Method):
             if not wanted:
                 continue
             flipped = np.ascontiguousarray(flip(slices, flips))
+            flipped_support = None if support is None else np.ascontiguousarray(flip(support, flips[1:]))
             for orientation in wanted:
                 yield flip(generator_upsample(self.model, flipped, k, self.window, self.overlap, progress,
-                                              orientation, self.precision), flips)
+                                              orientation, self.precision, flipped_support), flips)
 
 
 @torch.inference_mode()
 def generator_upsample(model: torch.nn.Module, slices: np.ndarray, k: int, window: tuple[int, int, int],
                        overlap: float, progress: bool = False, orientation: int | None = None,
-                       precision: str = "float32") -> np.ndarray:
+                       precision: str = "float32", support: np.ndarray | None = None) -> np.ndarray:
     """A stage II generator on normalised slices (n, rows, cols) -> (K*(n-1)+1, rows, cols): linear
     up-sampling, then the generator in K-aligned windows with its receptive-field margins discarded.
     Runs on the model's device and parameter type (a model in training too). `orientation`: one of a
-    through-plane 2D generator's orientations alone (test-time augmentation); `precision`: see
+    through-plane 2D generator's orientations alone (test-time augmentation); `precision`, `support`: see
     `planes_on_grid` (through-plane 2D generators only)."""
 
     return generator_on_grid(model, linear_slices(slices, k), window, overlap, (k, 1, 1), progress, orientation,
-                             precision)
+                             precision, support)
 
 
 @torch.inference_mode()
 def generator_on_grid(model: torch.nn.Module, grid_input: np.ndarray, window: tuple[int, int, int], overlap: float,
                       align: tuple[int, int, int], progress: bool = False, orientation: int | None = None,
-                      precision: str = "float32") -> np.ndarray:
+                      precision: str = "float32", support: np.ndarray | None = None) -> np.ndarray:
     """A generator over its interpolated input on the output grid, in windows whose starts are multiples
     of `align`, the receptive-field margins of inner window edges discarded. A through-plane 2D generator
-    takes whole planes instead (`planes_on_grid`: no window, no margin recomputed)."""
+    takes whole planes instead (`planes_on_grid`: no window, no margin recomputed; only where `support`
+    needs it); the others compute everything."""
     from slicesr.models.generators import receptive_radius
 
     if hasattr(model, "plane_residual"):
-        return planes_on_grid(model, grid_input, orientation, precision, progress)
+        return planes_on_grid(model, grid_input, orientation, precision, progress, support)
     parameter = next(model.parameters())
 
     def run(part: np.ndarray) -> np.ndarray:
@@ -290,10 +298,17 @@ PRECISIONS = ("float32", "bfloat16")
 
 @torch.inference_mode()
 def planes_on_grid(model: torch.nn.Module, grid_input: np.ndarray, orientation: int | None = None,
-                   precision: str = "float32", progress: bool = False) -> np.ndarray:
+                   precision: str = "float32", progress: bool = False,
+                   support: np.ndarray | None = None) -> np.ndarray:
     """A through-plane 2D generator over its interpolated input (slices, rows, cols): every whole
     (slices, rows) and (slices, cols) plane through its network, the orientations' residuals averaged
     (or `orientation` alone), which is what its forward computes on a volume, without windows.
+
+    `support`: a (rows, cols) mask of the in-plane positions whose result is needed (a rotated canvas's
+    field of view, whose corners are about half its area). Each batch of planes then runs only on the
+    stretch of its width that its needed positions span, widened by the network's receptive radius, so the
+    result there is the whole planes' exactly; outside it the residual is 0 (the input is returned). A
+    batch of planes with no needed position is skipped.
 
     `precision` "bfloat16" runs a copy of the network in bfloat16 (the knee: 18 s against 66 s in float32,
     benchmarks/inference.py); the residual is added to the input in float32. Planes go in channels-last
@@ -309,17 +324,33 @@ def planes_on_grid(model: torch.nn.Module, grid_input: np.ndarray, orientation: 
     dtype = torch.bfloat16 if precision == "bfloat16" else parameter.dtype
     network = model if dtype == parameter.dtype else copy.deepcopy(model).to(dtype=dtype)
     volume = torch.from_numpy(np.ascontiguousarray(grid_input, dtype=np.float32))
+    if support is not None:
+        support = np.asarray(support, dtype=bool)
+        if support.shape != volume.shape[1:]:
+            raise ValueError(f"support must be a (rows, cols) mask of shape {tuple(volume.shape[1:])}, "
+                             f"got {support.shape}")
+        from slicesr.models.generators import receptive_radius
+
+        reach = receptive_radius(network)
     residual = torch.zeros_like(volume)
     for o in orientations:
         # orientation 0: the (slices, rows) plane at each column; 1: the (slices, cols) plane at each row
         planes = volume.permute(2, 0, 1) if o == 0 else volume.permute(1, 0, 2)
         target = residual.permute(2, 0, 1) if o == 0 else residual.permute(1, 0, 2)
-        batch = max(1, PLANE_BATCH_VOXELS // (planes.shape[1] * planes.shape[2]))
+        needed = None if support is None else (support.T if o == 0 else support)  # (planes, width)
+        width = planes.shape[2]
+        batch = max(1, PLANE_BATCH_VOXELS // (planes.shape[1] * width))
         for start in tqdm(range(0, planes.shape[0], batch), desc=f"super-resolve (planes {o})", unit="batch",
                           disable=not progress, file=sys.stderr, leave=False):
-            chunk = planes[start:start + batch, None].to(parameter.device, dtype)
+            low, high = 0, width
+            if needed is not None:
+                span = np.flatnonzero(needed[start:start + batch].any(axis=0))
+                if not span.size:
+                    continue
+                low, high = max(0, int(span[0]) - reach), min(width, int(span[-1]) + 1 + reach)
+            chunk = planes[start:start + batch, None, :, low:high].to(parameter.device, dtype)
             chunk = chunk.contiguous(memory_format=torch.channels_last)
-            target[start:start + batch] += network.plane_residual(chunk)[:, 0].float().cpu()
+            target[start:start + batch, :, low:high] += network.plane_residual(chunk)[:, 0].float().cpu()
     return (volume + residual / len(orientations)).numpy()
 
 
@@ -465,11 +496,12 @@ def rotated_predictions(method: Method, slices: np.ndarray, k: int, rotation: In
     in-plane (`rotation`), each prediction brought back. What comes back is only the method's departure from
     linear interpolation on the rotated slices; it is added to the linear interpolation of the slices
     themselves (the two commute: one acts in-plane, the other along the slice axis), so the acquired
-    content is not resampled there and back, only the part the method invented."""
+    content is not resampled there and back, only the part the method invented. The method needs to run only
+    where the rotation back reads (`InPlaneRotation.canvas_support`: about half the canvas at 45 degrees)."""
     turned = rotation.forward(slices)
     turned_linear = linear_slices(turned, k)
     linear = linear_slices(slices, k)
-    for sample in method.augmented(turned, k, progress):
+    for sample in method.augmented(turned, k, progress, rotation.canvas_support()):
         departure = np.subtract(sample, turned_linear, dtype=np.float32)
         yield linear + rotation.backward(departure)
 
@@ -482,7 +514,7 @@ def rotated_mean(method: Method, slices: np.ndarray, k: int, rotation: InPlaneRo
     turned = rotation.forward(slices)
     turned_linear = linear_slices(turned, k)
     total, count = None, 0
-    for sample in method.augmented(turned, k, progress):
+    for sample in method.augmented(turned, k, progress, rotation.canvas_support()):
         count += 1
         if total is None:
             total = np.subtract(sample, turned_linear, dtype=np.float32)

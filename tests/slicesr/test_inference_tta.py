@@ -357,6 +357,45 @@ def test_tta_angles_add_rotated_augmentations(tmp_path, orientation, slice_axis)
     np.testing.assert_allclose(fast.data, rotated.data, rtol=1e-5, atol=1e-5 * float(np.ptp(slices)))
 
 
+@pytest.mark.parametrize("subpixel_k", [0, 3])
+def test_planes_on_grid_runs_only_where_the_support_needs_it(subpixel_k):
+    """With a support mask each batch of planes runs on the stretch of its width that its needed positions
+    and the network's reach cover: the same values there, the input elsewhere."""
+    from slicesr.inference import planes_on_grid
+
+    torch.manual_seed(0)
+    model = ThroughPlane2D(3, 6, subpixel_k).eval()
+    for parameter in model.parameters():
+        torch.nn.init.normal_(parameter, std=0.2)
+    grid = np.random.default_rng(4).random((13, 30, 26)).astype(np.float32)
+    support = np.zeros((30, 26), bool)
+    support[8:20, 5:14] = True
+    support[22, 20] = True
+    for orientation in (None, 0, 1):
+        whole = planes_on_grid(model, grid, orientation)
+        part = planes_on_grid(model, grid, orientation, support=support)
+        np.testing.assert_allclose(part[:, support], whole[:, support], atol=1e-5)
+        # beyond the reach of the needed rows and columns (planes of one batch share a stretch): the input
+        far = np.s_[:, :4, 24:]
+        assert np.array_equal(part[far], grid[far])
+        assert not np.allclose(whole[far], grid[far])
+    with pytest.raises(ValueError, match="support"):
+        planes_on_grid(model, grid, support=support.T)
+
+
+def test_rotated_mean_is_the_same_with_the_support(tmp_path, monkeypatch):
+    """The rotated copies run only where the rotation back reads: the same mean as over the whole canvas."""
+    slices = np.random.default_rng(5).random((4, 90, 81)).astype(np.float32)
+    rotation = InPlaneRotation((90, 81), (0.9, 1.0), 45)
+    assert not rotation.canvas_support().all()  # the canvas's corners are left out here
+    method = load_method(model_dir(tmp_path / "sr", "throughplane2d", True, "model.num_layers=3"))
+    mean, count = rotated_mean(method, slices, 3, rotation)
+    monkeypatch.setattr(InPlaneRotation, "canvas_support", lambda self, margin=16.0: np.ones(self.canvas_shape, bool))
+    whole, _ = rotated_mean(method, slices, 3, rotation)
+    assert count == 8
+    np.testing.assert_allclose(mean, whole, atol=1e-5)
+
+
 def test_rotated_mean_is_the_mean_of_the_rotated_predictions():
     slices = np.random.default_rng(3).random((5, 13, 10)).astype(np.float32)
     rotation = InPlaneRotation((13, 10), (0.7, 1.1), 30)

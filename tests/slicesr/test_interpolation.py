@@ -85,6 +85,21 @@ def test_in_plane_rotation_turns_millimetres_not_pixels():
     assert np.abs(turned[:, column]).min() > 0.5  # ... over the whole height: 19 mm of it
 
 
+def test_canvas_support_holds_what_the_rotation_back_reads():
+    rotation = InPlaneRotation((40, 33), (1.0, 0.8), 45)
+    support = rotation.canvas_support(margin=4)
+    assert support.shape == rotation.canvas_shape
+    assert 0.45 < support.mean() < 0.8  # the corners of a 45-degree canvas are left out
+    assert InPlaneRotation((12, 9), (1.0, 1.0), 90).canvas_support(0).all()  # a quarter turn fills its canvas
+    # changing the canvas outside the support does not change what comes back, beyond the spline's tail
+    turned = rotation.forward(_smooth_planes((1, 40, 33), seed=2))
+    outside = turned.copy()
+    outside[:, ~rotation.canvas_support(margin=16)] = 7.0
+    np.testing.assert_allclose(rotation.backward(outside), rotation.backward(turned), atol=1e-6)
+    with pytest.raises(ValueError, match="margin"):
+        rotation.canvas_support(-1)
+
+
 @pytest.mark.parametrize("angle, spacing, message", [(float("nan"), (1.0, 1.0), "finite"),
                                                      (45, (0.0, 1.0), "positive")])
 def test_in_plane_rotation_refuses_bad_settings(angle, spacing, message):
