@@ -294,6 +294,8 @@ def generator_on_grid(model: torch.nn.Module, grid_input: np.ndarray, window: tu
 # Voxels of one batch of planes: 8 planes of 80 x 512 (the knee) were the fastest batch measured here.
 PLANE_BATCH_VOXELS = 8 * 80 * 512
 PRECISIONS = ("float32", "bfloat16")
+# planes_on_grid's stretches of a plane's width (a `support`) start and end on multiples of this
+PLANE_WIDTH_STEP = 32
 
 
 @torch.inference_mode()
@@ -347,7 +349,10 @@ def planes_on_grid(model: torch.nn.Module, grid_input: np.ndarray, orientation: 
                 span = np.flatnonzero(needed[start:start + batch].any(axis=0))
                 if not span.size:
                     continue
-                low, high = max(0, int(span[0]) - reach), min(width, int(span[-1]) + 1 + reach)
+                # widened to multiples of PLANE_WIDTH_STEP: a few distinct batch shapes, whose convolution
+                # set-ups the CPU backend caches, rather than one per batch
+                low = max(0, (int(span[0]) - reach) // PLANE_WIDTH_STEP * PLANE_WIDTH_STEP)
+                high = min(width, -(-(int(span[-1]) + 1 + reach) // PLANE_WIDTH_STEP) * PLANE_WIDTH_STEP)
             chunk = planes[start:start + batch, None, :, low:high].to(parameter.device, dtype)
             chunk = chunk.contiguous(memory_format=torch.channels_last)
             target[start:start + batch, :, low:high] += network.plane_residual(chunk)[:, 0].float().cpu()
