@@ -42,8 +42,8 @@ CPU_STAGE1, CPU_STAGE2, REFERENCE_STAGE2 = "configs/cpu/stage1.yaml", "configs/c
 THROUGH_PLANE = ["model.name=throughplane2d", "model.num_layers=8", "model.num_filters=48"]
 SUBPIXEL = [*THROUGH_PLANE, "model.subpixel=true"]
 # The rows: label, the config of the model (None: an interpolation baseline, the label is its name), overrides,
-# and options of `slicesr infer`. The TTA rows time what the quality table's best knee row runs (benchmarks/
-# quality.yaml: the flips, and the flips of the slices turned 45 degrees as well).
+# and options of `slicesr infer`. The TTA rows time what the quality table's best knee rows run (benchmarks/
+# quality.yaml: the flips, and the flips of the slices turned 45 degrees as well; or the slice axis's flips alone).
 CASES = [("linear", None, [], []), ("cubic", None, [], []),
          ("VAE-based up-sample (cpu stage I)", CPU_STAGE1, [], []),
          ("DeepResolve (cpu)", CPU_STAGE2, [], []),
@@ -58,7 +58,11 @@ CASES = [("linear", None, [], []), ("cubic", None, [], []),
          ("through-plane 2D, sub-pixel (quality.yaml), --tta --precision bfloat16", CPU_STAGE2, SUBPIXEL,
           ["--tta", "--precision", "bfloat16"]),
          ("through-plane 2D, sub-pixel (quality.yaml), --tta-angles 45 --precision bfloat16", CPU_STAGE2, SUBPIXEL,
-          ["--tta-angles", "45", "--precision", "bfloat16"])]
+          ["--tta-angles", "45", "--precision", "bfloat16"]),
+         ("through-plane 2D, sub-pixel (quality.yaml), --tta-angles 45 --tta-flips slice", CPU_STAGE2, SUBPIXEL,
+          ["--tta-angles", "45", "--tta-flips", "slice"]),
+         ("through-plane 2D, sub-pixel (quality.yaml), --tta-angles 45 --tta-flips slice --precision bfloat16",
+          CPU_STAGE2, SUBPIXEL, ["--tta-angles", "45", "--tta-flips", "slice", "--precision", "bfloat16"])]
 REFERENCE_CASES = [("DCSRN (reference)", REFERENCE_STAGE2, ["model.name=dcsrn"], []),
                    ("DeepResolve (reference)", REFERENCE_STAGE2, [], [])]
 # --quick: the same rows with the debug models

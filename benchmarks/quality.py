@@ -73,7 +73,7 @@ def load_plan(path: Path, quick: bool) -> dict[str, Any]:
 
 
 BEYOND_ROW_KEYS = {"generator", "supervision", "steps", "uncertainty", "adapt_steps", "adapt_tta", "adapt_patch",
-                   "tta_angles", "set", "then"}
+                   "tta_angles", "slice_flips_tta", "set", "then"}
 
 
 def check_beyond_rows(plan: dict[str, Any]) -> None:
@@ -103,12 +103,17 @@ def check_beyond_rows(plan: dict[str, Any]) -> None:
             if row.get("adapt_tta") and not adapt_counts(row):
                 raise ValueError(f"the beyond row {row} has `adapt_tta` without `adapt_steps`: nothing to augment")
             row_tta_angles(row)
+            if not isinstance(row.get("slice_flips_tta", False), bool):
+                raise ValueError(f"the beyond row {row} has `slice_flips_tta: {row['slice_flips_tta']!r}`; it must be "
+                                 "true or false")
             if row.get("adapt_patch") is not None:
                 row_adapt_patch(row, plan.get("k"))
                 if not adapt_counts(row):
                     raise ValueError(f"the beyond row {row} has `adapt_patch` without `adapt_steps`: nothing adapts")
-            if row.get("tta_angles") and not (row.get("uncertainty") or row.get("adapt_tta")):
-                raise ValueError(f"the beyond row {row} has `tta_angles` but neither `uncertainty` nor `adapt_tta`: "
+            if row.get("tta_angles") and not (row.get("uncertainty") or row.get("adapt_tta")
+                                              or row.get("slice_flips_tta")):
+                raise ValueError(f"the beyond row {row} has `tta_angles` but none of `uncertainty`, `adapt_tta`, "
+                                 "`slice_flips_tta`: "
                                  "no row of it is augmented")
             # the row's label and run folder say "sub-pixel" from its own settings: elsewhere it would be hidden
             shared = [*plan["generators"][row["generator"]].get("set", []), *plan["beyond"].get("set", [])]
@@ -244,18 +249,19 @@ def train_sr(config_path: str, settings: dict, seed: int, k: int, store: str, su
 def score_set(volumes: list[str], k: int, methods: list[str], output: Path, axis: int, figures: bool = False,
               uncertainty: bool = False, smoothing_voxels: float = UNCERTAINTY_SMOOTHING_VOXELS,
               adapt_steps: int = 0, tta: bool = False, tta_angles: tuple[float, ...] = (),
-              adapt_patch: list[int] | None = None) -> list[dict]:
+              adapt_patch: list[int] | None = None, tta_flips: str = "all") -> list[dict]:
     """`slicesr evaluate` over `volumes`; the rows of its metrics.csv (with its figures when asked; with
     `uncertainty`, the trained methods with test-time augmentation and their maps' Spearman, the maps
     smoothed in-plane by `smoothing_voxels`; with `adapt_steps`, the trained generators fine-tuned on each
     LR scan first; with `tta`, the trained methods with test-time augmentation, without maps; `tta_angles`: that
-    augmentation on the slices rotated in-plane as well; `adapt_patch`: the adaptation's own training patch)."""
+    augmentation on the slices rotated in-plane as well; `adapt_patch`: the adaptation's own training patch;
+    `tta_flips`: which flips the augmentation averages)."""
     from slicesr.evaluate import evaluate
 
     result = evaluate(volumes, k, methods, str(output), slice_axis=str(axis), figures=figures, progress=False,
                       tta=tta, uncertainty=uncertainty, uncertainty_smoothing_voxels=smoothing_voxels,
                       adapt_steps=adapt_steps, tta_angles=tuple(tta_angles),
-                      adapt_patch=tuple(adapt_patch) if adapt_patch else None)
+                      adapt_patch=tuple(adapt_patch) if adapt_patch else None, tta_flips=tta_flips)
     if result.failures:
         raise RuntimeError(f"evaluation in {output}: {result.failures}")
     return result.rows
@@ -325,6 +331,7 @@ def beyond_labels(plan: dict) -> list[str]:
     lack, in the same order."""
     def set_labels(rows: list[dict]) -> list[str]:
         again = [[f"{beyond_label(row)}{tta_suffix(row)}"] * bool(row.get("uncertainty"))
+                 + [f"{beyond_label(row)}{tta_suffix(row, 'slice')}"] * bool(row.get("slice_flips_tta"))
                  + [adapted_label(row, steps) for steps in adapt_counts(row)] for row in rows]
         return [LINEAR, CUBIC, *[beyond_label(row) for row in rows], *[label for labels in again for label in labels]]
 
@@ -390,10 +397,11 @@ def row_tta_angles(row: dict) -> tuple[float, ...]:
         raise ValueError(f"the beyond row {row}: {error}") from None
 
 
-def tta_suffix(row: dict) -> str:
-    """`slicesr evaluate`'s label suffix of the row's test-time augmentation."""
-    angles = row_tta_angles(row)
-    return f" (TTA, rotations {', '.join(f'{a:g}' for a in angles)})" if angles else " (TTA)"
+def tta_suffix(row: dict, flips: str = "all") -> str:
+    """`slicesr evaluate`'s label suffix of the row's test-time augmentation (of these flips)."""
+    from slicesr.inference import tta_label
+
+    return tta_label(row_tta_angles(row), flips)
 
 
 def beyond_label(row: dict) -> str:
@@ -619,6 +627,11 @@ def beyond_part(args, plan: dict, parts: Parts, shared: Shared, eval_volumes: li
                                       axis, True, True, UNCERTAINTY_SMOOTHING_VOXELS, *([0, True] if angles else []),
                                       *angles))
                 calibrations[set_name].append(folder / "uncertainty_calibration.png")
+            if row.get("slice_flips_tta"):  # the same augmentation on the slice axis's flips alone: half the passes
+                folder = output / f"{set_name}-slice-flips" / (str(i) + ("-rot" if angles else ""))
+                rows.extend(parts.run(f"score {method.split('=', 1)[0]}{tta_suffix(row, 'slice')} ({set_name})",
+                                      score_set, volumes, k, [method], folder, axis, False, False,
+                                      UNCERTAINTY_SMOOTHING_VOXELS, 0, True, *(angles or [[]]), None, "slice"))
             for j, steps in enumerate(adapt_counts(row)):
                 # the first count keeps the folder that a plan with one count used: its finished parts stay valid
                 # as above: the newer arguments only when set, so that older rows keep their parts

@@ -2,7 +2,7 @@
 
     python -m cluster.infer INPUT [INPUT ...] --output OUT --model MODEL [--k K] [--slice-axis auto|0|1|2]
         [--no-keep-acquired] [--address RAY_ADDRESS] [--cpus-per-task 1] [--storage-option KEY=VALUE ...]
-        [--tracking-uri URI] [--overwrite]
+        [--tracking-uri URI] [--overwrite] [--tta] [--uncertainty] [--tta-angles DEG[,DEG]] [--tta-flips all|slice]
 
 INPUT: NIfTI files, folders, globs, s3:// prefixes, `@list.txt` files or slice stores (cluster.infer_inputs:
 which scan gets which output name). Outputs are `OUT/<name>.nii.gz`, written by the same code as
@@ -38,6 +38,7 @@ from slicesr.cli_common import (
     EXIT_OK,
     EXIT_SOME_FAILED,
     TTA_ANGLES_HELP,
+    TTA_FLIPS_HELP,
     UsageError,
     add_batch_options,
     finish,
@@ -185,6 +186,7 @@ def infer_many(
     uncertainty: bool = False,
     spacing_mm: float | None = None,
     tta_angles: tuple[float, ...] = (),
+    tta_flips: str = "all",
 ) -> InferManyReport:
     """Super-resolve every scan named by `inputs` into OUT/<name>.nii.gz, one Ray task per scan.
 
@@ -209,13 +211,14 @@ def infer_many(
     if spacing_mm is not None and not spacing_mm > 0:
         raise UsageError(f"--spacing must be positive, got {spacing_mm}")
     spec = load_model(model, k, tracking_uri, spacing=spacing_mm is not None)
-    from slicesr.inference import check_tta_angles
+    from slicesr.inference import check_tta_angles, check_tta_flips
 
     try:
         tta_angles = check_tta_angles(tta_angles)
+        check_tta_flips(tta_flips)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    tta = tta or bool(tta_angles)
+    tta = tta or bool(tta_angles) or tta_flips != "all"
     if (tta or uncertainty) and spec.files is None:
         raise UsageError(f"{spec.label} gives the same result under every flip: --tta and --uncertainty need a "
                          "trained model")
@@ -250,6 +253,7 @@ def infer_many(
         connect_ray(address)
     settings = {"k": spec.k, "slice_axis": slice_axis, "keep_acquired": keep_acquired, "tta": tta,
                 "uncertainty": uncertainty, "spacing_mm": spacing_mm, "tta_angles": list(tta_angles),
+                "tta_flips": tta_flips,
                 "storage_options": storage_options, "threads": max(1, int(cpus_per_task))}
     try:
         with tqdm(total=len(todo), unit="scan", desc="infer", disable=not progress or not todo,
@@ -299,6 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--uncertainty", action="store_true",
                         help="--tta, and <name>_uncertainty.nii.gz beside each output (per-voxel SD)")
     parser.add_argument("--tta-angles", type=parse_angles, default=(), metavar="DEG[,DEG]", help=TTA_ANGLES_HELP)
+    parser.add_argument("--tta-flips", choices=["all", "slice"], default="all", help=TTA_FLIPS_HELP)
     add_batch_options(parser, "super-resolve again scans whose output exists")
     return parser
 
@@ -309,7 +314,7 @@ def _infer_many(args: argparse.Namespace) -> int:
         keep_acquired=not args.no_keep_acquired, address=args.address, cpus_per_task=args.cpus_per_task,
         storage_options=parse_storage_options(args.storage_option), tracking_uri=args.tracking_uri,
         overwrite=args.overwrite, progress=not args.no_progress, tta=args.tta, uncertainty=args.uncertainty,
-        spacing_mm=args.spacing, tta_angles=args.tta_angles,
+        spacing_mm=args.spacing, tta_angles=args.tta_angles, tta_flips=args.tta_flips,
     )
     grid = f"K={report.k}" if args.spacing is None else f"spacing {args.spacing:g} mm"
     return finish(f"super-resolved {len(report.written)} scans with {report.method} ({grid}), already done "

@@ -111,12 +111,14 @@ def run_job(job: Job, model: dict[str, Any], box: list | None, settings: dict[st
         spread = None
         spacing_mm = settings.get("spacing_mm")
         tta_angles = tuple(settings.get("tta_angles", ()))
+        tta_flips = settings.get("tta_flips", "all")
         if settings.get("uncertainty"):
             image, spread = infer_volume_uncertainty(volume, method, settings["k"], slice_axis, settings["keep_acquired"],
-                                                     spacing_mm=spacing_mm, tta_angles=tta_angles)
+                                                     spacing_mm=spacing_mm, tta_angles=tta_angles, tta_flips=tta_flips)
         else:
             image = infer_volume(volume, method, settings["k"], slice_axis, settings["keep_acquired"],
-                                 tta=settings.get("tta", False), spacing_mm=spacing_mm, tta_angles=tta_angles)
+                                 tta=settings.get("tta", False), spacing_mm=spacing_mm, tta_angles=tta_angles,
+                                 tta_flips=tta_flips)
         try:
             if spread is not None:  # first: an output without its map is redone by the next run
                 _write_output(spread, uncertainty_path(job.target), settings["storage_options"])

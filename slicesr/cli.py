@@ -6,11 +6,11 @@
     slicesr train-sr --config FILE [--set a.b=value ...] [--no-resume] [--device auto|cpu|cuda]
     slicesr synthesize --model DIR --input STORE --output STORE [--k K] [--keep-acquired] [--overwrite]
     slicesr infer IN [IN ...] --output OUT --model MODEL [--k K | --spacing MM] [--slice-axis auto|0|1|2] [--no-keep-acquired]
-                  [--tta] [--uncertainty] [--tta-angles DEG[,DEG]] [--adapt-steps N [--adapt-patch D,H,W]]
-                  [--labels SEG] [--device auto|cpu|cuda] [--precision float32|bfloat16]
+                  [--tta] [--uncertainty] [--tta-angles DEG[,DEG]] [--tta-flips all|slice]
+                  [--adapt-steps N [--adapt-patch D,H,W]] [--labels SEG] [--device auto|cpu|cuda] [--precision float32|bfloat16]
     slicesr evaluate HR [HR ...] (--k K | --lr-spacing MM) --methods linear,cubic,MODEL,... --output DIR
                      [--slice-profile point|box|gaussian --slice-thickness MM] [--slice-axis auto|0|1|2]
-                     [--no-figures] [--tta] [--uncertainty] [--tta-angles DEG[,DEG]]
+                     [--no-figures] [--tta] [--uncertainty] [--tta-angles DEG[,DEG]] [--tta-flips all|slice]
                      [--adapt-steps N [--adapt-patch D,H,W]] [--device auto|cpu|cuda]
     slicesr latent-analysis --model DIR [--model DIR ...] --hr HR.nii.gz [...] [--k 4] [--slice-axis auto|0|1|2]
 
@@ -26,6 +26,7 @@ from slicesr.cli_common import (
     ADAPT_PATCH_HELP,
     EXIT_OK,
     TTA_ANGLES_HELP,
+    TTA_FLIPS_HELP,
     UsageError,
     finish,
     parse_angles,
@@ -107,16 +108,19 @@ def _infer(args: argparse.Namespace) -> int:
         raise UsageError(f"--k or --spacing is needed with {args.model} (it was not trained for one K)")
     if k is not None:
         check_k(method, k)
-    if args.tta or args.uncertainty or args.tta_angles:
+    augmented = args.tta or args.uncertainty or bool(args.tta_angles) or args.tta_flips != "all"
+    if augmented:
         check_tta(method)
     report = infer_files(args.inputs, args.output, method, k, args.slice_axis, keep_acquired=not args.no_keep_acquired,
                          tta=args.tta, uncertainty=args.uncertainty, adapt_steps=args.adapt_steps, labels=args.labels,
-                         spacing_mm=args.spacing, tta_angles=args.tta_angles, adapt_patch=args.adapt_patch)
+                         spacing_mm=args.spacing, tta_angles=args.tta_angles, adapt_patch=args.adapt_patch,
+                         tta_flips=args.tta_flips)
     adapted = (f", adapted to each scan in {args.adapt_steps} steps: {sum(report.adapt_seconds) / len(report.adapt_seconds):.1f} s per scan"
                if report.adapt_seconds else "")
     return finish(f"super-resolved {len(report.written)} scans with {method.label} ("
                   + (f"K={k}" if k is not None else f"spacing {args.spacing:g} mm")
-                  + (", test-time augmentation" if args.tta or args.uncertainty or args.tta_angles else "")
+                  + (", test-time augmentation" if augmented else "")
+                  + (" (slice flips)" if args.tta_flips == "slice" else "")
                   + (f" (rotations {', '.join(f'{a:g}' for a in args.tta_angles)})" if args.tta_angles else "")
                   + (", uncertainty maps" if args.uncertainty else "") + adapted + "), "
                   f"failed {len(report.failures)} -> {args.output}", report.failures)
@@ -130,7 +134,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     result = evaluate(args.hr, args.k, args.methods, args.output, args.slice_axis, figures=not args.no_figures,
                       tta=args.tta, uncertainty=args.uncertainty, device=args.device, lr_spacing=args.lr_spacing,
                       profile=args.slice_profile, thickness_mm=args.slice_thickness, adapt_steps=args.adapt_steps,
-                      precision=args.precision, tta_angles=args.tta_angles, adapt_patch=args.adapt_patch)
+                      precision=args.precision, tta_angles=args.tta_angles, adapt_patch=args.adapt_patch,
+                      tta_flips=args.tta_flips)
     print(result.summary_table())
     return finish(f"-> {args.output}/metrics.csv, summary.md" + ("" if args.no_figures else ", *_slices.png, *_through_plane.png"),
                   result.failures)
@@ -216,6 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "each output: the per-voxel SD of the augmented predictions (float32, intensity units, zero at "
                        "kept acquired slices)")
     infer.add_argument("--tta-angles", type=parse_angles, default=(), metavar="DEG[,DEG]", help=TTA_ANGLES_HELP)
+    infer.add_argument("--tta-flips", choices=["all", "slice"], default="all", help=TTA_FLIPS_HELP)
     infer.add_argument("--adapt-steps", type=int, default=0, metavar="N",
                        help="fine-tune a copy of the model on each scan's own in-plane pairs for N steps first (the "
                        "model on disk is not changed; the time per scan is printed)")
@@ -248,6 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument("--uncertainty", action="store_true", help="--tta, and the Spearman correlation of "
                             "each trained method's uncertainty map with its absolute error (uncertainty_spearman)")
     evaluation.add_argument("--tta-angles", type=parse_angles, default=(), metavar="DEG[,DEG]", help=TTA_ANGLES_HELP)
+    evaluation.add_argument("--tta-flips", choices=["all", "slice"], default="all", help=TTA_FLIPS_HELP)
     evaluation.add_argument("--adapt-steps", type=int, default=0, metavar="N",
                             help="fine-tune each stage II generator on each simulated LR scan's own in-plane pairs "
                             "for N steps first (rows labelled '... (adapted, N steps)'); the model is not changed")

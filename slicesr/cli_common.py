@@ -55,6 +55,10 @@ TTA_ANGLES_HELP = ("test-time augmentation (--tta implied) on the slices rotated
                    "as well, comma-separated: each costs 2 to 3 times the unrotated passes; 45 is the one measured to "
                    "help (benchmarks/NOTES.md)")
 
+TTA_FLIPS_HELP = ("which flips test-time augmentation averages (other than all: --tta implied): all (the 8 flips of the "
+                  "three axes, the default) or slice (the slice axis's 2 alone: half the passes of a through-plane 2D "
+                  "generator, within 0.01 dB of all on the validation brains; benchmarks/NOTES.md)")
+
 
 def parse_angles(text: str) -> tuple[float, ...]:
     """DEG[,DEG...] -> a tuple of floats (an argparse type: a bad value is a usage error)."""

@@ -30,10 +30,12 @@ from slicesr.inference import (
     check_adapt_patch,
     check_k,
     check_tta_angles,
+    check_tta_flips,
     expand_inputs,
     infer_volume,
     infer_volume_uncertainty,
     load_method,
+    tta_label,
 )
 from slicesr.intensity import FOREGROUND_LEVEL
 from slicesr.interpolation import SPACING_RTOL, integer_ratio
@@ -250,7 +252,8 @@ def evaluate(hr_inputs: list[str], k: int | None, methods: str | list[str], outp
              thickness_mm: float | None = None,
              uncertainty_smoothing_voxels: float = UNCERTAINTY_SMOOTHING_VOXELS,
              adapt_steps: int = 0, precision: str = "float32",
-             tta_angles: tuple[float, ...] = (), adapt_patch: tuple[int, int, int] | None = None) -> EvaluationResult:
+             tta_angles: tuple[float, ...] = (), adapt_patch: tuple[int, int, int] | None = None,
+             tta_flips: str = "all") -> EvaluationResult:
     """Score every method on every HR volume; write metrics.csv, summary.md and the figures into `output`.
 
     The LR scan keeps every K-th slice, or with `lr_spacing` (mm, any multiple of the HR spacing) has its
@@ -265,7 +268,8 @@ def evaluate(hr_inputs: list[str], k: int | None, methods: str | list[str], outp
     `planes_on_grid`); the other methods as they are. `tta_angles` (implies `tta`): the trained methods'
     augmentations again on the slices rotated in-plane by each angle (degrees; slicesr.inference.predict;
     rows labelled '... (TTA, rotations 45)'). `adapt_patch`: the adaptation's training patch (slices, rows, cols)
-    instead of each model's own (rows labelled '... (adapted, N steps, patch DxHxW)')."""
+    instead of each model's own (rows labelled '... (adapted, N steps, patch DxHxW)'). `tta_flips` "slice" (implies
+    `tta`): the augmentations are the slice axis's flips alone (rows labelled '... (TTA, slice flips)')."""
     if adapt_steps < 0:
         raise ValueError(f"--adapt-steps must be 0 or more, got {adapt_steps}")
     if precision not in PRECISIONS:
@@ -282,8 +286,9 @@ def evaluate(hr_inputs: list[str], k: int | None, methods: str | list[str], outp
         log.warning("--slice-thickness %g mm is not used with the point profile (the paper's T keeps slices as they "
                     "are); give --slice-profile box or gaussian to simulate thick slices", thickness_mm)
     tta_angles = check_tta_angles(tta_angles)
+    check_tta_flips(tta_flips)
     adapt_patch = check_adapt_patch(adapt_patch, k, adapt_steps)
-    tta = tta or uncertainty or bool(tta_angles)
+    tta = tta or uncertainty or bool(tta_angles) or tta_flips != "all"
     loaded: dict[str, Method] = {}
     for label, spec in parse_methods(methods):
         method = load_method(spec, device=device)
@@ -294,7 +299,7 @@ def evaluate(hr_inputs: list[str], k: int | None, methods: str | list[str], outp
             method.precision = precision
             name += f" ({precision})"
         if tta and method.supports_tta:
-            name += (f" (TTA, rotations {', '.join(f'{a:g}' for a in tta_angles)})" if tta_angles else " (TTA)")
+            name += tta_label(tta_angles, tta_flips)
         if adapt_steps and method.adaptable:
             name += (f" (adapted, {adapt_steps} steps"
                      + (f", patch {'x'.join(map(str, adapt_patch))})" if adapt_patch else ")"))
@@ -338,12 +343,14 @@ def evaluate(hr_inputs: list[str], k: int | None, methods: str | list[str], outp
                                                                    spacing_mm=grid.get("spacing_mm"),
                                                                    smoothing_voxels=uncertainty_smoothing_voxels,
                                                                    adapt_steps=adapt, tta_angles=tta_angles,
-                                                                   adapt_patch=adapt_patch if adapt else None)
+                                                                   adapt_patch=adapt_patch if adapt else None,
+                                                                   tta_flips=tta_flips)
                 else:
                     image = infer_volume(lr, method, grid["k"], axis, keep_acquired=keep, tta=augmented,
                                          spacing_mm=grid.get("spacing_mm"), adapt_steps=adapt,
                                          tta_angles=tta_angles if augmented else (),
-                                         adapt_patch=adapt_patch if adapt else None)
+                                         adapt_patch=adapt_patch if adapt else None,
+                                         tta_flips=tta_flips if augmented else "all")
                     spread_image = None
                 prediction, _ = to_slice_first(np.asarray(image.get_fdata(dtype=np.float32)), image.affine, axis)
                 outputs[label] = prediction

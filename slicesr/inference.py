@@ -54,6 +54,10 @@ BASELINES = ("linear", "cubic")
 
 # Test-time augmentation: every combination of flips of the (slices, rows, cols) axes
 FLIPS = tuple(itertools.product((False, True), repeat=3))
+# Which flips test-time augmentation averages (`tta_flips`): the 8 of the three axes, or those of the slice axis
+# alone. A through-plane 2D generator's in-plane flips add 0.004 / 0.006 dB on the training pool's validation
+# brains (with the 45-degree rotations) for twice the passes (benchmarks/NOTES.md, twentieth session).
+TTA_FLIPS = {"all": FLIPS, "slice": tuple(f for f in FLIPS if not (f[1] or f[2]))}
 # The SD of the augmented predictions is itself a noisy estimate voxel by voxel; a Gaussian of 1 voxel in
 # each slice's plane ranks the errors better (Spearman 0.400 -> 0.447 and 0.267 -> 0.311 on the training
 # pool's validation brains; a model-free term from the bracketing slices added nothing: benchmarks/NOTES.md).
@@ -91,14 +95,15 @@ class Method:
         raise NotImplementedError
 
     def augmented(self, slices: np.ndarray, k: int, progress: bool = False,
-                  support: np.ndarray | None = None) -> Iterator[np.ndarray]:
+                  support: np.ndarray | None = None, flips: str = "all") -> Iterator[np.ndarray]:
         """Test-time augmentation: the method on each flip of the three axes, flipped back. Flipping the
         slice axis keeps the acquired slices on the HR grid's multiples of K (the grid is symmetric).
         `support`: an in-plane (rows, cols) mask of where the predictions are needed (a rotated canvas's
         field of view); a method may leave the rest as linear interpolation (through-plane 2D generators
-        do: `planes_on_grid`), this one computes everything."""
-        for flips in FLIPS:
-            yield flip(self.upsample(np.ascontiguousarray(flip(slices, flips)), k, progress), flips)
+        do: `planes_on_grid`), this one computes everything. `flips`: a key of TTA_FLIPS ("slice": the slice
+        axis's flips alone)."""
+        for axes in check_tta_flips(flips):
+            yield flip(self.upsample(np.ascontiguousarray(flip(slices, axes)), k, progress), axes)
 
 
 @dataclass
@@ -234,24 +239,25 @@ class GeneratorUpsampling(Method):
         return adapted
 
     def augmented(self, slices: np.ndarray, k: int, progress: bool = False,
-                  support: np.ndarray | None = None) -> Iterator[np.ndarray]:
+                  support: np.ndarray | None = None, flips: str = "all") -> Iterator[np.ndarray]:
         """The flips; for a generator with orientations (through-plane 2D), each orientation on its own.
         Such a network sees one plane at a time, so flipping the axis across an orientation's planes only
         reorders them and gives that orientation's prediction again: each orientation runs on the 4 flips
         of its own plane's axes, 8 distinct predictions for the cost of 4 whole passes (the 16 flip x
-        orientation predictions hold each of them twice: the same mean and SD). `support`: see
-        `Method.augmented` (a through-plane 2D generator runs only where it is needed)."""
+        orientation predictions hold each of them twice: the same mean and SD); with `flips` "slice", on
+        the 2 flips of the slice axis, 4 predictions for 2 passes. `support`: see `Method.augmented` (a
+        through-plane 2D generator runs only where it is needed)."""
         orientations = getattr(self.model, "orientations", (None,))
         across = getattr(self.model, "axis_across_planes", {})
-        for flips in FLIPS:
-            wanted = [o for o in orientations if o is None or not flips[across[o]]]
+        for axes in check_tta_flips(flips):
+            wanted = [o for o in orientations if o is None or not axes[across[o]]]
             if not wanted:
                 continue
-            flipped = np.ascontiguousarray(flip(slices, flips))
-            flipped_support = None if support is None else np.ascontiguousarray(flip(support, flips[1:]))
+            flipped = np.ascontiguousarray(flip(slices, axes))
+            flipped_support = None if support is None else np.ascontiguousarray(flip(support, axes[1:]))
             for orientation in wanted:
                 yield flip(generator_upsample(self.model, flipped, k, self.window, self.overlap, progress,
-                                              orientation, self.precision, flipped_support), flips)
+                                              orientation, self.precision, flipped_support), axes)
 
 
 @torch.inference_mode()
@@ -440,6 +446,20 @@ def check_tta_angles(angles) -> tuple[float, ...]:
     return values
 
 
+def check_tta_flips(flips: str) -> tuple[tuple[bool, bool, bool], ...]:
+    """The flips (slice, rows, cols) that test-time augmentation averages, by their name in TTA_FLIPS."""
+    if flips not in TTA_FLIPS:
+        raise ValueError(f"TTA flips must be one of {', '.join(TTA_FLIPS)}, got {flips!r}")
+    return TTA_FLIPS[flips]
+
+
+def tta_label(angles: tuple[float, ...] = (), flips: str = "all") -> str:
+    """The suffix of a method's name (`slicesr evaluate`'s rows) for its test-time augmentation."""
+    details = (["slice flips"] if flips == "slice" else []) + (
+        [f"rotations {', '.join(f'{a:g}' for a in angles)}"] if angles else [])
+    return f" (TTA{''.join(', ' + d for d in details)})"
+
+
 def check_tta(method: Method) -> None:
     if not method.supports_tta:
         raise ValueError(f"{method.label} gives the same result under every flip: test-time augmentation and "
@@ -496,30 +516,31 @@ class Prediction:
 
 
 def rotated_predictions(method: Method, slices: np.ndarray, k: int, rotation: InPlaneRotation,
-                        progress: bool = False) -> Iterator[np.ndarray]:
+                        progress: bool = False, flips: str = "all") -> Iterator[np.ndarray]:
     """Test-time augmentation by a rotation about the slice axis: `method.augmented` on the slices rotated
     in-plane (`rotation`), each prediction brought back. What comes back is only the method's departure from
     linear interpolation on the rotated slices; it is added to the linear interpolation of the slices
     themselves (the two commute: one acts in-plane, the other along the slice axis), so the acquired
     content is not resampled there and back, only the part the method invented. The method needs to run only
-    where the rotation back reads (`InPlaneRotation.canvas_support`: about half the canvas at 45 degrees)."""
+    where the rotation back reads (`InPlaneRotation.canvas_support`: about half the canvas at 45 degrees).
+    `flips`: which flips (`Method.augmented`)."""
     turned = rotation.forward(slices)
     turned_linear = linear_slices(turned, k)
     linear = linear_slices(slices, k)
-    for sample in method.augmented(turned, k, progress, rotation.canvas_support()):
+    for sample in method.augmented(turned, k, progress, rotation.canvas_support(), flips):
         departure = np.subtract(sample, turned_linear, dtype=np.float32)
         yield linear + rotation.backward(departure)
 
 
 def rotated_mean(method: Method, slices: np.ndarray, k: int, rotation: InPlaneRotation,
-                 progress: bool = False) -> tuple[np.ndarray, int]:
+                 progress: bool = False, flips: str = "all") -> tuple[np.ndarray, int]:
     """The mean of `rotated_predictions` and how many predictions it holds, with one rotation back instead of
     one per prediction: turning back is linear, so the mean of the departures from linear interpolation is
     turned back once (what `predict` does when no uncertainty map needs the predictions one by one)."""
     turned = rotation.forward(slices)
     turned_linear = linear_slices(turned, k)
     total, count = None, 0
-    for sample in method.augmented(turned, k, progress, rotation.canvas_support()):
+    for sample in method.augmented(turned, k, progress, rotation.canvas_support(), flips):
         count += 1
         if total is None:
             total = np.subtract(sample, turned_linear, dtype=np.float32)
@@ -535,7 +556,8 @@ def predict(volume: Volume, method: Method, k: int | None, slice_axis: int | str
             progress: bool = False, tta: bool = False, uncertainty: bool = False, adapt_steps: int = 0,
             spacing_mm: float | None = None,
             uncertainty_smoothing_voxels: float = UNCERTAINTY_SMOOTHING_VOXELS,
-            tta_angles: tuple[float, ...] = (), adapt_patch: tuple[int, int, int] | None = None) -> Prediction:
+            tta_angles: tuple[float, ...] = (), adapt_patch: tuple[int, int, int] | None = None,
+            tta_flips: str = "all") -> Prediction:
     """The super-resolved volume on the grid of K or of `spacing_mm` (`output_grid`); with `tta` the mean
     of the augmented predictions (`Method.augmented`), with `uncertainty` (implies `tta`) also their standard
     deviation, smoothed in each slice's plane by a Gaussian of `uncertainty_smoothing_voxels` (0: the raw
@@ -543,12 +565,14 @@ def predict(volume: Volume, method: Method, k: int | None, slice_axis: int | str
     the scan's own in-plane pairs (`Method.adapted`; on patches of `adapt_patch` rather than the model's
     training patch when given). `tta_angles` (implies `tta`): the augmentations again on
     the slices rotated in-plane by each angle in degrees (`rotated_predictions`; 45 is the one measured to
-    help, benchmarks/NOTES.md)."""
+    help, benchmarks/NOTES.md). `tta_flips` (a key of TTA_FLIPS; other than "all" implies `tta`): which flips
+    the augmentations are ("slice": the slice axis's alone, half the passes of a through-plane 2D generator)."""
     if uncertainty_smoothing_voxels < 0:
         raise ValueError(f"uncertainty_smoothing_voxels must be 0 or more, got {uncertainty_smoothing_voxels}")
     tta_angles = check_tta_angles(tta_angles)
+    check_tta_flips(tta_flips)
     adapt_patch = check_adapt_patch(adapt_patch, adapt_steps=adapt_steps)
-    tta = tta or uncertainty or bool(tta_angles)
+    tta = tta or uncertainty or bool(tta_angles) or tta_flips != "all"
     if tta:
         check_tta(method)
     if keep_acquired and not method.copies_acquired:
@@ -586,8 +610,9 @@ def predict(volume: Volume, method: Method, k: int | None, slice_axis: int | str
     spread = None
     if tta and not uncertainty:
         out, count = None, 0
-        parts = itertools.chain(((sample, 1) for sample in method.augmented(normalised, k, progress)),
-                                (rotated_mean(method, normalised, k, rotation, progress) for rotation in rotations))
+        parts = itertools.chain(((sample, 1) for sample in method.augmented(normalised, k, progress, flips=tta_flips)),
+                                (rotated_mean(method, normalised, k, rotation, progress, tta_flips)
+                                 for rotation in rotations))
         for part, weight in parts:
             # a running mean, each part weighted by the number of predictions it averages (one prediction: the
             # same float32 steps as the Welford loop below, so that --tta gives what --uncertainty's mean gives)
@@ -601,8 +626,8 @@ def predict(volume: Volume, method: Method, k: int | None, slice_axis: int | str
         # Welford's running mean and sum of squared deviations, float32 and in place: 3 volumes besides the
         # sample, whatever the number of augmentations (float32 is ample for 8 or 16 of them)
         count, out, squares, delta = 0, None, None, None
-        samples = itertools.chain(method.augmented(normalised, k, progress),
-                                  *(rotated_predictions(method, normalised, k, rotation, progress)
+        samples = itertools.chain(method.augmented(normalised, k, progress, flips=tta_flips),
+                                  *(rotated_predictions(method, normalised, k, rotation, progress, tta_flips)
                                     for rotation in rotations))
         for sample in samples:
             count += 1
@@ -758,22 +783,23 @@ def uncertainty_path(output: str) -> str:
 def infer_volume(volume: Volume, method: Method, k: int | None, slice_axis: int | str = "auto",
                  keep_acquired: bool = True, progress: bool = False, tta: bool = False,
                  spacing_mm: float | None = None, adapt_steps: int = 0,
-                 tta_angles: tuple[float, ...] = (),
-                 adapt_patch: tuple[int, int, int] | None = None) -> nib.Nifti1Image | nib.Nifti2Image:
+                 tta_angles: tuple[float, ...] = (), adapt_patch: tuple[int, int, int] | None = None,
+                 tta_flips: str = "all") -> nib.Nifti1Image | nib.Nifti2Image:
     prediction = predict(volume, method, k, slice_axis, keep_acquired, progress, tta, adapt_steps=adapt_steps,
-                         spacing_mm=spacing_mm, tta_angles=tta_angles, adapt_patch=adapt_patch)
+                         spacing_mm=spacing_mm, tta_angles=tta_angles, adapt_patch=adapt_patch, tta_flips=tta_flips)
     return output_image(volume, prediction.data, prediction.affine)
 
 
 def infer_volume_uncertainty(volume: Volume, method: Method, k: int, slice_axis: int | str = "auto",
                              keep_acquired: bool = True, progress: bool = False, spacing_mm: float | None = None,
                              smoothing_voxels: float = UNCERTAINTY_SMOOTHING_VOXELS, adapt_steps: int = 0,
-                             tta_angles: tuple[float, ...] = (), adapt_patch: tuple[int, int, int] | None = None):
+                             tta_angles: tuple[float, ...] = (), adapt_patch: tuple[int, int, int] | None = None,
+                             tta_flips: str = "all"):
     """(the test-time-augmented output image, its uncertainty image)."""
     return predicted_images(volume, predict(volume, method, k, slice_axis, keep_acquired, progress, uncertainty=True,
                                             adapt_steps=adapt_steps, spacing_mm=spacing_mm,
                                             uncertainty_smoothing_voxels=smoothing_voxels, tta_angles=tta_angles,
-                                            adapt_patch=adapt_patch))
+                                            adapt_patch=adapt_patch, tta_flips=tta_flips))
 
 
 @dataclass
@@ -878,17 +904,19 @@ def infer_files(inputs: list[str], output: str, method: Method, k: int, slice_ax
                 keep_acquired: bool = True, progress: bool = True, tta: bool = False,
                 uncertainty: bool = False, adapt_steps: int = 0, labels: str | None = None,
                 spacing_mm: float | None = None, tta_angles: tuple[float, ...] = (),
-                adapt_patch: tuple[int, int, int] | None = None) -> InferenceReport:
+                adapt_patch: tuple[int, int, int] | None = None, tta_flips: str = "all") -> InferenceReport:
     """Super-resolve every input into `output`; a bad file is reported and the others still done. With
     `uncertainty`, `<stem>_uncertainty.nii.gz` is written beside each output (`tta` implied); with
     `adapt_steps`, each scan by a copy of the method fine-tuned on that scan's in-plane pairs; `labels`
     (one input only): a label image on the input's grid, carried to the output's as `<stem>_labels.nii.gz`;
     `spacing_mm`: the output's slice spacing instead of K (`output_grid`; k is then None); `tta_angles`: TTA
     on the slices rotated in-plane by these angles as well (`predict`; `tta` implied); `adapt_patch`: the
-    adaptation's training patch instead of the model's (`Method.adapted`)."""
+    adaptation's training patch instead of the model's (`Method.adapted`); `tta_flips`: which flips TTA averages
+    (`predict`; other than "all", `tta` implied)."""
     tta_angles = check_tta_angles(tta_angles)
+    check_tta_flips(tta_flips)
     adapt_patch = check_adapt_patch(adapt_patch, k, adapt_steps)
-    tta = tta or bool(tta_angles)
+    tta = tta or bool(tta_angles) or tta_flips != "all"
     if tta or uncertainty:
         check_tta(method)
     if adapt_steps < 0:
@@ -923,7 +951,7 @@ def infer_files(inputs: list[str], output: str, method: Method, k: int, slice_ax
             volume = load_volume(source)
             log_slice_sidecar(source, method)
             prediction = predict(volume, method, k, slice_axis, keep_acquired, progress, tta, uncertainty, adapt_steps,
-                                 spacing_mm, tta_angles=tta_angles, adapt_patch=adapt_patch)
+                                 spacing_mm, tta_angles=tta_angles, adapt_patch=adapt_patch, tta_flips=tta_flips)
             image, spread = predicted_images(volume, prediction)
             carried = (carried_labels_image(label_volume, volume, k, slice_axis, spacing_mm)
                        if label_volume is not None else None)

@@ -134,6 +134,24 @@ def test_a_beyond_row_s_augmentation_may_add_in_plane_rotations():
             check_beyond_rows({**plan, "beyond": {"brain": [{**row, **bad}]}})
 
 
+def test_a_beyond_row_may_be_scored_again_with_the_slice_axis_s_flips_alone():
+    from benchmarks.quality import check_beyond_rows
+
+    row = {"generator": "throughplane2d", "supervision": "inplane", "steps": 8, "uncertainty": True,
+           "tta_angles": [45], "slice_flips_tta": True}
+    # evaluate's own label of --tta-angles 45 --tta-flips slice, after the row's full augmentation
+    assert beyond_labels({"beyond": {"brain": [row]}})[3:] == [
+        "through-plane 2D, in-plane pairs (TTA, rotations 45)",
+        "through-plane 2D, in-plane pairs (TTA, slice flips, rotations 45)"]
+    plan = {"generators": {"throughplane2d": {"set": ["model.name=throughplane2d"]}}, "beyond": {"brain": [row]}}
+    check_beyond_rows(plan)
+    check_beyond_rows({**plan, "beyond": {"brain": [{**row, "uncertainty": False}]}})  # its rotations are used
+    with pytest.raises(ValueError, match="true or false"):
+        check_beyond_rows({**plan, "beyond": {"brain": [{**row, "slice_flips_tta": "yes"}]}})
+    with pytest.raises(ValueError, match="no row of it is augmented"):
+        check_beyond_rows({**plan, "beyond": {"brain": [{**row, "uncertainty": False, "slice_flips_tta": False}]}})
+
+
 def test_a_beyond_row_may_adapt_on_a_patch_of_its_own():
     from benchmarks.quality import check_beyond_rows
 

@@ -209,6 +209,13 @@ def test_uncertainty_maps_beside_the_outputs(ray_cluster, scans, sr_model, tmp_p
     expected = infer_volume(load_volume(sources[0]), load_method(sr_model), 4, tta_angles=(45,)).get_fdata()
     np.testing.assert_allclose(nib.load(turned.written[0]).get_fdata(), expected, rtol=1e-4,
                                atol=1e-5 * (np.ptp(expected) or 1.0))
+    fewer = infer_many([sources[0]], str(tmp_path / "fewer"), sr_model, tta_angles=(45,), tta_flips="slice",
+                       address=ray_cluster["address"], progress=False)  # and the flips
+    expected = infer_volume(load_volume(sources[0]), load_method(sr_model), 4, tta_angles=(45,),
+                            tta_flips="slice").get_fdata()
+    np.testing.assert_allclose(nib.load(fewer.written[0]).get_fdata(), expected, rtol=1e-4,
+                               atol=1e-5 * (np.ptp(expected) or 1.0))
+    assert np.abs(expected - nib.load(turned.written[0]).get_fdata()).max() > 0  # not the 8 flips' mean
     os.unlink(out / "scan001_uncertainty.nii.gz")  # an output without its map is redone
     again = infer_many([str(folder)], str(out), sr_model, uncertainty=True, address=ray_cluster["address"],
                        progress=False)

@@ -145,6 +145,17 @@ def test_rotated_tta_rows(tmp_path):
     with pytest.raises(ValueError, match="multiple of 360"):
         evaluate([hr_path], 3, [f"mine={model}"], str(tmp_path / "bad"), slice_axis=2, progress=False,
                  tta_angles=(0,))
+    # the slice axis's flips alone (tta implied): their own row, another mean; the uncertainty row as well
+    fewer = evaluate([hr_path], 3, ["linear", f"mine={model}"], str(tmp_path / "fewer"), slice_axis=2, figures=False,
+                     progress=False, tta_angles=(45,), tta_flips="slice")
+    assert fewer.methods == ["linear", "mine (TTA, slice flips, rotations 45)"] and not fewer.failures
+    assert fewer.rows[1]["psnr_missing"] != result.rows[1]["psnr_missing"]
+    mapped = evaluate([hr_path], 3, [f"mine={model}"], str(tmp_path / "mapped"), slice_axis=2, figures=False,
+                      progress=False, uncertainty=True, tta_flips="slice")
+    assert mapped.methods == ["mine (TTA, slice flips)"] and "uncertainty_spearman" in mapped.rows[0]
+    with pytest.raises(ValueError, match="TTA flips"):
+        evaluate([hr_path], 3, [f"mine={model}"], str(tmp_path / "bad"), slice_axis=2, progress=False,
+                 tta_flips="most")
 
 
 def test_adapted_rows(tmp_path, capsys):

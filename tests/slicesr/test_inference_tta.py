@@ -424,3 +424,69 @@ def test_tta_angles_on_the_command_line(tmp_path, capsys):
                  "--tta-angles", "45"]) == 2
     assert "need a trained model" in capsys.readouterr().err
     assert not (tmp_path / "bad.nii.gz").exists()
+
+
+@pytest.mark.parametrize("name, overrides, count", [("throughplane2d", (), 4),
+                                                    ("throughplane2d", ("model.subpixel=true",), 4),
+                                                    ("deepresolve", (), 2)])
+def test_slice_flips_are_the_augmentations_without_an_in_plane_flip(tmp_path, name, overrides, count):
+    method = load_method(model_dir(tmp_path / "sr", name, True, *overrides))
+    slices = np.random.default_rng(4).random((4, 10, 9)).astype(np.float32)
+    every = list(method.augmented(slices, 3))
+    few = list(method.augmented(slices, 3, flips="slice"))
+    assert len(few) == count and count < len(every)
+    # for a through-plane 2D generator: the identity and the slice flip, in each orientation
+    orientations = getattr(method.model, "orientations", (None,))
+    kept = [sample for (axes, _), sample in zip([(f, o) for f in FLIPS for o in orientations
+                                                 if o is None or not f[method.model.axis_across_planes[o]]]
+                                                if orientations != (None,) else [(f, None) for f in FLIPS], every)
+            if not (axes[1] or axes[2])]
+    assert len(kept) == count
+    for got, expected in zip(few, kept):
+        np.testing.assert_array_equal(got, expected)
+    with pytest.raises(ValueError, match="all, slice"):
+        list(method.augmented(slices, 3, flips="inplane"))
+
+
+def test_predict_with_slice_flips(tmp_path):
+    path, data, affine = _lr_file(tmp_path, "oblique", 0, n=5)
+    method = load_method(model_dir(tmp_path / "sr", "throughplane2d"))
+    volume = load_volume(path)
+    slices, _ = to_slice_first(data, affine, 0)
+    params = robust_intensity_params(slices)
+    normalised = normalize(slices, params)
+    rotation = InPlaneRotation(normalised.shape[1:], (0.9, 0.7), 45)  # _lr_file's in-plane voxel sizes
+    samples = [*method.augmented(normalised, 3, flips="slice"),
+               *rotated_predictions(method, normalised, 3, rotation, flips="slice")]
+    assert len(samples) == 8  # half of --tta-angles 45's 16
+    expected = np.clip(denormalize(np.mean(samples, axis=0), params), slices.min(), slices.max())
+    # tta implied; the mean of the slice flips, with and without their map, with the rotations
+    for kwargs in ({}, {"uncertainty": True}):
+        got = predict(volume, method, 3, 0, tta_angles=(45,), tta_flips="slice", **kwargs)
+        values = np.moveaxis(got.data, 0, 0)
+        np.testing.assert_allclose(values[1::3], expected[1::3], rtol=1e-4, atol=1e-4 * float(np.ptp(slices)))
+        np.testing.assert_array_equal(values[::3], slices)
+    full = predict(volume, method, 3, 0, tta_angles=(45,))
+    assert np.abs(full.data - got.data).max() > 1e-4  # another set of augmentations
+    alone = predict(volume, method, 3, 0, tta_flips="slice").data
+    flat = np.clip(denormalize(np.mean(list(method.augmented(normalised, 3, flips="slice")), axis=0), params),
+                   slices.min(), slices.max())
+    np.testing.assert_allclose(alone[1::3], flat[1::3], rtol=1e-4, atol=1e-4 * float(np.ptp(slices)))
+    with pytest.raises(ValueError, match="TTA flips"):
+        predict(volume, method, 3, 0, tta_flips="none")
+
+
+def test_tta_flips_on_the_command_line(tmp_path, capsys):
+    path, _, _ = _lr_file(tmp_path, "ras", 2, n=4)
+    model = model_dir(tmp_path / "sr", "throughplane2d")
+    out = tmp_path / "o.nii.gz"
+    assert main(["infer", path, "--output", str(out), "--model", model, "--tta-flips", "slice"]) == 0
+    assert "test-time augmentation (slice flips)" in capsys.readouterr().out
+    expected = predict(load_volume(path), load_method(model), 3, tta_flips="slice").data
+    np.testing.assert_allclose(np.asarray(nib.load(out).dataobj), expected, rtol=1e-6, atol=1e-5)
+    assert main(["infer", path, "--output", str(tmp_path / "bad.nii.gz"), "--model", model, "--tta-flips", "some"]) == 2
+    assert "invalid choice" in capsys.readouterr().err
+    assert main(["infer", path, "--output", str(tmp_path / "bad.nii.gz"), "--model", "linear", "--k", "3",
+                 "--tta-flips", "slice"]) == 2
+    assert "need a trained model" in capsys.readouterr().err
+    assert not (tmp_path / "bad.nii.gz").exists()
