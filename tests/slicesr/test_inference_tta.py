@@ -407,25 +407,6 @@ def test_rotated_mean_is_the_mean_of_the_rotated_predictions():
     np.testing.assert_allclose(mean, np.mean(samples, axis=0), atol=1e-5)
 
 
-def test_tta_angles_on_the_command_line(tmp_path, capsys):
-    path, _, _ = _lr_file(tmp_path, "ras", 2, n=4)
-    model = model_dir(tmp_path / "sr", "throughplane2d")
-    out = tmp_path / "o.nii.gz"
-    assert main(["infer", path, "--output", str(out), "--model", model, "--tta-angles", "45"]) == 0
-    assert "rotations 45" in capsys.readouterr().out
-    expected = predict(load_volume(path), load_method(model), 3, tta_angles=(45,)).data
-    np.testing.assert_allclose(np.asarray(nib.load(out).dataobj), expected, rtol=1e-6, atol=1e-5)
-    for angles, message in [("abc", "degrees separated by commas"), ("360", "multiple of 360"),
-                            ("45,405", "repeat")]:
-        assert main(["infer", path, "--output", str(tmp_path / "bad.nii.gz"), "--model", model,
-                     "--tta-angles", angles]) == 2
-        assert message in capsys.readouterr().err
-    assert main(["infer", path, "--output", str(tmp_path / "bad.nii.gz"), "--model", "linear", "--k", "3",
-                 "--tta-angles", "45"]) == 2
-    assert "need a trained model" in capsys.readouterr().err
-    assert not (tmp_path / "bad.nii.gz").exists()
-
-
 @pytest.mark.parametrize("name, overrides, count", [("throughplane2d", (), 4),
                                                     ("throughplane2d", ("model.subpixel=true",), 4),
                                                     ("deepresolve", (), 2)])
@@ -476,17 +457,30 @@ def test_predict_with_slice_flips(tmp_path):
         predict(volume, method, 3, 0, tta_flips="none")
 
 
-def test_tta_flips_on_the_command_line(tmp_path, capsys):
+@pytest.mark.parametrize("options, kwargs, printed", [
+    (["--tta-angles", "45"], {"tta_angles": (45,)}, "rotations 45"),
+    (["--tta-flips", "slice"], {"tta_flips": "slice"}, "test-time augmentation (slice flips)"),
+    (["--tta-angles", "45", "--tta-flips", "slice"], {"tta_angles": (45,), "tta_flips": "slice"}, "(slice flips) (rotations 45)")])
+def test_augmentation_options_on_the_command_line(tmp_path, capsys, options, kwargs, printed):
     path, _, _ = _lr_file(tmp_path, "ras", 2, n=4)
     model = model_dir(tmp_path / "sr", "throughplane2d")
     out = tmp_path / "o.nii.gz"
-    assert main(["infer", path, "--output", str(out), "--model", model, "--tta-flips", "slice"]) == 0
-    assert "test-time augmentation (slice flips)" in capsys.readouterr().out
-    expected = predict(load_volume(path), load_method(model), 3, tta_flips="slice").data
+    assert main(["infer", path, "--output", str(out), "--model", model, *options]) == 0  # --tta implied
+    assert printed in capsys.readouterr().out
+    expected = predict(load_volume(path), load_method(model), 3, **kwargs).data
     np.testing.assert_allclose(np.asarray(nib.load(out).dataobj), expected, rtol=1e-6, atol=1e-5)
-    assert main(["infer", path, "--output", str(tmp_path / "bad.nii.gz"), "--model", model, "--tta-flips", "some"]) == 2
-    assert "invalid choice" in capsys.readouterr().err
     assert main(["infer", path, "--output", str(tmp_path / "bad.nii.gz"), "--model", "linear", "--k", "3",
-                 "--tta-flips", "slice"]) == 2
+                 *options]) == 2
     assert "need a trained model" in capsys.readouterr().err
+    assert not (tmp_path / "bad.nii.gz").exists()
+
+
+def test_bad_augmentation_options_are_usage_errors(tmp_path, capsys):
+    path, _, _ = _lr_file(tmp_path, "ras", 2, n=4)
+    model = model_dir(tmp_path / "sr", "throughplane2d")
+    for option, value, message in [("--tta-angles", "abc", "degrees separated by commas"),
+                                   ("--tta-angles", "360", "multiple of 360"), ("--tta-angles", "45,405", "repeat"),
+                                   ("--tta-flips", "some", "invalid choice")]:
+        assert main(["infer", path, "--output", str(tmp_path / "bad.nii.gz"), "--model", model, option, value]) == 2
+        assert message in capsys.readouterr().err
     assert not (tmp_path / "bad.nii.gz").exists()
