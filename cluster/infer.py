@@ -38,6 +38,7 @@ from slicesr.cli_common import (
     EXIT_OK,
     EXIT_SOME_FAILED,
     TTA_ANGLES_HELP,
+    TTA_FLIP_NAMES,
     TTA_FLIPS_HELP,
     UsageError,
     add_batch_options,
@@ -303,7 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--uncertainty", action="store_true",
                         help="--tta, and <name>_uncertainty.nii.gz beside each output (per-voxel SD)")
     parser.add_argument("--tta-angles", type=parse_angles, default=(), metavar="DEG[,DEG]", help=TTA_ANGLES_HELP)
-    parser.add_argument("--tta-flips", choices=["all", "slice"], default="all", help=TTA_FLIPS_HELP)
+    parser.add_argument("--tta-flips", choices=TTA_FLIP_NAMES, default="all", help=TTA_FLIPS_HELP)
     add_batch_options(parser, "super-resolve again scans whose output exists")
     return parser
 

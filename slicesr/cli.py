@@ -26,6 +26,7 @@ from slicesr.cli_common import (
     ADAPT_PATCH_HELP,
     EXIT_OK,
     TTA_ANGLES_HELP,
+    TTA_FLIP_NAMES,
     TTA_FLIPS_HELP,
     UsageError,
     finish,
@@ -221,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "each output: the per-voxel SD of the augmented predictions (float32, intensity units, zero at "
                        "kept acquired slices)")
     infer.add_argument("--tta-angles", type=parse_angles, default=(), metavar="DEG[,DEG]", help=TTA_ANGLES_HELP)
-    infer.add_argument("--tta-flips", choices=["all", "slice"], default="all", help=TTA_FLIPS_HELP)
+    infer.add_argument("--tta-flips", choices=TTA_FLIP_NAMES, default="all", help=TTA_FLIPS_HELP)
     infer.add_argument("--adapt-steps", type=int, default=0, metavar="N",
                        help="fine-tune a copy of the model on each scan's own in-plane pairs for N steps first (the "
                        "model on disk is not changed; the time per scan is printed)")
@@ -254,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument("--uncertainty", action="store_true", help="--tta, and the Spearman correlation of "
                             "each trained method's uncertainty map with its absolute error (uncertainty_spearman)")
     evaluation.add_argument("--tta-angles", type=parse_angles, default=(), metavar="DEG[,DEG]", help=TTA_ANGLES_HELP)
-    evaluation.add_argument("--tta-flips", choices=["all", "slice"], default="all", help=TTA_FLIPS_HELP)
+    evaluation.add_argument("--tta-flips", choices=TTA_FLIP_NAMES, default="all", help=TTA_FLIPS_HELP)
     evaluation.add_argument("--adapt-steps", type=int, default=0, metavar="N",
                             help="fine-tune each stage II generator on each simulated LR scan's own in-plane pairs "
                             "for N steps first (rows labelled '... (adapted, N steps)'); the model is not changed")

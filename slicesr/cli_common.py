@@ -55,6 +55,8 @@ TTA_ANGLES_HELP = ("test-time augmentation (--tta implied) on the slices rotated
                    "as well, comma-separated: each costs 2 to 3 times the unrotated passes; 45 is the one measured to "
                    "help (benchmarks/NOTES.md)")
 
+# the names of slicesr.inference.TTA_FLIPS (that module imports torch; the CLIs list them before importing it)
+TTA_FLIP_NAMES = ("all", "slice")
 TTA_FLIPS_HELP = ("which flips test-time augmentation averages (other than all: --tta implied): all (the 8 flips of the "
                   "three axes, the default) or slice (the slice axis's 2 alone: half the passes of a through-plane 2D "
                   "generator, within 0.01 dB of all on the validation brains; benchmarks/NOTES.md)")

@@ -7,10 +7,12 @@ import torch
 from scipy.ndimage import gaussian_filter
 
 from slicesr.cli import main
+from slicesr.cli_common import TTA_FLIP_NAMES
 from slicesr.config import load_config
 from slicesr.geometry import to_slice_first
 from slicesr.inference import (
     FLIPS,
+    TTA_FLIPS,
     UNCERTAINTY_SMOOTHING_VOXELS,
     Method,
     flip,
@@ -429,6 +431,11 @@ def test_slice_flips_are_the_augmentations_without_an_in_plane_flip(tmp_path, na
         list(method.augmented(slices, 3, flips="inplane"))
 
 
+def test_the_command_lines_offer_the_librarys_flip_sets():
+    # the CLIs list the names without importing the torch-heavy module: a new set must be named there too
+    assert TTA_FLIP_NAMES == tuple(TTA_FLIPS)
+
+
 def test_predict_with_slice_flips(tmp_path):
     path, data, affine = _lr_file(tmp_path, "oblique", 0, n=5)
     method = load_method(model_dir(tmp_path / "sr", "throughplane2d"))
@@ -444,7 +451,7 @@ def test_predict_with_slice_flips(tmp_path):
     # tta implied; the mean of the slice flips, with and without their map, with the rotations
     for kwargs in ({}, {"uncertainty": True}):
         got = predict(volume, method, 3, 0, tta_angles=(45,), tta_flips="slice", **kwargs)
-        values = np.moveaxis(got.data, 0, 0)
+        values = got.data  # slice axis 0
         np.testing.assert_allclose(values[1::3], expected[1::3], rtol=1e-4, atol=1e-4 * float(np.ptp(slices)))
         np.testing.assert_array_equal(values[::3], slices)
     full = predict(volume, method, 3, 0, tta_angles=(45,))
