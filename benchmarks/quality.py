@@ -741,14 +741,23 @@ def beyond_table(args, plan: dict, parts: Parts, brain_rows: list[dict], knee_ro
     spearman = [row for row in brain_rows + knee_rows if isinstance(row.get("uncertainty_spearman"), float)]
     if spearman:
         lines += ["", "Uncertainty maps (`--uncertainty`): Spearman correlation with the absolute error over the "
-                  "foreground of the missing slices (figures: quality_*_uncertainty_calibration_*.png):", "",
-                  "| method | volume | Spearman |", "|---|---|---:|"]
-        lines += [f"| {row['method']} | {row['volume']} | {row['uncertainty_spearman']:.3f} |" for row in spearman]
+                  "foreground of the missing slices (figures: quality_*_uncertainty_calibration_*.png); beside it, "
+                  "the same figure for an oracle map that knows the absolute errors of each voxel's in-plane "
+                  "neighbours (Gaussian of 1 voxel) but not the voxel's own (`neighbour_error_spearman`, read from "
+                  "the HR: how much of the error can be ranked from its surroundings at all):", "",
+                  "| method | volume | Spearman | oracle of the neighbours' errors |", "|---|---|---:|---:|"]
+        lines += [f"| {row['method']} | {row['volume']} | {row['uncertainty_spearman']:.3f} | "
+                  f"{reference_cell(row.get('neighbour_error_spearman'))} |" for row in spearman]
     own_seconds = sum(parts.seconds(own).values())
     lines += ["", times(parts, used),
               f"Its rows' own parts (training and scoring; the stores and stage I runs shared with the paper's "
               f"table not counted): {own_seconds:.1f} s ({own_seconds / 60:.1f} min)."]
     return "\n".join(lines)
+
+
+def reference_cell(value) -> str:
+    """A row scored before `neighbour_error_spearman` existed has none: '-'."""
+    return f"{value:.3f}" if isinstance(value, float) else "-"
 
 
 def quick_settings(scratch: Path) -> dict:

@@ -253,7 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument("--tta", action="store_true", help="trained methods with test-time augmentation "
                             "(rows labelled '... (TTA)'); linear and cubic as they are")
     evaluation.add_argument("--uncertainty", action="store_true", help="--tta, and the Spearman correlation of "
-                            "each trained method's uncertainty map with its absolute error (uncertainty_spearman)")
+                            "each trained method's uncertainty map with its absolute error (uncertainty_spearman), beside that of an "
+                            "oracle that knows each voxel's in-plane neighbours' errors (neighbour_error_spearman)")
     evaluation.add_argument("--tta-angles", type=parse_angles, default=(), metavar="DEG[,DEG]", help=TTA_ANGLES_HELP)
     evaluation.add_argument("--tta-flips", choices=TTA_FLIP_NAMES, default="all", help=TTA_FLIPS_HELP)
     evaluation.add_argument("--adapt-steps", type=int, default=0, metavar="N",

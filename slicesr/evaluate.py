@@ -43,7 +43,8 @@ from slicesr.nifti import load_volume, strip_nifti_suffix
 
 log = logging.getLogger(__name__)
 METRICS = ("psnr_missing", "ssim_missing", "psnr_all", "ssim_all")
-OPTIONAL_METRICS = ("uncertainty_spearman",)  # columns present when some row has them (--uncertainty)
+# columns present when some row has them (--uncertainty): the map's Spearman and the neighbours' oracle's
+OPTIONAL_METRICS = ("uncertainty_spearman", "neighbour_error_spearman")
 SETTINGS = ("ratio", "profile", "thickness_mm")  # how the LR scan was simulated (ratio: LR / HR spacing)
 FLOAT_COLUMNS = ("ratio", "thickness_mm", *OPTIONAL_METRICS)
 
@@ -235,6 +236,43 @@ def uncertainty_spearman(hr: np.ndarray, prediction: np.ndarray, spread: np.ndar
     return float(spearmanr(uncertainty, error).statistic)
 
 
+# the in-plane Gaussian of `neighbour_error_spearman` (voxels): the shipped map's own smoothing
+NEIGHBOUR_SIGMA_VOXELS = 1.0
+
+
+def neighbour_error_spearman(hr: np.ndarray, prediction: np.ndarray, k: int,
+                             sigma_voxels: float = NEIGHBOUR_SIGMA_VOXELS) -> float:
+    """A reference for `uncertainty_spearman` (it reads the HR: evaluation only): the Spearman, over the same
+    voxels, of an oracle map that knows the absolute errors of each voxel's in-plane neighbours (Gaussian
+    weights of `sigma_voxels`, the voxel itself left out) but not the voxel's own. What a voxel's error
+    shares with its surroundings is all that a map can rank; the part that is the voxel's own (the HR's
+    noise, the finest detail) no map computed without the HR can know. A map made from the LR scan knows
+    far less than this oracle, so it is the figure to read a map's Spearman against (benchmarks/NOTES.md,
+    twenty-first session). NaN where nothing varies."""
+    from scipy.ndimage import correlate
+    from scipy.stats import spearmanr
+
+    if sigma_voxels <= 0:
+        raise ValueError(f"sigma_voxels must be positive, got {sigma_voxels}")
+    n = scored_slices(hr.shape[0], k)
+    missing = missing_slices(n, k)
+    truth = hr[:n][missing].astype(np.float64)
+    error = np.abs(prediction[:n][missing].astype(np.float64) - truth)
+    radius = int(np.ceil(3 * sigma_voxels))
+    offsets = np.arange(-radius, radius + 1)
+    weights = np.exp(-(offsets[:, None] ** 2 + offsets[None, :] ** 2) / (2 * sigma_voxels ** 2))
+    weights[radius, radius] = 0.0  # never the voxel's own error
+    weights = weights[None]  # in-plane only: the neighbouring missing slices' errors are as unknown
+    # normalised by the weights inside the field of view: no border value repeats the voxel's own error
+    neighbours = correlate(error, weights, mode="constant") / correlate(np.ones_like(error), weights, mode="constant")
+    low, high = float(hr.min()), float(hr.max())
+    foreground = (truth - low) > FOREGROUND_LEVEL * (high - low)
+    oracle, target = neighbours[foreground], error[foreground]
+    if oracle.size < 2 or np.ptp(oracle) == 0 or np.ptp(target) == 0:
+        return float("nan")
+    return float(spearmanr(oracle, target).statistic)
+
+
 def uncertainty_calibration(hr: np.ndarray, prediction: np.ndarray, spread: np.ndarray, k: int,
                             bins: int = 10) -> dict[str, list[float]]:
     """Mean uncertainty and mean absolute error per uncertainty decile (same voxels as the Spearman):
@@ -260,7 +298,8 @@ def evaluate(hr_inputs: list[str], k: int | None, methods: str | list[str], outp
     slices at i * lr_spacing; `profile` / `thickness_mm` is the slice profile of T
     (slicesr.degradation.degrade_profile; acquired slices are copied back only with the point profile).
     `tta` / `uncertainty` apply to the trained methods (labelled "... (TTA)"; linear and cubic are scored
-    as they are); `uncertainty` adds `uncertainty_spearman` to their rows (maps smoothed in-plane by
+    as they are); `uncertainty` adds `uncertainty_spearman` to their rows, and `neighbour_error_spearman`, the figure of an
+    oracle that knows the neighbours' errors, to read it against (maps smoothed in-plane by
     `uncertainty_smoothing_voxels`, slicesr.inference.predict). With `adapt_steps`, each trained stage II
     generator is fine-tuned on each simulated LR scan's own in-plane pairs first (per-scan adaptation, no HR;
     rows labelled '... (adapted, N steps)'); the other methods are scored as they are. `precision` bfloat16
@@ -360,6 +399,7 @@ def evaluate(hr_inputs: list[str], k: int | None, methods: str | list[str], outp
                 if spread_image is not None:
                     spread, _ = to_slice_first(np.asarray(spread_image.get_fdata(dtype=np.float32)), image.affine, axis)
                     row["uncertainty_spearman"] = uncertainty_spearman(hr, prediction, spread, scored_ratio)
+                    row["neighbour_error_spearman"] = neighbour_error_spearman(hr, prediction, scored_ratio)
                     result.calibration.setdefault(name, {})[label] = uncertainty_calibration(hr, prediction, spread,
                                                                                              scored_ratio)
                 result.rows.append(row)

@@ -8,6 +8,7 @@ from scipy.ndimage import uniform_filter
 from slicesr.cli import main
 from slicesr.evaluate import (
     evaluate,
+    neighbour_error_spearman,
     parse_methods,
     read_metrics,
     score,
@@ -106,6 +107,27 @@ def test_uncertainty_spearman_ranks_the_errors():
     assert np.isnan(uncertainty_spearman(hr, prediction, np.zeros(hr.shape), 4))  # a constant map ranks nothing
 
 
+def test_the_neighbours_oracle_ranks_what_errors_share_with_their_surroundings():
+    rng = np.random.default_rng(0)
+    hr = rng.random((13, 32, 32)) + 0.5
+    rows, cols = np.mgrid[:32, :32]
+    smooth = (0.05 + 0.1 * np.sin(rows / 5.0) ** 2 * np.cos(cols / 7.0) ** 2)[None]  # an error field that varies slowly
+    assert neighbour_error_spearman(hr, hr + smooth, 4) > 0.9
+    # independent errors: the neighbours know nothing of a voxel's own, though a map of the errors ranks them
+    white = rng.normal(scale=0.1, size=hr.shape)
+    assert abs(neighbour_error_spearman(hr, hr + white, 4)) < 0.1
+    assert uncertainty_spearman(hr, hr + white, np.abs(white), 4) == pytest.approx(1.0)
+    # a voxel on the border, its own error alone large: the oracle still does not see it
+    spike = np.zeros(hr.shape)
+    spike[:, 0, 0] = 1.0
+    spike += smooth
+    lone = neighbour_error_spearman(hr, hr + spike, 4)
+    assert lone < neighbour_error_spearman(hr, hr + smooth, 4)
+    assert np.isnan(neighbour_error_spearman(hr, hr.copy(), 4))  # no error: nothing to rank
+    with pytest.raises(ValueError, match="positive"):
+        neighbour_error_spearman(hr, hr, 4, sigma_voxels=0)
+
+
 def test_tta_and_uncertainty_rows(tmp_path):
     from tests.slicesr.test_inference_tta import model_dir
 
@@ -118,6 +140,7 @@ def test_tta_and_uncertainty_rows(tmp_path):
     rows = read_metrics(tmp_path / "out" / "metrics.csv")
     assert rows[0]["uncertainty_spearman"] == ""  # linear has no map
     assert -1.0 <= rows[1]["uncertainty_spearman"] <= 1.0
+    assert rows[0]["neighbour_error_spearman"] == "" and -1.0 <= rows[1]["neighbour_error_spearman"] <= 1.0
     curve = json.loads((tmp_path / "out" / "calibration.json").read_text())["hr"]["mine (TTA)"]
     assert len(curve["uncertainty"]) == len(curve["abs_error"]) == 10
     assert curve["uncertainty"] == sorted(curve["uncertainty"])  # deciles in rising uncertainty
