@@ -47,7 +47,7 @@ from benchmarks import datasets  # noqa: E402
 from benchmarks.results import benchmark_parser, figures_dir, parse_arguments, publish  # noqa: E402
 from slicesr.cli_common import setup_logging  # noqa: E402
 from slicesr.config import load_config  # noqa: E402
-from slicesr.inference import UNCERTAINTY_SMOOTHING_VOXELS  # noqa: E402
+from slicesr.inference import UNCERTAINTY_SMOOTHING_MM  # noqa: E402
 
 PLAN = HERE / "quality.yaml"
 LINEAR, CUBIC, VAE = "linear", "cubic", "VAE-based up-sample"
@@ -247,19 +247,19 @@ def train_sr(config_path: str, settings: dict, seed: int, k: int, store: str, su
 
 # --------------------------------------------------------------------------- scoring
 def score_set(volumes: list[str], k: int, methods: list[str], output: Path, axis: int, figures: bool = False,
-              uncertainty: bool = False, smoothing_voxels: float = UNCERTAINTY_SMOOTHING_VOXELS,
+              uncertainty: bool = False, smoothing_mm: float = UNCERTAINTY_SMOOTHING_MM,
               adapt_steps: int = 0, tta: bool = False, tta_angles: tuple[float, ...] = (),
               adapt_patch: list[int] | None = None, tta_flips: str = "all") -> list[dict]:
     """`slicesr evaluate` over `volumes`; the rows of its metrics.csv (with its figures when asked; with
     `uncertainty`, the trained methods with test-time augmentation and their maps' Spearman, the maps
-    smoothed in-plane by `smoothing_voxels`; with `adapt_steps`, the trained generators fine-tuned on each
+    smoothed in-plane by `smoothing_mm` millimetres; with `adapt_steps`, the trained generators fine-tuned on each
     LR scan first; with `tta`, the trained methods with test-time augmentation, without maps; `tta_angles`: that
     augmentation on the slices rotated in-plane as well; `adapt_patch`: the adaptation's own training patch;
     `tta_flips`: which flips the augmentation averages)."""
     from slicesr.evaluate import evaluate
 
     result = evaluate(volumes, k, methods, str(output), slice_axis=str(axis), figures=figures, progress=False,
-                      tta=tta, uncertainty=uncertainty, uncertainty_smoothing_voxels=smoothing_voxels,
+                      tta=tta, uncertainty=uncertainty, uncertainty_smoothing_mm=smoothing_mm,
                       adapt_steps=adapt_steps, tta_angles=tuple(tta_angles),
                       adapt_patch=tuple(adapt_patch) if adapt_patch else None, tta_flips=tta_flips)
     if result.failures:
@@ -624,14 +624,14 @@ def beyond_part(args, plan: dict, parts: Parts, shared: Shared, eval_volumes: li
                 folder = output / f"{set_name}-uncertainty" / (str(i) + ("-rot" if angles else ""))
                 rows.extend(parts.run(f"score {method.split('=', 1)[0]}{tta_suffix(row) if angles else ''} with "
                                       f"uncertainty ({set_name})", score_set, volumes, k, [method], folder,
-                                      axis, True, True, UNCERTAINTY_SMOOTHING_VOXELS, *([0, True] if angles else []),
+                                      axis, True, True, UNCERTAINTY_SMOOTHING_MM, *([0, True] if angles else []),
                                       *angles))
                 calibrations[set_name].append(folder / "uncertainty_calibration.png")
             if row.get("slice_flips_tta"):  # the same augmentation on the slice axis's flips alone: half the passes
                 folder = output / f"{set_name}-slice-flips" / (str(i) + ("-rot" if angles else ""))
                 rows.extend(parts.run(f"score {method.split('=', 1)[0]}{tta_suffix(row, 'slice')} ({set_name})",
                                       score_set, volumes, k, [method], folder, axis, False, False,
-                                      UNCERTAINTY_SMOOTHING_VOXELS, 0, True, *(angles or [[]]), None, "slice"))
+                                      UNCERTAINTY_SMOOTHING_MM, 0, True, *(angles or [[]]), None, "slice"))
             for j, steps in enumerate(adapt_counts(row)):
                 # the first count keeps the folder that a plan with one count used: its finished parts stay valid
                 # as above: the newer arguments only when set, so that older rows keep their parts
@@ -643,7 +643,7 @@ def beyond_part(args, plan: dict, parts: Parts, shared: Shared, eval_volumes: li
                                                            + (f"-p{patch[0][0]}" if patch else ""))
                 newer = [*(rotated or [[]]), *patch] if patch else rotated  # tta_angles, then adapt_patch
                 rows.extend(parts.run(f"score {adapted_label(row, steps)} ({set_name})", score_set, volumes, k,
-                                      [method], folder, axis, False, False, UNCERTAINTY_SMOOTHING_VOXELS, steps,
+                                      [method], folder, axis, False, False, UNCERTAINTY_SMOOTHING_MM, steps,
                                       bool(row.get("adapt_tta")), *newer))
         rows_by_set[set_name] = rows
 

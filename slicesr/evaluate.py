@@ -25,7 +25,7 @@ from slicesr.degradation import PROFILES, degrade_profile, keep_every_kth, num_k
 from slicesr.geometry import resolve_slice_axis, to_slice_first, voxel_spacing
 from slicesr.inference import (
     PRECISIONS,
-    UNCERTAINTY_SMOOTHING_VOXELS,
+    UNCERTAINTY_SMOOTHING_MM,
     Method,
     check_adapt_patch,
     check_k,
@@ -236,7 +236,7 @@ def uncertainty_spearman(hr: np.ndarray, prediction: np.ndarray, spread: np.ndar
     return float(spearmanr(uncertainty, error).statistic)
 
 
-# the in-plane Gaussian of `neighbour_error_spearman` (voxels): the shipped map's own smoothing
+# the in-plane Gaussian of `neighbour_error_spearman` (voxels): the brains' map's smoothing (1 mm)
 NEIGHBOUR_SIGMA_VOXELS = 1.0
 
 
@@ -288,7 +288,7 @@ def evaluate(hr_inputs: list[str], k: int | None, methods: str | list[str], outp
              figures: bool = True, progress: bool = True, tta: bool = False, uncertainty: bool = False,
              device: str = "auto", lr_spacing: float | None = None, profile: str = "point",
              thickness_mm: float | None = None,
-             uncertainty_smoothing_voxels: float = UNCERTAINTY_SMOOTHING_VOXELS,
+             uncertainty_smoothing_mm: float = UNCERTAINTY_SMOOTHING_MM,
              adapt_steps: int = 0, precision: str = "float32",
              tta_angles: tuple[float, ...] = (), adapt_patch: tuple[int, int, int] | None = None,
              tta_flips: str = "all") -> EvaluationResult:
@@ -298,9 +298,9 @@ def evaluate(hr_inputs: list[str], k: int | None, methods: str | list[str], outp
     slices at i * lr_spacing; `profile` / `thickness_mm` is the slice profile of T
     (slicesr.degradation.degrade_profile; acquired slices are copied back only with the point profile).
     `tta` / `uncertainty` apply to the trained methods (labelled "... (TTA)"; linear and cubic are scored
-    as they are); `uncertainty` adds `uncertainty_spearman` to their rows, and `neighbour_error_spearman`, the figure of an
-    oracle that knows the neighbours' errors, to read it against (maps smoothed in-plane by
-    `uncertainty_smoothing_voxels`, slicesr.inference.predict). With `adapt_steps`, each trained stage II
+    as they are); `uncertainty` adds `uncertainty_spearman` to their rows (maps smoothed in-plane by
+    `uncertainty_smoothing_mm`, slicesr.inference.predict), and `neighbour_error_spearman`, the figure of an
+    oracle that knows the neighbours' errors, to read it against. With `adapt_steps`, each trained stage II
     generator is fine-tuned on each simulated LR scan's own in-plane pairs first (per-scan adaptation, no HR;
     rows labelled '... (adapted, N steps)'); the other methods are scored as they are. `precision` bfloat16
     runs the through-plane 2D generators in bfloat16 (rows labelled '... (bfloat16)'; slicesr.inference
@@ -380,7 +380,7 @@ def evaluate(hr_inputs: list[str], k: int | None, methods: str | list[str], outp
                 if uncertainty and augmented:
                     image, spread_image = infer_volume_uncertainty(lr, method, grid["k"], axis, keep_acquired=keep,
                                                                    spacing_mm=grid.get("spacing_mm"),
-                                                                   smoothing_voxels=uncertainty_smoothing_voxels,
+                                                                   smoothing_mm=uncertainty_smoothing_mm,
                                                                    adapt_steps=adapt, tta_angles=tta_angles,
                                                                    adapt_patch=adapt_patch if adapt else None,
                                                                    tta_flips=tta_flips)

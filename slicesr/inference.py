@@ -58,11 +58,13 @@ FLIPS = tuple(itertools.product((False, True), repeat=3))
 # alone. A through-plane 2D generator's in-plane flips add 0.004 / 0.006 dB on the training pool's validation
 # brains (with the 45-degree rotations) for twice the passes (benchmarks/NOTES.md, twentieth session).
 TTA_FLIPS = {"all": FLIPS, "slice": tuple(f for f in FLIPS if not (f[1] or f[2]))}
-# The SD of the augmented predictions is itself a noisy estimate voxel by voxel; a Gaussian of 1 voxel in
-# each slice's plane ranks the errors better (Spearman 0.400 -> 0.447 and 0.267 -> 0.311 on the training
-# pool's validation brains; a model-free term from the bracketing slices added nothing: benchmarks/NOTES.md).
-# In-plane only, so that the acquired slices keep their zero.
-UNCERTAINTY_SMOOTHING_VOXELS = 1.0
+# The SD of the augmented predictions is itself a noisy estimate voxel by voxel; a Gaussian in each slice's
+# plane ranks the errors better: 1 voxel of the 1-mm brains (Spearman 0.400 -> 0.447 and 0.267 -> 0.311 on the
+# training pool's validation brains, 1 to 1.5 voxels best; a model-free term from the bracketing slices added
+# nothing). In millimetres, because a scan's own in-plane axis, decimated and restored without any HR, wants
+# the same length: 1.5 voxels on those brains, as their HR said, and 3 to 6 voxels of the 0.3125-mm knee
+# (benchmarks/NOTES.md, twenty-first session). In-plane only, so that the acquired slices keep their zero.
+UNCERTAINTY_SMOOTHING_MM = 1.0
 
 
 def flip(array: np.ndarray, flips: tuple[bool, bool, bool]) -> np.ndarray:
@@ -555,20 +557,20 @@ def rotated_mean(method: Method, slices: np.ndarray, k: int, rotation: InPlaneRo
 def predict(volume: Volume, method: Method, k: int | None, slice_axis: int | str = "auto", keep_acquired: bool = True,
             progress: bool = False, tta: bool = False, uncertainty: bool = False, adapt_steps: int = 0,
             spacing_mm: float | None = None,
-            uncertainty_smoothing_voxels: float = UNCERTAINTY_SMOOTHING_VOXELS,
+            uncertainty_smoothing_mm: float = UNCERTAINTY_SMOOTHING_MM,
             tta_angles: tuple[float, ...] = (), adapt_patch: tuple[int, int, int] | None = None,
             tta_flips: str = "all") -> Prediction:
     """The super-resolved volume on the grid of K or of `spacing_mm` (`output_grid`); with `tta` the mean
     of the augmented predictions (`Method.augmented`), with `uncertainty` (implies `tta`) also their standard
-    deviation, smoothed in each slice's plane by a Gaussian of `uncertainty_smoothing_voxels` (0: the raw
-    per-voxel SD), zero at kept acquired slices; with `adapt_steps`, by a copy of the method fine-tuned on
+    deviation, smoothed in each slice's plane by a Gaussian of `uncertainty_smoothing_mm` millimetres (each
+    in-plane axis in its own voxels; 0: the raw per-voxel SD), zero at kept acquired slices; with `adapt_steps`, by a copy of the method fine-tuned on
     the scan's own in-plane pairs (`Method.adapted`; on patches of `adapt_patch` rather than the model's
     training patch when given). `tta_angles` (implies `tta`): the augmentations again on
     the slices rotated in-plane by each angle in degrees (`rotated_predictions`; 45 is the one measured to
     help, benchmarks/NOTES.md). `tta_flips` (a key of TTA_FLIPS; other than "all" implies `tta`): which flips
     the augmentations are ("slice": the slice axis's alone, half the passes of a through-plane 2D generator)."""
-    if uncertainty_smoothing_voxels < 0:
-        raise ValueError(f"uncertainty_smoothing_voxels must be 0 or more, got {uncertainty_smoothing_voxels}")
+    if uncertainty_smoothing_mm < 0:
+        raise ValueError(f"uncertainty_smoothing_mm must be 0 or more, got {uncertainty_smoothing_mm}")
     tta_angles = check_tta_angles(tta_angles)
     check_tta_flips(tta_flips)
     adapt_patch = check_adapt_patch(adapt_patch, adapt_steps=adapt_steps)
@@ -646,8 +648,8 @@ def predict(volume: Volume, method: Method, k: int | None, slice_axis: int | str
         spread /= np.float32(count)
         np.sqrt(spread, out=spread)
         spread *= np.float32(abs(params.scale))  # intensity units
-        if uncertainty_smoothing_voxels:
-            smooth_in_plane(spread, uncertainty_smoothing_voxels)
+        if uncertainty_smoothing_mm:
+            smooth_in_plane(spread, tuple(uncertainty_smoothing_mm / float(v) for v in np.delete(spacing, axis)))
     else:
         out = method.upsample(normalised, k, progress=progress)
     expected = (hr_num_slices(slices.shape[0], k), *slices.shape[1:])
@@ -665,9 +667,9 @@ def predict(volume: Volume, method: Method, k: int | None, slice_axis: int | str
                       np.moveaxis(spread, 0, axis) if uncertainty and spread is not None else None, adapt_seconds)
 
 
-def smooth_in_plane(slices: np.ndarray, sigma_voxels: float) -> None:
-    """A Gaussian of `sigma_voxels` within each slice (n, rows, cols), in place, one slice at a time (no
-    second volume in memory)."""
+def smooth_in_plane(slices: np.ndarray, sigma_voxels: float | tuple[float, float]) -> None:
+    """A Gaussian of `sigma_voxels` (one for both in-plane axes, or (rows, cols)) within each slice (n, rows,
+    cols), in place, one slice at a time (no second volume in memory)."""
     from scipy.ndimage import gaussian_filter
 
     for index in range(slices.shape[0]):
@@ -792,13 +794,13 @@ def infer_volume(volume: Volume, method: Method, k: int | None, slice_axis: int 
 
 def infer_volume_uncertainty(volume: Volume, method: Method, k: int, slice_axis: int | str = "auto",
                              keep_acquired: bool = True, progress: bool = False, spacing_mm: float | None = None,
-                             smoothing_voxels: float = UNCERTAINTY_SMOOTHING_VOXELS, adapt_steps: int = 0,
+                             smoothing_mm: float = UNCERTAINTY_SMOOTHING_MM, adapt_steps: int = 0,
                              tta_angles: tuple[float, ...] = (), adapt_patch: tuple[int, int, int] | None = None,
                              tta_flips: str = "all"):
     """(the test-time-augmented output image, its uncertainty image)."""
     return predicted_images(volume, predict(volume, method, k, slice_axis, keep_acquired, progress, uncertainty=True,
                                             adapt_steps=adapt_steps, spacing_mm=spacing_mm,
-                                            uncertainty_smoothing_voxels=smoothing_voxels, tta_angles=tta_angles,
+                                            uncertainty_smoothing_mm=smoothing_mm, tta_angles=tta_angles,
                                             adapt_patch=adapt_patch, tta_flips=tta_flips))
 
 

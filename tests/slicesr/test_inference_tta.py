@@ -9,11 +9,11 @@ from scipy.ndimage import gaussian_filter
 from slicesr.cli import main
 from slicesr.cli_common import TTA_FLIP_NAMES
 from slicesr.config import load_config
-from slicesr.geometry import to_slice_first
+from slicesr.geometry import to_slice_first, voxel_spacing
 from slicesr.inference import (
     FLIPS,
     TTA_FLIPS,
-    UNCERTAINTY_SMOOTHING_VOXELS,
+    UNCERTAINTY_SMOOTHING_MM,
     Method,
     flip,
     generator_upsample,
@@ -106,11 +106,14 @@ def test_uncertainty_map_beside_the_output(tmp_path, orientation, slice_axis):
     params = robust_intensity_params(slices)
     predictions = np.stack(list(load_method(model).augmented(normalize(slices, params), 3)))
     raw = predictions.std(axis=0) * params.scale
-    expected = gaussian_filter(raw, (0, UNCERTAINTY_SMOOTHING_VOXELS, UNCERTAINTY_SMOOTHING_VOXELS), mode="nearest")
+    # a Gaussian of UNCERTAINTY_SMOOTHING_MM millimetres: each in-plane axis in its own voxels (0.8 / 0.9 / 0.7 mm)
+    in_plane_mm = np.delete(voxel_spacing(affine), slice_axis)
+    assert len(set(in_plane_mm.round(3))) == 2  # not square: the two axes' sigmas differ
+    expected = gaussian_filter(raw, (0, *(UNCERTAINTY_SMOOTHING_MM / in_plane_mm)), mode="nearest")
     np.testing.assert_allclose(values[1::3], expected[1::3], rtol=1e-3, atol=1e-3 * float(expected.max()))
     # without smoothing, the raw per-voxel SD
     volume = load_volume(path)
-    unsmoothed = predict(volume, load_method(model), 3, slice_axis, uncertainty=True, uncertainty_smoothing_voxels=0)
+    unsmoothed = predict(volume, load_method(model), 3, slice_axis, uncertainty=True, uncertainty_smoothing_mm=0)
     values = np.moveaxis(unsmoothed.uncertainty, slice_axis, 0)
     np.testing.assert_allclose(values[1::3], raw[1::3], rtol=1e-3, atol=1e-3 * float(raw.max()))
     assert not np.allclose(raw[1::3], expected[1::3], rtol=1e-2)  # the smoothing is not a no-op here
@@ -295,8 +298,8 @@ def test_infer_precision_option(tmp_path):
 def test_uncertainty_smoothing_must_not_be_negative(tmp_path):
     path, _, _ = _lr_file(tmp_path, "ras", 2, n=4)
     method = load_method(model_dir(tmp_path / "sr", "throughplane2d"))
-    with pytest.raises(ValueError, match="uncertainty_smoothing_voxels"):
-        predict(load_volume(path), method, 3, 2, uncertainty=True, uncertainty_smoothing_voxels=-1)
+    with pytest.raises(ValueError, match="uncertainty_smoothing_mm"):
+        predict(load_volume(path), method, 3, 2, uncertainty=True, uncertainty_smoothing_mm=-1)
 
 
 class _LinearPlus(Method):
