@@ -211,17 +211,22 @@ def _figures(name: str, hr: np.ndarray, outputs: dict[str, np.ndarray], k: int, 
     _save(fig, folder / f"{name}_through_plane.png")
 
 
-def _uncertainty_and_error(hr: np.ndarray, prediction: np.ndarray, spread: np.ndarray,
-                           k: int) -> tuple[np.ndarray, np.ndarray]:
-    """(uncertainty, absolute error) over the foreground voxels (HR above FOREGROUND_LEVEL of its range) of
-    the missing slices, slice-first arrays."""
+def _missing_errors(hr: np.ndarray, prediction: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(absolute error, foreground mask) on the missing slices (slice-first arrays): the foreground is the
+    HR above FOREGROUND_LEVEL of its range."""
     n = scored_slices(hr.shape[0], k)
     missing = missing_slices(n, k)
     truth = hr[:n][missing].astype(np.float64)
     low, high = float(hr.min()), float(hr.max())
-    foreground = (truth - low) > FOREGROUND_LEVEL * (high - low)
-    error = np.abs(prediction[:n][missing].astype(np.float64) - truth)[foreground]
-    return spread[:n][missing][foreground].astype(np.float64), error
+    return np.abs(prediction[:n][missing].astype(np.float64) - truth), (truth - low) > FOREGROUND_LEVEL * (high - low)
+
+
+def _uncertainty_and_error(hr: np.ndarray, prediction: np.ndarray, spread: np.ndarray,
+                           k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(uncertainty, absolute error) over the foreground voxels of the missing slices, slice-first arrays."""
+    error, foreground = _missing_errors(hr, prediction, k)
+    n = scored_slices(hr.shape[0], k)
+    return spread[:n][missing_slices(n, k)][foreground].astype(np.float64), error[foreground]
 
 
 def uncertainty_spearman(hr: np.ndarray, prediction: np.ndarray, spread: np.ndarray, k: int) -> float:
@@ -254,10 +259,7 @@ def neighbour_error_spearman(hr: np.ndarray, prediction: np.ndarray, k: int,
 
     if sigma_voxels <= 0:
         raise ValueError(f"sigma_voxels must be positive, got {sigma_voxels}")
-    n = scored_slices(hr.shape[0], k)
-    missing = missing_slices(n, k)
-    truth = hr[:n][missing].astype(np.float64)
-    error = np.abs(prediction[:n][missing].astype(np.float64) - truth)
+    error, foreground = _missing_errors(hr, prediction, k)
     radius = int(np.ceil(3 * sigma_voxels))
     offsets = np.arange(-radius, radius + 1)
     weights = np.exp(-(offsets[:, None] ** 2 + offsets[None, :] ** 2) / (2 * sigma_voxels ** 2))
@@ -265,8 +267,6 @@ def neighbour_error_spearman(hr: np.ndarray, prediction: np.ndarray, k: int,
     weights = weights[None]  # in-plane only: the neighbouring missing slices' errors are as unknown
     # normalised by the weights inside the field of view: no border value repeats the voxel's own error
     neighbours = correlate(error, weights, mode="constant") / correlate(np.ones_like(error), weights, mode="constant")
-    low, high = float(hr.min()), float(hr.max())
-    foreground = (truth - low) > FOREGROUND_LEVEL * (high - low)
     oracle, target = neighbours[foreground], error[foreground]
     if oracle.size < 2 or np.ptp(oracle) == 0 or np.ptp(target) == 0:
         return float("nan")
