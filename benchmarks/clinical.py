@@ -32,7 +32,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from benchmarks import datasets  # noqa: E402
-from benchmarks.quality import Parts, digest, make_lr_store, settings_list, train_sr  # noqa: E402
+from benchmarks.quality import Parts, absolute_workdir, digest, make_lr_store, settings_list, train_sr  # noqa: E402
 from benchmarks.results import benchmark_parser, parse_arguments, publish  # noqa: E402
 from slicesr.cli_common import setup_logging  # noqa: E402
 
@@ -74,7 +74,7 @@ def score(volumes: list[str], methods: list[str], output: Path, axis: int, lr_sp
 def run(args) -> int:
     setup_logging()
     plan = load_plan(Path(args.plan), args.quick)
-    workdir = Path(args.workdir)
+    workdir = absolute_workdir(args)
     workdir.mkdir(parents=True, exist_ok=True)
     runs, parts = workdir / "runs", Parts(workdir)
     settings = ratio_settings(plan)

@@ -489,10 +489,18 @@ class Shared:
                         str(self.workdir / "knee_synthetic.zarr"), self.k, False)
 
 
+def absolute_workdir(args) -> Path:
+    """`args.workdir` made absolute, in place: a part's key holds the paths it reads and writes under the
+    workdir, so `runs/quality` and the same folder spelled from / must find the same finished parts (one
+    spelling retrained a finished row in place of the other: benchmarks/NOTES.md, twenty-first session)."""
+    args.workdir = str(Path(args.workdir).resolve())
+    return Path(args.workdir)
+
+
 def run(args) -> int:
     setup_logging()
     plan = load_plan(Path(args.plan), args.quick)
-    workdir = Path(args.workdir)
+    workdir = absolute_workdir(args)
     workdir.mkdir(parents=True, exist_ok=True)
     parts = Parts(workdir)
     shared = Shared(args, plan, parts)

@@ -249,11 +249,11 @@ def neighbour_error_spearman(hr: np.ndarray, prediction: np.ndarray, k: int,
                              sigma_voxels: float = NEIGHBOUR_SIGMA_VOXELS) -> float:
     """A reference for `uncertainty_spearman` (it reads the HR: evaluation only): the Spearman, over the same
     voxels, of an oracle map that knows the absolute errors of each voxel's in-plane neighbours (Gaussian
-    weights of `sigma_voxels`, the voxel itself left out) but not the voxel's own. What a voxel's error
-    shares with its surroundings is all that a map can rank; the part that is the voxel's own (the HR's
-    noise, the finest detail) no map computed without the HR can know. A map made from the LR scan knows
-    far less than this oracle, so it is the figure to read a map's Spearman against (benchmarks/NOTES.md,
-    twenty-first session). NaN where nothing varies."""
+    weights of `sigma_voxels`, the voxel itself left out) but not the voxel's own. The part of an error that
+    is the voxel's own (the HR's noise, detail finer than a voxel) no map computed without the HR can know;
+    what the error shares with its surroundings is what a map can hope to rank, and a map made from the LR
+    scan knows far less of it than this oracle: the figure to read a map's Spearman against, not a strict
+    bound (benchmarks/NOTES.md, twenty-first session). NaN where nothing varies."""
     from scipy.ndimage import correlate
     from scipy.stats import spearmanr
 

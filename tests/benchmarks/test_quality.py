@@ -1,3 +1,4 @@
+import argparse
 import copy
 import json
 
@@ -8,6 +9,7 @@ from benchmarks.quality import (
     PART_MARKER,
     PLAN,
     Parts,
+    absolute_workdir,
     adapt_counts,
     beyond_labels,
     beyond_settings,
@@ -55,6 +57,23 @@ def test_a_part_naming_a_model_is_done_again_when_the_model_was_retrained_in_the
     assert parts.run("score row", score, [f"row={model}"], "out") == 2
     assert Parts(tmp_path).run("score row", score, [f"row={model}"], "out") == 2  # and kept in parts.json
     assert parts.run("score linear", score, ["linear"], "out") == 3  # parts without models keyed as before
+
+
+def test_the_workdir_is_spelled_one_way_in_the_parts_keys(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    relative, absolute = argparse.Namespace(workdir="runs/quality"), argparse.Namespace(workdir=str(tmp_path / "runs" / "quality"))
+    assert absolute_workdir(relative) == absolute_workdir(absolute) == tmp_path / "runs" / "quality"
+    assert relative.workdir == absolute.workdir == str(tmp_path / "runs" / "quality")  # what the parts read
+    calls = []
+
+    def store(workdir):  # a part's arguments name paths under the workdir
+        calls.append(workdir)
+        return f"{workdir}/lr.zarr"
+
+    parts = Parts(tmp_path)
+    parts.run("store", store, relative.workdir)
+    parts.run("store", store, absolute.workdir)
+    assert len(calls) == 1  # the second spelling found the part done
 
 
 def test_a_beyond_row_adds_its_own_settings_to_its_generator_s():
