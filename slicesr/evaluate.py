@@ -245,6 +245,20 @@ def uncertainty_spearman(hr: np.ndarray, prediction: np.ndarray, spread: np.ndar
 NEIGHBOUR_SIGMA_VOXELS = 1.0
 
 
+def neighbour_mean(values: np.ndarray, sigma_voxels: float) -> np.ndarray:
+    """Each voxel's Gaussian-weighted mean (`sigma_voxels`) of its in-plane neighbours in (n, rows, cols),
+    the voxel itself left out, normalised by the weights inside the field of view (so that no border value
+    repeats the voxel's own)."""
+    from scipy.ndimage import correlate
+
+    radius = int(np.ceil(3 * sigma_voxels))
+    offsets = np.arange(-radius, radius + 1)
+    weights = np.exp(-(offsets[:, None] ** 2 + offsets[None, :] ** 2) / (2 * sigma_voxels ** 2))
+    weights[radius, radius] = 0.0  # never the voxel's own value
+    weights = weights[None]  # in-plane only: the neighbouring missing slices' errors are as unknown
+    return correlate(values, weights, mode="constant") / correlate(np.ones_like(values), weights, mode="constant")
+
+
 def neighbour_error_spearman(hr: np.ndarray, prediction: np.ndarray, k: int,
                              sigma_voxels: float = NEIGHBOUR_SIGMA_VOXELS) -> float:
     """A reference for `uncertainty_spearman` (it reads the HR: evaluation only): the Spearman, over the same
@@ -254,20 +268,12 @@ def neighbour_error_spearman(hr: np.ndarray, prediction: np.ndarray, k: int,
     what the error shares with its surroundings is what a map can hope to rank, and a map made from the LR
     scan knows far less of it than this oracle: the figure to read a map's Spearman against, not a strict
     bound (benchmarks/NOTES.md, twenty-first session). NaN where nothing varies."""
-    from scipy.ndimage import correlate
-    from scipy.stats import spearmanr
-
     if sigma_voxels <= 0:
         raise ValueError(f"sigma_voxels must be positive, got {sigma_voxels}")
+    from scipy.stats import spearmanr
+
     error, foreground = _missing_errors(hr, prediction, k)
-    radius = int(np.ceil(3 * sigma_voxels))
-    offsets = np.arange(-radius, radius + 1)
-    weights = np.exp(-(offsets[:, None] ** 2 + offsets[None, :] ** 2) / (2 * sigma_voxels ** 2))
-    weights[radius, radius] = 0.0  # never the voxel's own error
-    weights = weights[None]  # in-plane only: the neighbouring missing slices' errors are as unknown
-    # normalised by the weights inside the field of view: no border value repeats the voxel's own error
-    neighbours = correlate(error, weights, mode="constant") / correlate(np.ones_like(error), weights, mode="constant")
-    oracle, target = neighbours[foreground], error[foreground]
+    oracle, target = neighbour_mean(error, sigma_voxels)[foreground], error[foreground]
     if oracle.size < 2 or np.ptp(oracle) == 0 or np.ptp(target) == 0:
         return float("nan")
     return float(spearmanr(oracle, target).statistic)

@@ -563,8 +563,8 @@ def predict(volume: Volume, method: Method, k: int | None, slice_axis: int | str
     """The super-resolved volume on the grid of K or of `spacing_mm` (`output_grid`); with `tta` the mean
     of the augmented predictions (`Method.augmented`), with `uncertainty` (implies `tta`) also their standard
     deviation, smoothed in each slice's plane by a Gaussian of `uncertainty_smoothing_mm` millimetres (each
-    in-plane axis in its own voxels; 0: the raw per-voxel SD), zero at kept acquired slices; with `adapt_steps`, by a copy of the method fine-tuned on
-    the scan's own in-plane pairs (`Method.adapted`; on patches of `adapt_patch` rather than the model's
+    in-plane axis in its own voxels; 0: the raw per-voxel SD), zero at kept acquired slices; with
+    `adapt_steps`, by a copy of the method fine-tuned on the scan's own in-plane pairs (`Method.adapted`; on patches of `adapt_patch` rather than the model's
     training patch when given). `tta_angles` (implies `tta`): the augmentations again on
     the slices rotated in-plane by each angle in degrees (`rotated_predictions`; 45 is the one measured to
     help, benchmarks/NOTES.md). `tta_flips` (a key of TTA_FLIPS; other than "all" implies `tta`): which flips
