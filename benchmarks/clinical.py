@@ -38,7 +38,7 @@ from slicesr.cli_common import setup_logging  # noqa: E402
 
 PLAN = HERE / "clinical.yaml"
 LINEAR, CUBIC = "linear", "cubic"
-PARTS = ("ratios", "thickness")
+PARTS = ("ratios", "thickness", "seeds")
 
 
 def load_plan(path: Path, quick: bool) -> dict:
@@ -84,7 +84,10 @@ def run(args) -> int:
         return parts.run(f"{name} LR store (1 slice of every {factor})", make_lr_store, inputs, workdir,
                          f"{name}_k{factor}", factor, slice_axis)
 
-    def model(name: str, store: str, k: int, *extra: str) -> str:
+    def model(name: str, store: str, k: int, *extra: str, seed: int = seed) -> str:
+        # another seed is another model (its own part and run folder); the plan's seed keeps the names of before
+        if seed != plan["seed"]:
+            name = f"{name}, seed {seed}"
         return parts.run(name, train_sr, plan["sr_config"], settings, seed, k, store, supervision, runs,
                          name.replace(" ", "-").replace(",", ""), *extra)
 
@@ -93,6 +96,11 @@ def run(args) -> int:
         parts.used = []
         rows, used = ratio_part(args, plan, parts, lr_store, model, runs)
         publish(args, "clinical", "Clinical spacing: one model for every ratio", ratio_table(args, plan, parts, rows, used))
+    if "seeds" in args.parts and plan.get("seed_study"):
+        parts.used = []
+        rows, used = seed_part(args, plan, parts, lr_store, model, runs)
+        publish(args, "clinical-seeds", "Clinical spacing: the ratio gap over training seeds",
+                seed_table(args, plan, parts, rows, used))
     if "thickness" in args.parts:
         parts.used = []
         rows = thickness_part(args, plan, parts, lr_store, runs)
@@ -111,7 +119,7 @@ def ratio_settings(plan: dict) -> dict:
 def ratio_part(args, plan: dict, parts: Parts, lr_store, model, runs: Path) -> tuple[list[dict], list[str]]:
     """The ratio table's rows and the parts it used."""
     workdir, axis = Path(args.workdir), args.brain_axis
-    settings, seed, supervision = ratio_settings(plan), plan["seed"], plan["supervision"]
+    seed = plan["seed"]
     # one model over the ratio range, and models for one ratio each
     low, high = plan["ratio_range"]
     range_k = plan.get("range_k", 4)
@@ -124,17 +132,8 @@ def ratio_part(args, plan: dict, parts: Parts, lr_store, model, runs: Path) -> t
     alone = {r: model(f"ratio {r} on the range scans", lr_store(range_k, args.brain_train, "brain", axis), range_k,
                       f"sr.ratio_range=[{r}, {r}]", *alone_set) for r in plan.get("alone_on_range_scans", [])}
     # the one model trained otherwise: longer (compute-matched), or starting from a single-ratio model
-    variants = {}
-    for variant in plan.get("range_variants", []):
-        extra = [f"sr.ratio_range=[{low}, {high}]"]
-        if "init_from_fixed" in variant:
-            extra.append(f"sr.init_from={fixed[variant['init_from_fixed']]}")
-        extra += variant.get("set", [])  # its own settings, e.g. sr.ratio_integer_share
-        variants[variant["name"]] = parts.run(
-            f"ratios {low:g} to {high:g}, {variant['name']}", train_sr, plan["sr_config"],
-            {**settings, "steps": variant.get("steps", plan["steps"])}, seed, range_k,
-            lr_store(range_k, args.brain_train, "brain", axis), supervision, runs,
-            f"ratios-{low:g}-to-{high:g}-{slug(variant['name'])}", *extra)
+    variants = {variant["name"]: range_variant(args, plan, parts, lr_store, runs, variant, fixed, seed)
+                for variant in plan.get("range_variants", [])}
     ratio_rows = []
     for ratio in plan["ratios"]:
         methods = [LINEAR, CUBIC, f"one model for {low:g}-{high:g}={range_model}"]
@@ -150,6 +149,93 @@ def ratio_part(args, plan: dict, parts: Parts, lr_store, model, runs: Path) -> t
                                     workdir / "eval" / f"ratio{ratio}-{slug(name)}", axis, float(ratio), None,
                                     "point", 0.0)
     return ratio_rows, list(parts.used)
+
+
+def range_variant(args, plan: dict, parts: Parts, lr_store, runs: Path, variant: dict, fixed: dict, seed: int) -> str:
+    """The one model trained otherwise (`range_variants`), with `seed`: its model directory."""
+    low, high = plan["ratio_range"]
+    range_k = plan.get("range_k", 4)
+    extra = [f"sr.ratio_range=[{low}, {high}]"]
+    if "init_from_fixed" in variant:
+        extra.append(f"sr.init_from={fixed[variant['init_from_fixed']]}")
+    extra += variant.get("set", [])  # its own settings, e.g. sr.ratio_integer_share
+    name, folder = f"ratios {low:g} to {high:g}, {variant['name']}", f"ratios-{low:g}-to-{high:g}-{slug(variant['name'])}"
+    if seed != plan["seed"]:  # another seed is another model; the plan's seed keeps the names of before
+        name, folder = f"{name}, seed {seed}", f"{folder}-seed-{seed}"
+    return parts.run(name, train_sr, plan["sr_config"], {**ratio_settings(plan), "steps": variant.get("steps", plan["steps"])},
+                     seed, range_k, lr_store(range_k, args.brain_train, "brain", args.brain_axis),
+                     plan["supervision"], runs, folder, *extra)
+
+
+def seed_part(args, plan: dict, parts: Parts, lr_store, model, runs: Path) -> tuple[list[dict], list[str]]:
+    """The one model (`seed_study.variant`: a range variant's name, or none for the plain one) and the
+    single-ratio models of `seed_study.ratios` (`fixed`, `alone_on_range_scans`), trained once per seed of
+    `seed_study.seeds`, scored on each held-out brain at those ratios. The plan's own seed gives the ratio
+    table's models (the same parts: not trained twice); a row of the result is tagged with its seed."""
+    study = plan["seed_study"]
+    low, high = plan["ratio_range"]
+    range_k, axis = plan.get("range_k", 4), args.brain_axis
+    alone_set = settings_list(plan.get("alone_set", []), "the clinical plan's `alone_set`")
+    variant = next((v for v in plan.get("range_variants", []) if v["name"] == study.get("variant")), None)
+    if study.get("variant") and variant is None:
+        raise ValueError(f"seed_study.variant {study['variant']!r} is none of the plan's range_variants")
+    rows = []
+    for seed in study["seeds"]:
+        range_store = lr_store(range_k, args.brain_train, "brain", axis)
+        fixed = {r: model(f"ratio {r}", lr_store(r, args.brain_train, "brain", axis), r, seed=seed)
+                 for r in plan["fixed"] if r in study["ratios"] or (variant or {}).get("init_from_fixed") == r}
+        alone = {r: model(f"ratio {r} on the range scans", range_store, range_k, f"sr.ratio_range=[{r}, {r}]",
+                          *alone_set, seed=seed)
+                 for r in plan.get("alone_on_range_scans", []) if r in study["ratios"]}
+        one = (range_variant(args, plan, parts, lr_store, runs, variant, fixed, seed) if variant else
+               model(f"ratios {low:g} to {high:g}", range_store, range_k, f"sr.ratio_range=[{low}, {high}]", seed=seed))
+        for ratio in study["ratios"]:
+            methods = [LINEAR, f"{ONE_MODEL}={one}"]
+            methods += [f"{SINGLE}, {scans}={trained[ratio]}" for scans, trained in (("its scans", fixed),
+                                                                                    ("range scans", alone))
+                        if ratio in trained]
+            scored = parts.run(f"score ratio {ratio}, seed {seed}", score, args.brain_eval, methods,
+                               Path(args.workdir) / "eval" / f"seeds-ratio{ratio}-seed{seed}", axis, float(ratio),
+                               None, "point", 0.0)
+            rows += [{**row, "seed": seed} for row in scored]
+    return rows, list(parts.used)
+
+
+ONE_MODEL, SINGLE = "one model", "single ratio"
+
+
+def seed_gaps(rows: list[dict]) -> dict[tuple[float, str], dict[int, tuple[float, float, float]]]:
+    """{(ratio, volume): {seed: (linear, one model, best single-ratio model)}} of `seed_part`'s rows."""
+    cells: dict = {}
+    for row in rows:
+        cells.setdefault((float(row["ratio"]), row["volume"]), {}).setdefault(row["seed"], {}).setdefault(
+            row["method"], []).append(row["psnr_missing"])
+    return {key: {seed: (scores[LINEAR][0], scores[ONE_MODEL][0],
+                         max(v for method, values in scores.items() if method.startswith(SINGLE) for v in values))
+                  for seed, scores in by_seed.items()} for key, by_seed in cells.items()}
+
+
+def seed_table(args, plan: dict, parts: Parts, rows: list[dict], used: list[str]) -> str:
+    study = plan["seed_study"]
+    low, high = plan["ratio_range"]
+    seeds = " / ".join(str(s) for s in study["seeds"])
+    lines = header(args, plan, plan["steps"]) + [
+        f"The one model over ratios {low:g} to {high:g}" + (f" ({study['variant']})" if study.get("variant") else "")
+        + " and the single-ratio models of the ratio table (the best of `fixed` and `alone_on_range_scans` at each "
+        f"ratio), each trained once per seed (train.seed {seeds}: the initial weights, the training / hold-out split "
+        f"of the training brains and the pairs drawn); seed {plan['seed']} is the ratio table's. Gain over linear "
+        "per seed; gap = the one model minus the single-ratio model of the same seed.", "",
+        f"| ratio | volume | linear | one model, gain (seed {seeds}) | single ratio, gain | gap | mean gap |",
+        "|---:|---|---:|---:|---:|---:|---:|"]
+    for (ratio, volume), by_seed in sorted(seed_gaps(rows).items()):
+        ordered = [by_seed[s] for s in study["seeds"] if s in by_seed]
+        gaps = [one - single for _, one, single in ordered]
+        lines.append(f"| {ratio:g} | {volume} | {ordered[0][0]:.2f} | "
+                     + " / ".join(f"{one - base:+.2f}" for base, one, _ in ordered) + " | "
+                     + " / ".join(f"{single - base:+.2f}" for base, _, single in ordered) + " | "
+                     + " / ".join(f"{gap:+.2f}" for gap in gaps) + f" | {sum(gaps) / len(gaps):+.2f} |")
+    lines += ["", times(parts, used)]
+    return "\n".join(lines)
 
 
 def thickness_part(args, plan: dict, parts: Parts, lr_store, runs: Path) -> list[dict]:

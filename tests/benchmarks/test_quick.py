@@ -187,7 +187,7 @@ def test_clinical_quick(untouched_results, capsys):
     output = run_quick(clinical, capsys)
     plan = clinical.load_plan(clinical.PLAN, quick=True)
     blocks = [block for block in output.split("\n\n") if "|---" in block]
-    assert len(blocks) == 2, output
+    assert len(blocks) == 3, output
     ratios = data_rows(blocks[0])
     assert [float(row[0]) for row in ratios] == [float(r) for r in plan["ratios"]]
     assert all(row[5] != "-" for row in ratios if float(row[0]) in plan["fixed"])  # the fixed-ratio models scored
@@ -195,10 +195,19 @@ def test_clinical_quick(untouched_results, capsys):
     assert alone and all(row[6] != "-" and row[7] != "-" for row in alone)  # one ratio alone on the range scans
     assert all(row[8] != "-" and row[10] != "-" for row in ratios)  # the one-model variants at every ratio
     assert all(row[9] != "-" and row[11] != "-" for row in alone)
-    profiles = [row[0] for row in data_rows(blocks[1])]
+    # the seed study: each ratio and volume once, a gain, a single-ratio gain and a gap per seed
+    study = plan["seed_study"]
+    seeds = data_rows(blocks[1])
+    assert sorted(float(row[0]) for row in seeds) == sorted(float(r) for r in study["ratios"])  # one held-out volume
+    assert all(len(row[cell].split(" / ")) == len(study["seeds"]) for row in seeds for cell in (3, 4, 5))
+    profiles = [row[0] for row in data_rows(blocks[2])]
     assert profiles.count("point") == 2 and len(profiles) == 2 * (1 + len(plan["thickness"]["profiles"]))
     # each table is its own RESULTS.md section, with its own command line and part times
-    ratio_section, thickness_section = output.split("Command: `python benchmarks/clinical.py --quick`")[1:]
+    ratio_section, seed_section, thickness_section = output.split("Command: `python benchmarks/clinical.py --quick`")[1:]
+    seed_times = next(line for line in seed_section.splitlines() if line.startswith("Time per part"))
+    # the plan's seed reuses the ratio table's models (their names); another seed trains its own
+    for name in ("ratio 4", "ratio 2 on the range scans", "from ratio 4, half integers"):
+        assert f"{name} " in seed_times and f"{name}, seed 1 " in seed_times
     ratio_times, thickness_times = (next(line for line in section.splitlines() if line.startswith("Time per part"))
                                     for section in (ratio_section, thickness_section))
     assert "score ratio 4" in ratio_times and "box" not in ratio_times
@@ -207,6 +216,29 @@ def test_clinical_quick(untouched_results, capsys):
     assert "box" in thickness_times and "score ratio" not in thickness_times
     # the brain LR store that the ratio table built first is also a part of the thickness table
     assert "brain LR store (1 slice of every 4)" in ratio_times and "brain LR store (1 slice of every 4)" in thickness_times
+
+
+def test_the_seed_study_s_gaps_pair_each_seed_s_models():
+    rows = [{"ratio": 4.0, "volume": "v", "seed": seed, "method": method, "psnr_missing": value}
+            for seed, values in ((0, (30.0, 31.0, 31.5, 30.5)), (1, (30.0, 31.4, 31.2, None)))
+            for method, value in zip(("linear", clinical.ONE_MODEL, f"{clinical.SINGLE}, its scans",
+                                      f"{clinical.SINGLE}, range scans"), values)
+            if value is not None]
+    gaps = clinical.seed_gaps(rows)
+    assert gaps == {(4.0, "v"): {0: (30.0, 31.0, 31.5), 1: (30.0, 31.4, 31.2)}}  # the best single-ratio model
+    plan = {"ratio_range": [2, 6], "steps": 5, "seed": 0, "supervision": "inplane",
+            "seed_study": {"seeds": [0, 1], "ratios": [4], "variant": "v"}}
+
+    class Args:
+        quick, parts, plan = False, ["seeds"], str(clinical.PLAN)
+
+    class NoParts:
+        def seconds(self, used):
+            return {}
+
+    table = clinical.seed_table(Args, plan, NoParts(), rows, [])
+    row = data_rows(table)[0]
+    assert row[3:] == ["+1.00 / +1.40", "+1.50 / +1.20", "-0.50 / +0.20", "-0.15"]
 
 
 def test_clinical_quick_one_table(untouched_results, capsys):
