@@ -219,7 +219,7 @@ def seed_table(args, plan: dict, parts: Parts, rows: list[dict], used: list[str]
     study = plan["seed_study"]
     low, high = plan["ratio_range"]
     seeds = " / ".join(str(s) for s in study["seeds"])
-    lines = header(args, plan, plan["steps"]) + [
+    lines = header(args, plan, plan["steps"], brackets=False) + [
         f"The one model over ratios {low:g} to {high:g}" + (f" ({study['variant']})" if study.get("variant") else "")
         + " and the single-ratio models of the ratio table (the best of `fixed` and `alone_on_range_scans` at each "
         f"ratio), each trained once per seed (train.seed {seeds}: the initial weights, the training / hold-out split "
@@ -282,11 +282,11 @@ def slice_spacing(store: str) -> float:
     return float(next(iter(SliceStore.open(store).records().values())).spacing_mm[0])
 
 
-def header(args, plan: dict, steps: int) -> list[str]:
+def header(args, plan: dict, steps: int, brackets: bool = True) -> list[str]:
     return [f"Command: `python benchmarks/clinical.py{' --quick' if args.quick else ''}{parts_flag(args)}`  ",
             f"Plan {Path(args.plan).name} ({digest(Path(args.plan).read_text())}), supervision {plan['supervision']}, "
             f"{steps} steps per model. PSNR (dB) on the missing HR slices (more than half a slice from an "
-            "acquired centre); gain over linear in brackets.", ""]
+            "acquired centre)" + ("; gain over linear in brackets." if brackets else "."), ""]
 
 
 def parts_flag(args) -> str:
