@@ -16,8 +16,10 @@ slices; non-integer ratios included), beside linear and cubic.
 Thickness (at K = `thickness.k`): the LR scans simulated with each slice profile (box of n HR slices: a
 gap when n < K; Gaussian of FWHM n); linear, cubic, the model trained for point sampling and the model
 trained for that profile (sr.slice_profile), on each held-out brain and on the DESS knee (trained on its
-own LR scan). `--parts ratios` or `--parts thickness` runs one of the two tables (each is its own section
-of RESULTS.md, the other left as it is). Started again with the same --workdir, finished parts are
+own LR scan). Seeds (`seed_study`): the one model and the single-ratio models trained again with other
+seeds, their gaps per seed at a few ratios (the plan's seed shares the ratio table's models). `--parts
+ratios`, `--parts seeds` or `--parts thickness` runs one of the three tables (each is its own section of
+RESULTS.md, the others left as they are). Started again with the same --workdir, finished parts are
 skipped (benchmarks/quality.py's bookkeeping); `--quick`: the plan's quick section on phantoms.
 """
 
@@ -179,6 +181,10 @@ def seed_part(args, plan: dict, parts: Parts, lr_store, model, runs: Path) -> tu
     variant = next((v for v in plan.get("range_variants", []) if v["name"] == study.get("variant")), None)
     if study.get("variant") and variant is None:
         raise ValueError(f"seed_study.variant {study['variant']!r} is none of the plan's range_variants")
+    unmatched = [r for r in study["ratios"] if r not in plan["fixed"] and r not in plan.get("alone_on_range_scans", [])]
+    if unmatched:
+        raise ValueError(f"seed_study.ratios {unmatched}: no single-ratio model to compare with (add them to `fixed` "
+                         "or `alone_on_range_scans`)")
     rows = []
     for seed in study["seeds"]:
         range_store = lr_store(range_k, args.brain_train, "brain", axis)

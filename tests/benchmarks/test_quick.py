@@ -241,6 +241,20 @@ def test_the_seed_study_s_gaps_pair_each_seed_s_models():
     assert row[3:] == ["+1.00 / +1.40", "+1.50 / +1.20", "-0.50 / +0.20", "-0.15"]
 
 
+def test_a_seed_study_without_a_model_to_compare_with_is_refused_before_any_work():
+    plan = {"ratio_range": [2, 6], "fixed": [4], "alone_on_range_scans": [2],
+            "seed_study": {"seeds": [0, 1], "ratios": [3, 4]}}
+
+    class Args:
+        brain_axis = 2
+
+    with pytest.raises(ValueError, match=r"seed_study.ratios \[3\]: no single-ratio model"):
+        clinical.seed_part(Args, plan, None, None, None, None)
+    with pytest.raises(ValueError, match="seed_study.variant 'longer' is none"):
+        clinical.seed_part(Args, {**plan, "seed_study": {"seeds": [0], "ratios": [4], "variant": "longer"}},
+                           None, None, None, None)
+
+
 def test_clinical_quick_one_table(untouched_results, capsys):
     output = run_quick(clinical, capsys, "--parts", "thickness")
     assert "Command: `python benchmarks/clinical.py --quick --parts thickness`" in output
