@@ -76,6 +76,8 @@ def score(volumes: list[str], methods: list[str], output: Path, axis: int, lr_sp
 def run(args) -> int:
     setup_logging()
     plan = load_plan(Path(args.plan), args.quick)
+    if "seeds" in args.parts and plan.get("seed_study"):
+        seed_study_variant(plan)  # a plan mistake is refused before anything is written or trained
     workdir = absolute_workdir(args)
     workdir.mkdir(parents=True, exist_ok=True)
     runs, parts = workdir / "runs", Parts(workdir)
@@ -87,9 +89,7 @@ def run(args) -> int:
                          f"{name}_k{factor}", factor, slice_axis)
 
     def model(name: str, store: str, k: int, *extra: str, seed: int = seed) -> str:
-        # another seed is another model (its own part and run folder); the plan's seed keeps the names of before
-        if seed != plan["seed"]:
-            name = f"{name}, seed {seed}"
+        name = seeded(name, plan, seed)
         return parts.run(name, train_sr, plan["sr_config"], settings, seed, k, store, supervision, runs,
                          name.replace(" ", "-").replace(",", ""), *extra)
 
@@ -153,6 +153,12 @@ def ratio_part(args, plan: dict, parts: Parts, lr_store, model, runs: Path) -> t
     return ratio_rows, list(parts.used)
 
 
+def seeded(name: str, plan: dict, seed: int) -> str:
+    """A part's name for `seed`: another seed is another model (its own part and run folder); the plan's seed
+    keeps the names of before, so that the ratio table and the seed study share its models."""
+    return name if seed == plan["seed"] else f"{name}, seed {seed}"
+
+
 def range_variant(args, plan: dict, parts: Parts, lr_store, runs: Path, variant: dict, fixed: dict, seed: int) -> str:
     """The one model trained otherwise (`range_variants`), with `seed`: its model directory."""
     low, high = plan["ratio_range"]
@@ -161,9 +167,8 @@ def range_variant(args, plan: dict, parts: Parts, lr_store, runs: Path, variant:
     if "init_from_fixed" in variant:
         extra.append(f"sr.init_from={fixed[variant['init_from_fixed']]}")
     extra += variant.get("set", [])  # its own settings, e.g. sr.ratio_integer_share
-    name, folder = f"ratios {low:g} to {high:g}, {variant['name']}", f"ratios-{low:g}-to-{high:g}-{slug(variant['name'])}"
-    if seed != plan["seed"]:  # another seed is another model; the plan's seed keeps the names of before
-        name, folder = f"{name}, seed {seed}", f"{folder}-seed-{seed}"
+    name = seeded(f"ratios {low:g} to {high:g}, {variant['name']}", plan, seed)
+    folder = seeded(f"ratios-{low:g}-to-{high:g}-{slug(variant['name'])}", plan, seed).replace(", seed ", "-seed-")
     return parts.run(name, train_sr, plan["sr_config"], {**ratio_settings(plan), "steps": variant.get("steps", plan["steps"])},
                      seed, range_k, lr_store(range_k, args.brain_train, "brain", args.brain_axis),
                      plan["supervision"], runs, folder, *extra)
@@ -178,13 +183,7 @@ def seed_part(args, plan: dict, parts: Parts, lr_store, model, runs: Path) -> tu
     low, high = plan["ratio_range"]
     range_k, axis = plan.get("range_k", 4), args.brain_axis
     alone_set = settings_list(plan.get("alone_set", []), "the clinical plan's `alone_set`")
-    variant = next((v for v in plan.get("range_variants", []) if v["name"] == study.get("variant")), None)
-    if study.get("variant") and variant is None:
-        raise ValueError(f"seed_study.variant {study['variant']!r} is none of the plan's range_variants")
-    unmatched = [r for r in study["ratios"] if r not in plan["fixed"] and r not in plan.get("alone_on_range_scans", [])]
-    if unmatched:
-        raise ValueError(f"seed_study.ratios {unmatched}: no single-ratio model to compare with (add them to `fixed` "
-                         "or `alone_on_range_scans`)")
+    variant = seed_study_variant(plan)
     rows = []
     for seed in study["seeds"]:
         range_store = lr_store(range_k, args.brain_train, "brain", axis)
@@ -205,6 +204,20 @@ def seed_part(args, plan: dict, parts: Parts, lr_store, model, runs: Path) -> tu
                                None, "point", 0.0)
             rows += [{**row, "seed": seed} for row in scored]
     return rows, list(parts.used)
+
+
+def seed_study_variant(plan: dict) -> dict | None:
+    """The range variant `seed_study` names (None: the plain one model); a study that names an unknown variant, or
+    a ratio without a single-ratio model to compare with, is refused (`run` checks it before any part)."""
+    study = plan["seed_study"]
+    variant = next((v for v in plan.get("range_variants", []) if v["name"] == study.get("variant")), None)
+    if study.get("variant") and variant is None:
+        raise ValueError(f"seed_study.variant {study['variant']!r} is none of the plan's range_variants")
+    unmatched = [r for r in study["ratios"] if r not in plan["fixed"] and r not in plan.get("alone_on_range_scans", [])]
+    if unmatched:
+        raise ValueError(f"seed_study.ratios {unmatched}: no single-ratio model to compare with (add them to `fixed` "
+                         "or `alone_on_range_scans`)")
+    return variant
 
 
 ONE_MODEL, SINGLE = "one model", "single ratio"

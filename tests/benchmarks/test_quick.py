@@ -241,18 +241,27 @@ def test_the_seed_study_s_gaps_pair_each_seed_s_models():
     assert row[3:] == ["+1.00 / +1.40", "+1.50 / +1.20", "-0.50 / +0.20", "-0.15"]
 
 
-def test_a_seed_study_without_a_model_to_compare_with_is_refused_before_any_work():
+def test_a_seed_study_without_a_model_to_compare_with_is_refused_before_any_work(tmp_path):
     plan = {"ratio_range": [2, 6], "fixed": [4], "alone_on_range_scans": [2],
             "seed_study": {"seeds": [0, 1], "ratios": [3, 4]}}
-
-    class Args:
-        brain_axis = 2
-
     with pytest.raises(ValueError, match=r"seed_study.ratios \[3\]: no single-ratio model"):
-        clinical.seed_part(Args, plan, None, None, None, None)
+        clinical.seed_study_variant(plan)
     with pytest.raises(ValueError, match="seed_study.variant 'longer' is none"):
-        clinical.seed_part(Args, {**plan, "seed_study": {"seeds": [0], "ratios": [4], "variant": "longer"}},
-                           None, None, None, None)
+        clinical.seed_study_variant({**plan, "seed_study": {"seeds": [0], "ratios": [4], "variant": "longer"}})
+    assert clinical.seed_study_variant({**plan, "seed_study": {"seeds": [0], "ratios": [2, 4]}}) is None
+    # through the command: refused before the ratio table runs, nothing written
+    import yaml
+
+    bad = yaml.safe_load(clinical.PLAN.read_text())
+    bad["seed_study"]["ratios"] = [3]
+    plan_file = tmp_path / "plan.yaml"
+    plan_file.write_text(yaml.safe_dump(bad))
+    volume = tmp_path / "hr.nii.gz"
+    volume.write_bytes(b"")
+    with pytest.raises(ValueError, match="no single-ratio model"):
+        clinical.main(["--plan", str(plan_file), "--workdir", str(tmp_path / "work"), "--brain-train", str(volume),
+                       "--brain-eval", str(volume), "--knee", str(volume), "--no-write"])
+    assert not (tmp_path / "work").exists()
 
 
 def test_clinical_quick_one_table(untouched_results, capsys):
